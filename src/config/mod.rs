@@ -1,0 +1,421 @@
+//! Configuration: raw serde structs ([`raw`]) checked by one validator into the
+//! domain [`Config`]. The same `load` runs at start-up, on reload and in
+//! `ringlb check`. Every error names the file, the key and the line.
+
+mod duration;
+mod raw;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use duration::{ConfigDuration, parse_duration};
+use raw::{RawConfig, RawHealthCheck, RawPort, RawTargetGroup};
+use toml::Spanned;
+
+/// Largest `connect_retries`: each retry costs a client up to `connect_timeout`.
+pub const MAX_CONNECT_RETRIES: u32 = 10;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub file: PathBuf,
+    pub runtime: RuntimeConfig,
+    pub listeners: Vec<ListenerConfig>,
+    pub groups: Vec<GroupConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RuntimeConfig {
+    /// 0 = one worker per CPU the process may run on.
+    pub workers: usize,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerConfig {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// Index into [`Config::groups`].
+    pub group: usize,
+    pub backlog: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Algorithm {
+    RoundRobin,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupConfig {
+    pub name: String,
+    pub algorithm: Algorithm,
+    /// Absolute, or relative to the working directory when the config path was.
+    pub targets_file: PathBuf,
+    pub connect_timeout: Duration,
+    pub connect_retries: u32,
+    pub idle_timeout: Duration,
+    pub health: HealthCheckConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthProtocol {
+    Tcp,
+    Http,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheckConfig {
+    pub protocol: HealthProtocol,
+    /// `None` = the traffic port of each target.
+    pub port: Option<u16>,
+    pub path: String,
+    /// Inclusive status ranges that count as healthy.
+    pub matcher: Vec<(u16, u16)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{file}: cannot read config: {message}")]
+    Read { file: PathBuf, message: String },
+    #[error("{file}:{line}:{column}: {key}: {message}")]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        key: String,
+        message: String,
+    },
+}
+
+/// Reads and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text as if read from `path` (used for messages and to
+/// resolve relative `targets_file` paths).
+pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    let v = Validator { file: path, text };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| v.toml_error("", e))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+        // toml::Spanned shows up in the path as a private field: hide it.
+        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        v.toml_error(&key, e.into_inner())
+    })?;
+    v.validate(raw)
+}
+
+struct Validator<'a> {
+    file: &'a Path,
+    text: &'a str,
+}
+
+impl Validator<'_> {
+    fn toml_error(&self, key: &str, e: toml::de::Error) -> ConfigError {
+        let key = if key.is_empty() || key == "." {
+            "(syntax)"
+        } else {
+            key
+        };
+        let message = e.message().trim_end().to_string();
+        self.error(e.span().unwrap_or(0..0), key.to_string(), message)
+    }
+
+    fn error(&self, span: Range<usize>, key: String, message: String) -> ConfigError {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+        ConfigError::Invalid {
+            file: self.file.to_path_buf(),
+            line,
+            column,
+            key,
+            message,
+        }
+    }
+
+    /// An error at `spanned`, or at `fallback` when `spanned` is a default with no
+    /// place in the file.
+    fn at<T>(
+        &self,
+        spanned: &Spanned<T>,
+        fallback: Range<usize>,
+        key: String,
+        message: String,
+    ) -> ConfigError {
+        let span = spanned.span();
+        let span = if span.is_empty() { fallback } else { span };
+        self.error(span, key, message)
+    }
+
+    fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut groups = Vec::new();
+        let mut group_index: HashMap<String, usize> = HashMap::new();
+        for (i, g) in raw.target_group.iter().enumerate() {
+            let key = format!("target_group[{i}]");
+            let name = g.name.get_ref();
+            if name.is_empty() {
+                return Err(self.at(&g.name, 0..0, format!("{key}.name"), "must not be empty".into()));
+            }
+            if group_index.insert(name.clone(), i).is_some() {
+                return Err(self.at(
+                    &g.name,
+                    0..0,
+                    format!("{key}.name"),
+                    format!("duplicate target group name {name:?}"),
+                ));
+            }
+            groups.push(self.group(&key, g)?);
+        }
+
+        if raw.listener.is_empty() {
+            return Err(self.error(0..0, "listener".into(), "no [[listener]] is configured".into()));
+        }
+        let mut listeners: Vec<ListenerConfig> = Vec::new();
+        for (i, l) in raw.listener.iter().enumerate() {
+            let key = format!("listener[{i}]");
+            let name = l.name.get_ref().clone();
+            if name.is_empty() {
+                return Err(self.at(&l.name, 0..0, format!("{key}.name"), "must not be empty".into()));
+            }
+            if listeners.iter().any(|o| o.name == name) {
+                return Err(self.at(
+                    &l.name,
+                    0..0,
+                    format!("{key}.name"),
+                    format!("duplicate listener name {name:?}"),
+                ));
+            }
+            let addr: SocketAddr = l.listen.get_ref().parse().map_err(|_| {
+                self.at(
+                    &l.listen,
+                    l.name.span(),
+                    format!("{key}.listen"),
+                    format!(
+                        "{:?} is not IP:PORT (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")",
+                        l.listen.get_ref()
+                    ),
+                )
+            })?;
+            if let Some(other) = listeners.iter().find(|o| o.addr == addr && addr.port() != 0) {
+                return Err(self.at(
+                    &l.listen,
+                    l.name.span(),
+                    format!("{key}.listen"),
+                    format!("{addr} is already used by listener {:?}", other.name),
+                ));
+            }
+            let group_name = l.target_group.get_ref();
+            let Some(&group) = group_index.get(group_name) else {
+                let known: Vec<&str> = raw.target_group.iter().map(|g| g.name.get_ref().as_str()).collect();
+                return Err(self.at(
+                    &l.target_group,
+                    l.name.span(),
+                    format!("{key}.target_group"),
+                    format!("no [[target_group]] is named {group_name:?} (known: {known:?})"),
+                ));
+            };
+            let backlog = *l.backlog.get_ref();
+            if !(1..=65535).contains(&backlog) {
+                return Err(self.at(
+                    &l.backlog,
+                    l.name.span(),
+                    format!("{key}.backlog"),
+                    format!("{backlog} is out of range 1..=65535"),
+                ));
+            }
+            listeners.push(ListenerConfig { name, addr, group, backlog });
+        }
+
+        Ok(Config {
+            file: self.file.to_path_buf(),
+            runtime: RuntimeConfig {
+                workers: raw.runtime.workers,
+                shutdown_timeout: raw.runtime.shutdown_timeout.0,
+            },
+            listeners,
+            groups,
+        })
+    }
+
+    fn group(&self, key: &str, g: &RawTargetGroup) -> Result<GroupConfig, ConfigError> {
+        let here = g.name.span();
+        let algorithm = match g.algorithm.get_ref().as_str() {
+            "round_robin" => Algorithm::RoundRobin,
+            other => {
+                return Err(self.at(
+                    &g.algorithm,
+                    here,
+                    format!("{key}.algorithm"),
+                    format!("unknown algorithm {other:?} (known: \"round_robin\")"),
+                ));
+            }
+        };
+        let file = g.targets_file.get_ref();
+        if file.is_empty() {
+            return Err(self.at(&g.targets_file, here, format!("{key}.targets_file"), "must not be empty".into()));
+        }
+        let targets_file = match self.file.parent() {
+            Some(dir) => dir.join(file),
+            None => PathBuf::from(file),
+        };
+        let positive = |d: &Spanned<ConfigDuration>, name: &str| {
+            if d.get_ref().0.is_zero() {
+                Err(self.at(d, here.clone(), format!("{key}.{name}"), "must be more than 0".into()))
+            } else {
+                Ok(d.get_ref().0)
+            }
+        };
+        let connect_timeout = positive(&g.connect_timeout, "connect_timeout")?;
+        let idle_timeout = positive(&g.idle_timeout, "idle_timeout")?;
+        if g.connect_retries > MAX_CONNECT_RETRIES {
+            return Err(self.error(
+                here,
+                format!("{key}.connect_retries"),
+                format!("{} is more than {MAX_CONNECT_RETRIES}", g.connect_retries),
+            ));
+        }
+        Ok(GroupConfig {
+            name: g.name.get_ref().clone(),
+            algorithm,
+            targets_file,
+            connect_timeout,
+            connect_retries: g.connect_retries,
+            idle_timeout,
+            health: self.health(&format!("{key}.health_check"), &g.health_check, here)?,
+        })
+    }
+
+    fn health(
+        &self,
+        key: &str,
+        h: &RawHealthCheck,
+        here: Range<usize>,
+    ) -> Result<HealthCheckConfig, ConfigError> {
+        let protocol = match h.protocol.get_ref().as_str() {
+            "tcp" => HealthProtocol::Tcp,
+            "http" => HealthProtocol::Http,
+            other => {
+                return Err(self.at(
+                    &h.protocol,
+                    here,
+                    format!("{key}.protocol"),
+                    format!("unknown protocol {other:?} (known: \"tcp\", \"http\")"),
+                ));
+            }
+        };
+        let port = match &h.port {
+            None => None,
+            Some(p) => match p.get_ref() {
+                RawPort::Text(t) if t == "traffic-port" => None,
+                RawPort::Number(n) if (1..=65535).contains(n) => Some(*n as u16),
+                _ => {
+                    return Err(self.at(
+                        p,
+                        here,
+                        format!("{key}.port"),
+                        "must be \"traffic-port\" or a port number 1-65535".into(),
+                    ));
+                }
+            },
+        };
+        let http_only = |v: &Option<Spanned<String>>, name: &str| -> Result<(), ConfigError> {
+            match v {
+                Some(s) if protocol == HealthProtocol::Tcp => Err(self.at(
+                    s,
+                    here.clone(),
+                    format!("{key}.{name}"),
+                    "only applies to protocol = \"http\"".into(),
+                )),
+                _ => Ok(()),
+            }
+        };
+        http_only(&h.path, "path")?;
+        http_only(&h.matcher, "matcher")?;
+        let path = match &h.path {
+            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) => {
+                return Err(self.at(
+                    p,
+                    here,
+                    format!("{key}.path"),
+                    "must start with '/' and contain no spaces".into(),
+                ));
+            }
+            Some(p) => p.get_ref().clone(),
+            None => "/".to_string(),
+        };
+        let matcher = match &h.matcher {
+            Some(m) => parse_matcher(m.get_ref())
+                .map_err(|msg| self.at(m, here.clone(), format!("{key}.matcher"), msg))?,
+            None => vec![(200, 399)],
+        };
+        let interval = h.interval.get_ref().0;
+        let timeout = h.timeout.get_ref().0;
+        if interval < Duration::from_millis(100) {
+            return Err(self.at(&h.interval, here, format!("{key}.interval"), "must be at least 100ms".into()));
+        }
+        if timeout.is_zero() || timeout >= interval {
+            let fallback = h.interval.span();
+            return Err(self.at(
+                &h.timeout,
+                if fallback.is_empty() { here } else { fallback },
+                format!("{key}.timeout"),
+                format!("must be more than 0 and shorter than interval ({timeout:?} >= {interval:?})"),
+            ));
+        }
+        let threshold = |t: &Spanned<u32>, name: &str| {
+            if (1..=10).contains(t.get_ref()) {
+                Ok(*t.get_ref())
+            } else {
+                Err(self.at(t, here.clone(), format!("{key}.{name}"), format!("{} is out of range 1..=10", t.get_ref())))
+            }
+        };
+        Ok(HealthCheckConfig {
+            protocol,
+            port,
+            path,
+            matcher,
+            interval,
+            timeout,
+            healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold")?,
+            unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold")?,
+        })
+    }
+}
+
+/// Parses an HTTP matcher: "200", "200-399", "200,204,300-399".
+pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
+    let mut out = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let code = |s: &str| -> Result<u16, String> {
+            match s.trim().parse::<u16>() {
+                Ok(c) if (100..=599).contains(&c) => Ok(c),
+                _ => Err(format!(
+                    "{part:?} is not a status code 100-599 or a range like \"200-399\""
+                )),
+            }
+        };
+        let (lo, hi) = (code(lo)?, code(hi)?);
+        if lo > hi {
+            return Err(format!("range {part:?} runs backwards"));
+        }
+        out.push((lo, hi));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests;

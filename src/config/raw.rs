@@ -1,0 +1,162 @@
+//! Raw serde shapes of the config file. Every struct denies unknown keys; every
+//! default is a named function so `ringlb check` and the docs agree.
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::duration::ConfigDuration;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
+    pub listener: Vec<RawListener>,
+    #[serde(default)]
+    pub target_group: Vec<RawTargetGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    #[serde(default)]
+    pub workers: usize,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: ConfigDuration,
+}
+
+impl Default for RawRuntime {
+    fn default() -> Self {
+        RawRuntime {
+            workers: 0,
+            shutdown_timeout: default_shutdown_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub name: Spanned<String>,
+    pub listen: Spanned<String>,
+    pub target_group: Spanned<String>,
+    #[serde(default = "default_backlog")]
+    pub backlog: Spanned<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTargetGroup {
+    pub name: Spanned<String>,
+    #[serde(default = "default_algorithm")]
+    pub algorithm: Spanned<String>,
+    pub targets_file: Spanned<String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Spanned<ConfigDuration>,
+    #[serde(default = "default_connect_retries")]
+    pub connect_retries: u32,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Spanned<ConfigDuration>,
+    #[serde(default)]
+    pub health_check: RawHealthCheck,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default = "default_protocol")]
+    pub protocol: Spanned<String>,
+    #[serde(default)]
+    pub port: Option<Spanned<RawPort>>,
+    #[serde(default)]
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub matcher: Option<Spanned<String>>,
+    #[serde(default = "default_interval")]
+    pub interval: Spanned<ConfigDuration>,
+    #[serde(default = "default_timeout")]
+    pub timeout: Spanned<ConfigDuration>,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: Spanned<u32>,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: Spanned<u32>,
+}
+
+impl Default for RawHealthCheck {
+    fn default() -> Self {
+        RawHealthCheck {
+            protocol: default_protocol(),
+            port: None,
+            path: None,
+            matcher: None,
+            interval: default_interval(),
+            timeout: default_timeout(),
+            healthy_threshold: default_healthy_threshold(),
+            unhealthy_threshold: default_unhealthy_threshold(),
+        }
+    }
+}
+
+/// `port = "traffic-port"` or `port = 8081`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawPort {
+    Number(i64),
+    Text(String),
+}
+
+/// Defaults with no position in the file carry an empty span.
+fn unspanned<T>(v: T) -> Spanned<T> {
+    Spanned::new(0..0, v)
+}
+
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "30s";
+pub const DEFAULT_BACKLOG: u32 = 4096;
+pub const DEFAULT_ALGORITHM: &str = "round_robin";
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "2s";
+pub const DEFAULT_CONNECT_RETRIES: u32 = 2;
+/// The idle timeout of an AWS Network Load Balancer.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "350s";
+/// AWS target-group defaults: 30 s interval, 5 s timeout, 5 up, 2 down.
+pub const DEFAULT_INTERVAL: &str = "30s";
+pub const DEFAULT_TIMEOUT: &str = "5s";
+pub const DEFAULT_HEALTHY_THRESHOLD: u32 = 5;
+pub const DEFAULT_UNHEALTHY_THRESHOLD: u32 = 2;
+
+fn dur(text: &str) -> ConfigDuration {
+    ConfigDuration(super::duration::parse_duration(text).expect("default duration parses"))
+}
+fn default_shutdown_timeout() -> ConfigDuration {
+    dur(DEFAULT_SHUTDOWN_TIMEOUT)
+}
+fn default_backlog() -> Spanned<u32> {
+    unspanned(DEFAULT_BACKLOG)
+}
+fn default_algorithm() -> Spanned<String> {
+    unspanned(DEFAULT_ALGORITHM.to_string())
+}
+fn default_connect_timeout() -> Spanned<ConfigDuration> {
+    unspanned(dur(DEFAULT_CONNECT_TIMEOUT))
+}
+fn default_connect_retries() -> u32 {
+    DEFAULT_CONNECT_RETRIES
+}
+fn default_idle_timeout() -> Spanned<ConfigDuration> {
+    unspanned(dur(DEFAULT_IDLE_TIMEOUT))
+}
+fn default_protocol() -> Spanned<String> {
+    unspanned("tcp".to_string())
+}
+fn default_interval() -> Spanned<ConfigDuration> {
+    unspanned(dur(DEFAULT_INTERVAL))
+}
+fn default_timeout() -> Spanned<ConfigDuration> {
+    unspanned(dur(DEFAULT_TIMEOUT))
+}
+fn default_healthy_threshold() -> Spanned<u32> {
+    unspanned(DEFAULT_HEALTHY_THRESHOLD)
+}
+fn default_unhealthy_threshold() -> Spanned<u32> {
+    unspanned(DEFAULT_UNHEALTHY_THRESHOLD)
+}

@@ -1,0 +1,125 @@
+use super::*;
+
+const GOOD: &str = r#"
+[runtime]
+workers = 2
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:8080"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+targets_file = "targets/web.txt"
+connect_timeout = "250ms"
+idle_timeout = "5m"
+
+[target_group.health_check]
+protocol = "http"
+path = "/api/v1/health"
+matcher = "200,204,300-399"
+interval = "10s"
+timeout = "2s"
+"#;
+
+fn err(text: &str) -> (usize, String, String) {
+    match parse(Path::new("/etc/ringlb/ringlb.toml"), text).unwrap_err() {
+        ConfigError::Invalid {
+            file,
+            line,
+            key,
+            message,
+            ..
+        } => {
+            assert_eq!(file, Path::new("/etc/ringlb/ringlb.toml"));
+            (line, key, message)
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn good_config_gets_its_values_and_defaults() {
+    let c = parse(Path::new("/etc/ringlb/ringlb.toml"), GOOD).unwrap();
+    assert_eq!(c.runtime.workers, 2);
+    assert_eq!(c.runtime.shutdown_timeout, Duration::from_secs(30));
+    assert_eq!(c.listeners[0].addr, "127.0.0.1:8080".parse().unwrap());
+    assert_eq!(c.listeners[0].backlog, 4096);
+    let g = &c.groups[0];
+    assert_eq!(g.targets_file, Path::new("/etc/ringlb/targets/web.txt"));
+    assert_eq!(g.connect_timeout, Duration::from_millis(250));
+    assert_eq!(g.connect_retries, 2);
+    assert_eq!(g.idle_timeout, Duration::from_secs(300));
+    assert_eq!(g.health.protocol, HealthProtocol::Http);
+    assert_eq!(g.health.matcher, vec![(200, 200), (204, 204), (300, 399)]);
+    assert_eq!(g.health.healthy_threshold, 5);
+    assert_eq!(g.health.port, None);
+}
+
+/// Each mistake: (replace this, with that, expected line, key, words in message).
+#[test]
+fn every_mistake_names_key_and_line() {
+    let cases: &[(&str, &str, usize, &str, &str)] = &[
+        ("workers = 2", "workers = 2\nwrokers = 3", 4, "runtime.wrokers", "unknown field `wrokers`"),
+        ("idle_timeout = \"5m\"", "idle_timeout = \"5 minutes\"", 14, "target_group[0].idle_timeout", "invalid duration"),
+        ("idle_timeout = \"5m\"", "idle_timeout = 300", 14, "target_group[0].idle_timeout", "duration string"),
+        ("connect_timeout = \"250ms\"", "connect_timeout = \"0s\"", 13, "target_group[0].connect_timeout", "more than 0"),
+        ("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"", 7, "listener[0].listen", "not IP:PORT"),
+        ("target_group = \"web\"", "target_group = \"api\"", 8, "listener[0].target_group", "no [[target_group]] is named \"api\""),
+        ("protocol = \"http\"", "protocol = \"udp\"", 17, "target_group[0].health_check.protocol", "unknown protocol"),
+        ("matcher = \"200,204,300-399\"", "matcher = \"200-abc\"", 19, "target_group[0].health_check.matcher", "not a status code"),
+        ("timeout = \"2s\"", "timeout = \"10s\"", 21, "target_group[0].health_check.timeout", "shorter than interval"),
+        ("path = \"/api/v1/health\"", "path = \"api\"", 18, "target_group[0].health_check.path", "must start with '/'"),
+        ("name = \"web\"\ntargets_file", "name = \"web\"\nalgorithm = \"random\"\ntargets_file", 12, "target_group[0].algorithm", "unknown algorithm"),
+        ("workers = 2", "workers = = 2", 3, "(syntax)", ""),
+    ];
+    for (from, to, line, key, words) in cases {
+        assert!(GOOD.contains(from), "fixture lacks {from:?}");
+        let text = GOOD.replacen(from, to, 1);
+        let (got_line, got_key, message) = err(&text);
+        assert_eq!((got_line, got_key.as_str()), (*line, *key), "{to:?}: {message}");
+        assert!(message.contains(words), "{to:?}: {message:?} lacks {words:?}");
+    }
+}
+
+#[test]
+fn duplicate_names_point_at_the_second() {
+    let text = format!("{GOOD}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\ntarget_group = \"web\"\n");
+    let (line, key, message) = err(&text);
+    assert_eq!((line, key.as_str()), (24, "listener[1].name"));
+    assert!(message.contains("duplicate listener name"));
+}
+
+#[test]
+fn http_keys_on_a_tcp_check_are_refused() {
+    let text = GOOD.replace("protocol = \"http\"", "protocol = \"tcp\"");
+    let (line, key, _) = err(&text);
+    assert_eq!((line, key.as_str()), (18, "target_group[0].health_check.path"));
+}
+
+#[test]
+fn no_listener_is_an_error() {
+    let (_, key, message) = err("[[target_group]]\nname = \"a\"\ntargets_file = \"t\"\n");
+    assert_eq!(key, "listener");
+    assert!(message.contains("no [[listener]]"));
+}
+
+#[test]
+fn error_display_is_file_line_column_key_message() {
+    let text = GOOD.replace("idle_timeout = \"5m\"", "idle_timeout = \"5x\"");
+    let shown = parse(Path::new("cfg/ringlb.toml"), &text).unwrap_err().to_string();
+    assert!(
+        shown.starts_with("cfg/ringlb.toml:14:16: target_group[0].idle_timeout: invalid duration \"5x\""),
+        "{shown}"
+    );
+}
+
+#[test]
+fn matcher_forms() {
+    assert_eq!(parse_matcher("200").unwrap(), vec![(200, 200)]);
+    assert_eq!(parse_matcher("200-399").unwrap(), vec![(200, 399)]);
+    assert!(parse_matcher("399-200").unwrap_err().contains("backwards"));
+    assert!(parse_matcher("99").is_err());
+    assert!(parse_matcher("").is_err());
+}
