@@ -1,4 +1,11 @@
 //! ringlb: a Layer-4 TCP load balancer on io_uring, one worker per core.
 
+pub mod app;
+pub mod balancer;
+pub mod cli;
 pub mod config;
+pub mod listener;
+pub mod proxy;
+pub mod runtime;
+pub mod snapshot;
 pub mod targets;

@@ -109,7 +109,10 @@ pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let de = toml::de::Deserializer::parse(text).map_err(|e| v.toml_error("", e))?;
     let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
         // toml::Spanned shows up in the path as a private field: hide it.
-        let key = e.path().to_string().replace(".$__serde_spanned_private_value", "");
+        let key = e
+            .path()
+            .to_string()
+            .replace(".$__serde_spanned_private_value", "");
         v.toml_error(&key, e.into_inner())
     })?;
     v.validate(raw)
@@ -166,7 +169,12 @@ impl Validator<'_> {
             let key = format!("target_group[{i}]");
             let name = g.name.get_ref();
             if name.is_empty() {
-                return Err(self.at(&g.name, 0..0, format!("{key}.name"), "must not be empty".into()));
+                return Err(self.at(
+                    &g.name,
+                    0..0,
+                    format!("{key}.name"),
+                    "must not be empty".into(),
+                ));
             }
             if group_index.insert(name.clone(), i).is_some() {
                 return Err(self.at(
@@ -180,14 +188,23 @@ impl Validator<'_> {
         }
 
         if raw.listener.is_empty() {
-            return Err(self.error(0..0, "listener".into(), "no [[listener]] is configured".into()));
+            return Err(self.error(
+                0..0,
+                "listener".into(),
+                "no [[listener]] is configured".into(),
+            ));
         }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
             let key = format!("listener[{i}]");
             let name = l.name.get_ref().clone();
             if name.is_empty() {
-                return Err(self.at(&l.name, 0..0, format!("{key}.name"), "must not be empty".into()));
+                return Err(self.at(
+                    &l.name,
+                    0..0,
+                    format!("{key}.name"),
+                    "must not be empty".into(),
+                ));
             }
             if listeners.iter().any(|o| o.name == name) {
                 return Err(self.at(
@@ -208,7 +225,10 @@ impl Validator<'_> {
                     ),
                 )
             })?;
-            if let Some(other) = listeners.iter().find(|o| o.addr == addr && addr.port() != 0) {
+            if let Some(other) = listeners
+                .iter()
+                .find(|o| o.addr == addr && addr.port() != 0)
+            {
                 return Err(self.at(
                     &l.listen,
                     l.name.span(),
@@ -218,7 +238,11 @@ impl Validator<'_> {
             }
             let group_name = l.target_group.get_ref();
             let Some(&group) = group_index.get(group_name) else {
-                let known: Vec<&str> = raw.target_group.iter().map(|g| g.name.get_ref().as_str()).collect();
+                let known: Vec<&str> = raw
+                    .target_group
+                    .iter()
+                    .map(|g| g.name.get_ref().as_str())
+                    .collect();
                 return Err(self.at(
                     &l.target_group,
                     l.name.span(),
@@ -235,7 +259,12 @@ impl Validator<'_> {
                     format!("{backlog} is out of range 1..=65535"),
                 ));
             }
-            listeners.push(ListenerConfig { name, addr, group, backlog });
+            listeners.push(ListenerConfig {
+                name,
+                addr,
+                group,
+                backlog,
+            });
         }
 
         Ok(Config {
@@ -264,7 +293,12 @@ impl Validator<'_> {
         };
         let file = g.targets_file.get_ref();
         if file.is_empty() {
-            return Err(self.at(&g.targets_file, here, format!("{key}.targets_file"), "must not be empty".into()));
+            return Err(self.at(
+                &g.targets_file,
+                here,
+                format!("{key}.targets_file"),
+                "must not be empty".into(),
+            ));
         }
         let targets_file = match self.file.parent() {
             Some(dir) => dir.join(file),
@@ -272,7 +306,12 @@ impl Validator<'_> {
         };
         let positive = |d: &Spanned<ConfigDuration>, name: &str| {
             if d.get_ref().0.is_zero() {
-                Err(self.at(d, here.clone(), format!("{key}.{name}"), "must be more than 0".into()))
+                Err(self.at(
+                    d,
+                    here.clone(),
+                    format!("{key}.{name}"),
+                    "must be more than 0".into(),
+                ))
             } else {
                 Ok(d.get_ref().0)
             }
@@ -344,7 +383,9 @@ impl Validator<'_> {
         http_only(&h.path, "path")?;
         http_only(&h.matcher, "matcher")?;
         let path = match &h.path {
-            Some(p) if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) => {
+            Some(p)
+                if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) =>
+            {
                 return Err(self.at(
                     p,
                     here,
@@ -363,7 +404,12 @@ impl Validator<'_> {
         let interval = h.interval.get_ref().0;
         let timeout = h.timeout.get_ref().0;
         if interval < Duration::from_millis(100) {
-            return Err(self.at(&h.interval, here, format!("{key}.interval"), "must be at least 100ms".into()));
+            return Err(self.at(
+                &h.interval,
+                here,
+                format!("{key}.interval"),
+                "must be at least 100ms".into(),
+            ));
         }
         if timeout.is_zero() || timeout >= interval {
             let fallback = h.interval.span();
@@ -371,14 +417,21 @@ impl Validator<'_> {
                 &h.timeout,
                 if fallback.is_empty() { here } else { fallback },
                 format!("{key}.timeout"),
-                format!("must be more than 0 and shorter than interval ({timeout:?} >= {interval:?})"),
+                format!(
+                    "must be more than 0 and shorter than interval ({timeout:?} >= {interval:?})"
+                ),
             ));
         }
         let threshold = |t: &Spanned<u32>, name: &str| {
             if (1..=10).contains(t.get_ref()) {
                 Ok(*t.get_ref())
             } else {
-                Err(self.at(t, here.clone(), format!("{key}.{name}"), format!("{} is out of range 1..=10", t.get_ref())))
+                Err(self.at(
+                    t,
+                    here.clone(),
+                    format!("{key}.{name}"),
+                    format!("{} is out of range 1..=10", t.get_ref()),
+                ))
             }
         };
         Ok(HealthCheckConfig {

@@ -61,31 +61,106 @@ fn good_config_gets_its_values_and_defaults() {
 #[test]
 fn every_mistake_names_key_and_line() {
     let cases: &[(&str, &str, usize, &str, &str)] = &[
-        ("workers = 2", "workers = 2\nwrokers = 3", 4, "runtime.wrokers", "unknown field `wrokers`"),
-        ("idle_timeout = \"5m\"", "idle_timeout = \"5 minutes\"", 14, "target_group[0].idle_timeout", "invalid duration"),
-        ("idle_timeout = \"5m\"", "idle_timeout = 300", 14, "target_group[0].idle_timeout", "duration string"),
-        ("connect_timeout = \"250ms\"", "connect_timeout = \"0s\"", 13, "target_group[0].connect_timeout", "more than 0"),
-        ("listen = \"127.0.0.1:8080\"", "listen = \"localhost\"", 7, "listener[0].listen", "not IP:PORT"),
-        ("target_group = \"web\"", "target_group = \"api\"", 8, "listener[0].target_group", "no [[target_group]] is named \"api\""),
-        ("protocol = \"http\"", "protocol = \"udp\"", 17, "target_group[0].health_check.protocol", "unknown protocol"),
-        ("matcher = \"200,204,300-399\"", "matcher = \"200-abc\"", 19, "target_group[0].health_check.matcher", "not a status code"),
-        ("timeout = \"2s\"", "timeout = \"10s\"", 21, "target_group[0].health_check.timeout", "shorter than interval"),
-        ("path = \"/api/v1/health\"", "path = \"api\"", 18, "target_group[0].health_check.path", "must start with '/'"),
-        ("name = \"web\"\ntargets_file", "name = \"web\"\nalgorithm = \"random\"\ntargets_file", 12, "target_group[0].algorithm", "unknown algorithm"),
+        (
+            "workers = 2",
+            "workers = 2\nwrokers = 3",
+            4,
+            "runtime.wrokers",
+            "unknown field `wrokers`",
+        ),
+        (
+            "idle_timeout = \"5m\"",
+            "idle_timeout = \"5 minutes\"",
+            14,
+            "target_group[0].idle_timeout",
+            "invalid duration",
+        ),
+        (
+            "idle_timeout = \"5m\"",
+            "idle_timeout = 300",
+            14,
+            "target_group[0].idle_timeout",
+            "duration string",
+        ),
+        (
+            "connect_timeout = \"250ms\"",
+            "connect_timeout = \"0s\"",
+            13,
+            "target_group[0].connect_timeout",
+            "more than 0",
+        ),
+        (
+            "listen = \"127.0.0.1:8080\"",
+            "listen = \"localhost\"",
+            7,
+            "listener[0].listen",
+            "not IP:PORT",
+        ),
+        (
+            "target_group = \"web\"",
+            "target_group = \"api\"",
+            8,
+            "listener[0].target_group",
+            "no [[target_group]] is named \"api\"",
+        ),
+        (
+            "protocol = \"http\"",
+            "protocol = \"udp\"",
+            17,
+            "target_group[0].health_check.protocol",
+            "unknown protocol",
+        ),
+        (
+            "matcher = \"200,204,300-399\"",
+            "matcher = \"200-abc\"",
+            19,
+            "target_group[0].health_check.matcher",
+            "not a status code",
+        ),
+        (
+            "timeout = \"2s\"",
+            "timeout = \"10s\"",
+            21,
+            "target_group[0].health_check.timeout",
+            "shorter than interval",
+        ),
+        (
+            "path = \"/api/v1/health\"",
+            "path = \"api\"",
+            18,
+            "target_group[0].health_check.path",
+            "must start with '/'",
+        ),
+        (
+            "name = \"web\"\ntargets_file",
+            "name = \"web\"\nalgorithm = \"random\"\ntargets_file",
+            12,
+            "target_group[0].algorithm",
+            "unknown algorithm",
+        ),
         ("workers = 2", "workers = = 2", 3, "(syntax)", ""),
     ];
     for (from, to, line, key, words) in cases {
         assert!(GOOD.contains(from), "fixture lacks {from:?}");
         let text = GOOD.replacen(from, to, 1);
         let (got_line, got_key, message) = err(&text);
-        assert_eq!((got_line, got_key.as_str()), (*line, *key), "{to:?}: {message}");
-        assert!(message.contains(words), "{to:?}: {message:?} lacks {words:?}");
+        assert_eq!(
+            (got_line, got_key.as_str()),
+            (*line, *key),
+            "{to:?}: {message}"
+        );
+        assert!(
+            message.contains(words),
+            "{to:?}: {message:?} lacks {words:?}"
+        );
     }
 }
 
 #[test]
 fn duplicate_names_point_at_the_second() {
-    let text = format!("{GOOD}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\ntarget_group = \"web\"\n");
+    let text = format!(
+        "{GOOD}\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8081\"\ntarget_group = \"web\"\n"
+    );
     let (line, key, message) = err(&text);
     assert_eq!((line, key.as_str()), (24, "listener[1].name"));
     assert!(message.contains("duplicate listener name"));
@@ -95,7 +170,10 @@ fn duplicate_names_point_at_the_second() {
 fn http_keys_on_a_tcp_check_are_refused() {
     let text = GOOD.replace("protocol = \"http\"", "protocol = \"tcp\"");
     let (line, key, _) = err(&text);
-    assert_eq!((line, key.as_str()), (18, "target_group[0].health_check.path"));
+    assert_eq!(
+        (line, key.as_str()),
+        (18, "target_group[0].health_check.path")
+    );
 }
 
 #[test]
@@ -108,9 +186,13 @@ fn no_listener_is_an_error() {
 #[test]
 fn error_display_is_file_line_column_key_message() {
     let text = GOOD.replace("idle_timeout = \"5m\"", "idle_timeout = \"5x\"");
-    let shown = parse(Path::new("cfg/ringlb.toml"), &text).unwrap_err().to_string();
+    let shown = parse(Path::new("cfg/ringlb.toml"), &text)
+        .unwrap_err()
+        .to_string();
     assert!(
-        shown.starts_with("cfg/ringlb.toml:14:16: target_group[0].idle_timeout: invalid duration \"5x\""),
+        shown.starts_with(
+            "cfg/ringlb.toml:14:16: target_group[0].idle_timeout: invalid duration \"5x\""
+        ),
         "{shown}"
     );
 }

@@ -98,9 +98,9 @@ fn parse_line(
         if weight.is_some() {
             return Err("weight given twice".to_string());
         }
-        let n: u32 = value.parse().map_err(|_| {
-            format!("weight {value:?} is not a whole number (1..={MAX_WEIGHT})")
-        })?;
+        let n: u32 = value
+            .parse()
+            .map_err(|_| format!("weight {value:?} is not a whole number (1..={MAX_WEIGHT})"))?;
         if n == 0 || n > MAX_WEIGHT {
             return Err(format!(
                 "weight {n} is out of range 1..={MAX_WEIGHT} (remove the line to take a target out)"
@@ -132,7 +132,9 @@ fn parse_addr(
         ));
     }
     if host.contains(':') || host.starts_with('[') {
-        return Err(format!("{host_port:?} is not a valid IPv6 address and port"));
+        return Err(format!(
+            "{host_port:?} is not a valid IPv6 address and port"
+        ));
     }
     if !host
         .chars()
@@ -208,6 +210,9 @@ mod tests {
     #[test]
     fn load_names_the_file() {
         let err = load(Path::new("/nonexistent/targets.txt")).unwrap_err();
-        assert!(err.to_string().starts_with("/nonexistent/targets.txt:0: cannot read"));
+        assert!(
+            err.to_string()
+                .starts_with("/nonexistent/targets.txt:0: cannot read")
+        );
     }
 }

@@ -1,0 +1,184 @@
+//! Boot and shutdown order. The main thread is the control plane: it loads the
+//! config, binds every listener, publishes the first snapshot, starts the
+//! workers, then waits for signals.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{info, warn};
+
+use crate::config::{self, Config, ConfigError};
+use crate::listener::{self, ListenerError};
+use crate::runtime::{self, BoundListener, RuntimeError, WorkerPlan};
+use crate::snapshot::{self, Carry};
+use crate::targets::{self, Target, TargetsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{source} (targets_file of target_group {group:?})")]
+    Targets { group: String, source: TargetsError },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Listener(#[from] ListenerError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// A validated config with every group's targets read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub targets: Vec<Vec<Target>>,
+}
+
+/// Reads and validates the config and every targets file it names.
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+    let config = config::load(path)?;
+    let targets = config
+        .groups
+        .iter()
+        .map(|g| {
+            targets::load(&g.targets_file).map_err(|source| LoadError::Targets {
+                group: g.name.clone(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Loaded { config, targets })
+}
+
+/// `ringlb check`: a one-line summary of a good config.
+pub fn check(path: &Path) -> Result<String, LoadError> {
+    let l = load(path)?;
+    let targets: usize = l.targets.iter().map(Vec::len).sum();
+    Ok(format!(
+        "{}: ok: {} listener(s), {} target group(s), {} target(s)",
+        path.display(),
+        l.config.listeners.len(),
+        l.config.groups.len(),
+        targets
+    ))
+}
+
+/// `ringlb run`: serve until SIGTERM or SIGINT.
+pub fn run(path: &Path) -> Result<(), AppError> {
+    let Loaded { config, targets } = load(path)?;
+    raise_nofile_limit();
+
+    let control = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Io {
+            what: "control-plane runtime",
+            source,
+        })?;
+    // Signal handlers go in before anything is bound, so a SIGTERM sent the
+    // moment we are ready is never lost.
+    let (mut term, mut int) = {
+        let _in_runtime = control.enter();
+        let sig = |kind| {
+            signal(kind).map_err(|source| AppError::Io {
+                what: "signal handler",
+                source,
+            })
+        };
+        (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?)
+    };
+
+    let cpus = runtime::allowed_cpus();
+    let workers = match config.runtime.workers {
+        0 => cpus.len().max(1),
+        n => n,
+    };
+    let mut plans: Vec<WorkerPlan> = (0..workers)
+        .map(|id| WorkerPlan {
+            id,
+            cpu: (!cpus.is_empty()).then(|| cpus[id % cpus.len()]),
+            listeners: Vec::new(),
+        })
+        .collect();
+    for l in &config.listeners {
+        let (addr, sockets) = listener::bind_reuseport(l, workers)?;
+        for (plan, socket) in plans.iter_mut().zip(sockets) {
+            plan.listeners.push(BoundListener {
+                name: l.name.clone(),
+                group: l.group,
+                socket,
+            });
+        }
+        let group = &config.groups[l.group];
+        info!(listener = %l.name, %addr, group = %group.name, "listening");
+    }
+    for (g, t) in config.groups.iter().zip(&targets) {
+        if t.is_empty() {
+            warn!(group = %g.name, file = %g.targets_file.display(), "target group has no targets; its clients will be closed");
+        } else {
+            info!(group = %g.name, targets = %snapshot::describe(t), "targets loaded");
+        }
+    }
+
+    let mut carry = Carry::default();
+    let shared = Arc::new(ArcSwap::from_pointee(snapshot::build(
+        1, &config, &targets, &mut carry,
+    )));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let grace = config.runtime.shutdown_timeout;
+    let handles = runtime::start(plans, shared, stop_rx, grace)?;
+    info!(workers, pid = std::process::id(), "ready");
+
+    control.block_on(async {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = int.recv() => info!("SIGINT: shutting down"),
+        }
+    });
+    stop_tx.send_replace(true);
+    for h in handles {
+        if h.join().is_err() {
+            warn!("a worker panicked during shutdown");
+        }
+    }
+    info!("stopped");
+    Ok(())
+}
+
+/// Raises the soft open-files limit to the hard one: each proxied connection
+/// holds two sockets, and each flowing direction a pipe (two more).
+fn raise_nofile_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: get/setrlimit with a valid pointer to our own struct.
+    let rc = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            -1
+        } else {
+            let before = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            let rc = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            if rc == 0 && before != lim.rlim_cur {
+                info!(from = before, to = lim.rlim_cur, "raised open-files limit");
+            }
+            rc
+        }
+    };
+    if rc != 0 {
+        warn!(error = %io::Error::last_os_error(), "cannot raise the open-files limit");
+    }
+}

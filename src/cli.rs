@@ -1,0 +1,35 @@
+//! Command line: `ringlb run`, `ringlb check`, `ringlb --version`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+pub const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ringlb",
+    version,
+    about = "Layer-4 TCP load balancer on io_uring, one worker per core"
+)]
+pub struct Cli {
+    /// Log level or filter (e.g. "debug", "info,ringlb=debug"); overrides RUST_LOG.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run in the foreground (this is what systemd runs).
+    Run {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate the config and its targets files; exit 0 if good, 1 if not.
+    Check {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+}

@@ -1,0 +1,113 @@
+//! Listening sockets: one `SO_REUSEPORT` socket per worker per listener, so the
+//! kernel spreads accepts across cores. Built with socket2 (tokio-uring's
+//! `bind` sets SO_REUSEPORT silently and fixes the backlog at 1024).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::ListenerConfig;
+
+#[derive(Debug, thiserror::Error)]
+#[error("listener {name:?} on {addr}: {step}: {source}{hint}")]
+pub struct ListenerError {
+    pub name: String,
+    pub addr: SocketAddr,
+    /// The call or socket option that failed.
+    pub step: &'static str,
+    pub source: io::Error,
+    pub hint: &'static str,
+}
+
+/// Binds `count` sockets for one listener, all on the same port (the port the
+/// kernel chose, if the config says 0). Returns the bound address too.
+pub fn bind_reuseport(
+    cfg: &ListenerConfig,
+    count: usize,
+) -> Result<(SocketAddr, Vec<TcpListener>), ListenerError> {
+    let fail = |step: &'static str, source: io::Error| {
+        let hint = match source.raw_os_error() {
+            Some(libc::EACCES) => " (ports below 1024 need root or CAP_NET_BIND_SERVICE)",
+            Some(libc::EADDRINUSE) => " (another process listens there)",
+            Some(libc::EADDRNOTAVAIL) => " (no interface has that address)",
+            _ => "",
+        };
+        ListenerError {
+            name: cfg.name.clone(),
+            addr: cfg.addr,
+            step,
+            source,
+            hint,
+        }
+    };
+    // A socket without SO_REUSEPORT cannot join a port that another process
+    // holds with SO_REUSEPORT, so this probe turns a silent port share with a
+    // second ringlb into a clear EADDRINUSE, and picks the port for `:0`.
+    let probe = new_socket(cfg.addr).map_err(|(s, e)| fail(s, e))?;
+    probe.bind(&cfg.addr.into()).map_err(|e| fail("bind", e))?;
+    let addr = probe
+        .local_addr()
+        .map_err(|e| fail("getsockname", e))?
+        .as_socket()
+        .expect("an inet socket has an inet address");
+    drop(probe);
+
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        let s = new_socket(addr).map_err(|(s, e)| fail(s, e))?;
+        s.set_reuse_port(true)
+            .map_err(|e| fail("setsockopt(SO_REUSEPORT)", e))?;
+        s.bind(&addr.into()).map_err(|e| fail("bind", e))?;
+        s.listen(cfg.backlog as i32)
+            .map_err(|e| fail("listen", e))?;
+        out.push(s.into());
+    }
+    Ok((addr, out))
+}
+
+fn new_socket(addr: SocketAddr) -> Result<Socket, (&'static str, io::Error)> {
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))
+        .map_err(|e| ("socket", e))?;
+    s.set_reuse_address(true)
+        .map_err(|e| ("setsockopt(SO_REUSEADDR)", e))?;
+    if addr.is_ipv6() {
+        // As nginx does: `[::]:80` is IPv6 only, so `0.0.0.0:80` can sit beside it.
+        s.set_only_v6(true)
+            .map_err(|e| ("setsockopt(IPV6_V6ONLY)", e))?;
+    }
+    s.set_nonblocking(true)
+        .map_err(|e| ("fcntl(O_NONBLOCK)", e))?;
+    Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(addr: &str) -> ListenerConfig {
+        ListenerConfig {
+            name: "t".into(),
+            addr: addr.parse().unwrap(),
+            group: 0,
+            backlog: 128,
+        }
+    }
+
+    #[test]
+    fn port_zero_gives_every_worker_the_same_port() {
+        let (addr, socks) = bind_reuseport(&cfg("127.0.0.1:0"), 3).unwrap();
+        assert_ne!(addr.port(), 0);
+        for s in &socks {
+            assert_eq!(s.local_addr().unwrap(), addr);
+        }
+    }
+
+    #[test]
+    fn a_second_instance_on_the_same_port_is_refused() {
+        let (addr, _first) = bind_reuseport(&cfg("127.0.0.1:0"), 2).unwrap();
+        let err = bind_reuseport(&cfg(&addr.to_string()), 2).unwrap_err();
+        assert_eq!(err.source.raw_os_error(), Some(libc::EADDRINUSE));
+        assert!(err.to_string().contains("bind"), "{err}");
+    }
+}

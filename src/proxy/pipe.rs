@@ -1,0 +1,187 @@
+//! Pipes for splice(2), pooled per worker and lent only while bytes flow, so
+//! thousands of idle connections hold no pipes. When none can be had (the
+//! per-worker cap, EMFILE, ENFILE) the caller copies through a buffer instead.
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+
+/// Bytes a pipe is asked to hold. 64 KiB is Linux's default, needs no
+/// privilege and counts as 16 pages against `fs.pipe-user-pages-soft`.
+pub const PIPE_SIZE: usize = 64 * 1024;
+
+#[derive(Debug)]
+pub struct Pipe {
+    read: OwnedFd,
+    write: OwnedFd,
+    /// Bytes spliced in and not yet spliced out.
+    pub pending: usize,
+    pub capacity: usize,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
+        if rc < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: fcntl on a descriptor we own; failure just leaves the default size.
+        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        Ok(Pipe {
+            read,
+            write,
+            pending: 0,
+            capacity: if got > 0 { got as usize } else { 4096 },
+        })
+    }
+
+    /// Moves up to the pipe's free room from socket `src` into the pipe.
+    /// `Ok(0)` is end of stream.
+    pub fn fill(&mut self, src: RawFd) -> io::Result<usize> {
+        debug_assert_eq!(
+            self.pending, 0,
+            "fill only an empty pipe: EAGAIN must mean the socket is dry"
+        );
+        let n = splice(src, self.write.as_raw_fd(), self.capacity)?;
+        self.pending += n;
+        Ok(n)
+    }
+
+    /// Moves pending bytes from the pipe into socket `dst`.
+    pub fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
+        let n = splice(self.read.as_raw_fd(), dst, self.pending)?;
+        self.pending -= n;
+        Ok(n)
+    }
+}
+
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
+    // SAFETY: plain syscall on descriptors the caller keeps open; null offsets
+    // mean "current position", as required for pipes and sockets.
+    let n = unsafe {
+        libc::splice(
+            from,
+            std::ptr::null_mut(),
+            to,
+            std::ptr::null_mut(),
+            len,
+            flags,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+/// A worker's pipes. Not shared between threads.
+#[derive(Debug)]
+pub struct PipePool {
+    free: RefCell<Vec<Pipe>>,
+    lent: Cell<usize>,
+    max_lent: usize,
+    max_free: usize,
+    /// Set after the first failure to make a pipe, so it is logged once.
+    warned: Cell<bool>,
+}
+
+impl PipePool {
+    pub fn new(max_lent: usize, max_free: usize) -> Self {
+        PipePool {
+            free: RefCell::new(Vec::new()),
+            lent: Cell::new(0),
+            max_lent,
+            max_free,
+            warned: Cell::new(false),
+        }
+    }
+
+    /// A clean pipe, or `None` when the caller must copy instead.
+    pub fn take(&self) -> Option<Pipe> {
+        if self.lent.get() >= self.max_lent {
+            return None;
+        }
+        let pipe = match self.free.borrow_mut().pop() {
+            Some(p) => p,
+            None => match Pipe::new() {
+                Ok(p) => p,
+                Err(e) => {
+                    if !self.warned.replace(true) {
+                        tracing::warn!(error = %e, "cannot create a pipe; copying through buffers instead");
+                    }
+                    return None;
+                }
+            },
+        };
+        self.lent.set(self.lent.get() + 1);
+        Some(pipe)
+    }
+
+    /// Returns a pipe. One still holding bytes (its connection died mid-way)
+    /// is closed, never reused.
+    pub fn give_back(&self, pipe: Pipe) {
+        self.lent.set(self.lent.get() - 1);
+        let mut free = self.free.borrow_mut();
+        if pipe.pending == 0 && free.len() < self.max_free {
+            free.push(pipe);
+        }
+    }
+
+    pub fn lent(&self) -> usize {
+        self.lent.get()
+    }
+
+    pub fn idle(&self) -> usize {
+        self.free.borrow().len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn pool_lends_up_to_its_cap_and_reuses_clean_pipes() {
+        let pool = PipePool::new(2, 1);
+        let a = pool.take().unwrap();
+        let b = pool.take().unwrap();
+        assert!(pool.take().is_none(), "cap of 2 lent pipes");
+        pool.give_back(a);
+        pool.give_back(b);
+        assert_eq!((pool.lent(), pool.idle()), (0, 1), "keeps at most max_free");
+        let mut dirty = pool.take().unwrap();
+        dirty.pending = 10;
+        pool.give_back(dirty);
+        assert_eq!(pool.idle(), 0, "a pipe with bytes left is closed");
+    }
+
+    #[test]
+    fn splices_socket_to_socket() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut a = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        let l2 = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
+        let (mut d, _) = l2.accept().unwrap();
+        a.write_all(b"hello splice").unwrap();
+        let mut pipe = Pipe::new().unwrap();
+        assert!(pipe.capacity >= 4096);
+        let mut got = 0;
+        while got < 12 {
+            got += pipe.fill(b.as_raw_fd()).unwrap_or(0);
+        }
+        assert_eq!(pipe.drain(c.as_raw_fd()).unwrap(), 12);
+        assert_eq!(pipe.pending, 0);
+        let mut buf = [0u8; 12];
+        d.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello splice");
+    }
+}

@@ -1,0 +1,126 @@
+//! Worker threads: one per core, pinned, each with its own tokio-uring runtime
+//! and its own listening sockets.
+
+pub mod uring;
+mod worker;
+
+use std::io;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::proxy::pipe::PipePool;
+use crate::snapshot::SharedSnapshot;
+pub use worker::BoundListener;
+
+/// Pipes one worker may lend at once. Non-root users get about 1,024 full-size
+/// pipes in all (`fs.pipe-user-pages-soft`); past the cap a connection copies.
+pub const PIPES_PER_WORKER: usize = 512;
+/// Clean pipes a worker keeps for reuse.
+pub const IDLE_PIPES_PER_WORKER: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(
+        "worker {worker}: cannot start an io_uring runtime: {source} (is io_uring disabled by seccomp or kernel.io_uring_disabled?)"
+    )]
+    Uring { worker: usize, source: io::Error },
+    #[error("worker {worker}: cannot spawn thread: {source}")]
+    Spawn { worker: usize, source: io::Error },
+}
+
+pub struct WorkerPlan {
+    pub id: usize,
+    /// CPU to pin to, if any.
+    pub cpu: Option<usize>,
+    pub listeners: Vec<BoundListener>,
+}
+
+/// Starts the workers and returns once each has its runtime up, or the first error.
+pub fn start(
+    plans: Vec<WorkerPlan>,
+    snapshot: SharedSnapshot,
+    shutdown: watch::Receiver<bool>,
+    grace: Duration,
+) -> Result<Vec<JoinHandle<()>>, RuntimeError> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let mut handles = Vec::new();
+    let count = plans.len();
+    for plan in plans {
+        let id = plan.id;
+        let snapshot = snapshot.clone();
+        let shutdown = shutdown.clone();
+        let ready = ready_tx.clone();
+        let handle = std::thread::Builder::new()
+            .name(format!("ringlb-w{id}"))
+            .spawn(move || {
+                if let Some(cpu) = plan.cpu
+                    && let Err(e) = pin_to_cpu(cpu)
+                {
+                    tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker to its CPU");
+                }
+                let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                    Ok(rt) => rt,
+                    Err(source) => {
+                        // The receiver outlives every worker's first message.
+                        ready
+                            .send(Err(RuntimeError::Uring { worker: id, source }))
+                            .ok();
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let w = worker::Worker::new(
+                        id,
+                        snapshot,
+                        PipePool::new(PIPES_PER_WORKER, IDLE_PIPES_PER_WORKER),
+                    );
+                    ready.send(Ok(())).ok();
+                    drop(ready);
+                    w.run(plan.listeners, shutdown, grace).await;
+                });
+            })
+            .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
+        handles.push(handle);
+    }
+    drop(ready_tx);
+    for _ in 0..count {
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(handles)
+}
+
+/// CPUs this process may run on (respects taskset and cpusets).
+pub fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: cpu_set_t is plain data; sched_getaffinity fills it for this thread.
+    let set = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        set
+    };
+    // SAFETY: CPU_ISSET reads the set we own, within CPU_SETSIZE.
+    (0..libc::CPU_SETSIZE as usize)
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect()
+}
+
+fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    // SAFETY: builds a cpu_set_t on the stack and applies it to this thread only.
+    let rc = unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
