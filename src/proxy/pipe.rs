@@ -89,6 +89,8 @@ pub struct PipePool {
     max_free: usize,
     /// Set after the first failure to make a pipe, so it is logged once.
     warned: Cell<bool>,
+    /// Set by every `take`, cleared by `trim`.
+    used: Cell<bool>,
 }
 
 impl PipePool {
@@ -99,7 +101,20 @@ impl PipePool {
             max_lent,
             max_free,
             warned: Cell::new(false),
+            used: Cell::new(false),
         }
+    }
+
+    /// Closes the idle pipes if none was taken since the last call, so a quiet
+    /// worker holds no pipes. Called periodically. Returns how many were closed.
+    pub fn trim(&self) -> usize {
+        if self.used.replace(false) {
+            return 0;
+        }
+        let mut free = self.free.borrow_mut();
+        let n = free.len();
+        free.clear();
+        n
     }
 
     /// A clean pipe, or `None` when the caller must copy instead.
@@ -107,6 +122,7 @@ impl PipePool {
         if self.lent.get() >= self.max_lent {
             return None;
         }
+        self.used.set(true);
         let pipe = match self.free.borrow_mut().pop() {
             Some(p) => p,
             None => match Pipe::new() {
@@ -161,6 +177,17 @@ mod tests {
         dirty.pending = 10;
         pool.give_back(dirty);
         assert_eq!(pool.idle(), 0, "a pipe with bytes left is closed");
+    }
+
+    #[test]
+    fn trim_closes_idle_pipes_only_after_a_quiet_period() {
+        let pool = PipePool::new(4, 4);
+        let p = pool.take().unwrap();
+        pool.give_back(p);
+        assert_eq!(pool.trim(), 0, "used since the last trim: kept");
+        assert_eq!(pool.idle(), 1);
+        assert_eq!(pool.trim(), 1, "quiet since the last trim: closed");
+        assert_eq!(pool.idle(), 0);
     }
 
     #[test]

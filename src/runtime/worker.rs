@@ -17,6 +17,9 @@ use crate::balancer::Tried;
 use crate::proxy::{self, ProxyError, pipe::PipePool};
 use crate::snapshot::SharedSnapshot;
 
+/// How often a worker closes pipes it has not needed since the last look.
+const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);
+
 /// Longest pause after an accept error such as EMFILE.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
@@ -61,8 +64,19 @@ impl Worker {
             .into_iter()
             .map(|l| tokio_uring::spawn(accept_loop(self.clone(), l, shutdown.clone())))
             .collect();
-        // Ok or Err (sender gone): either way it is time to stop.
-        let _stopping = shutdown.wait_for(|&stop| stop).await;
+        let mut trim = tokio::time::interval(PIPE_TRIM_EVERY);
+        loop {
+            tokio::select! {
+                _ = trim.tick() => {
+                    let closed = self.pipes.trim();
+                    if closed > 0 {
+                        debug!(worker = self.id, closed, "closed idle pipes");
+                    }
+                }
+                // Ok or Err (sender gone): either way it is time to stop.
+                _ = shutdown.wait_for(|&stop| stop) => break,
+            }
+        }
         for l in loops {
             if let Err(e) = l.await {
                 warn!(worker = self.id, error = %e, "accept loop ended abnormally");

@@ -1,0 +1,321 @@
+//! Test harness: runs the real `ringlb` binary as a child process against
+//! backends in this process, all on 127.0.0.1 with kernel-chosen ports.
+#![allow(dead_code)] // each test file uses part of it
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
+
+/// Polls `cond` until it holds or `limit` passes; panics naming `what`.
+pub fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    let mut pause = Duration::from_millis(1);
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+}
+
+/// Async flavour of [`wait_until`].
+pub async fn wait_until_async(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Lets this test process open as many sockets as the hard limit allows.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain get/setrlimit on a local struct.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim), 0);
+        lim.rlim_cur = lim.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &lim), 0);
+    }
+}
+
+/// A running ringlb. Killed on drop if the test did not stop it.
+pub struct Ringlb {
+    child: Child,
+    pub dir: tempfile::TempDir,
+    /// Bound address of each listener, by name.
+    pub listeners: HashMap<String, SocketAddr>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+/// Writes `config` (TOML) and each `(file name, contents)` into a fresh folder.
+pub fn write_config(config: &str, files: &[(&str, String)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("ringlb.toml"), config).unwrap();
+    for (name, body) in files {
+        let path = dir.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, body).unwrap();
+    }
+    dir
+}
+
+/// A targets file listing `addrs`.
+pub fn targets(addrs: &[SocketAddr]) -> String {
+    addrs.iter().map(|a| format!("{a}\n")).collect()
+}
+
+/// A config with one listener "web" on 127.0.0.1:0 in front of group "web"
+/// (targets in targets/web.txt) and `extra` lines appended to the group.
+pub fn simple_config(workers: usize, group_extra: &str) -> String {
+    format!(
+        r#"
+[runtime]
+workers = {workers}
+shutdown_timeout = "5s"
+
+[[listener]]
+name = "web"
+listen = "127.0.0.1:0"
+target_group = "web"
+
+[[target_group]]
+name = "web"
+targets_file = "targets/web.txt"
+{group_extra}
+"#
+    )
+}
+
+impl Ringlb {
+    /// Starts ringlb on `dir/ringlb.toml` and waits until it says it is ready.
+    pub fn start(dir: tempfile::TempDir) -> Ringlb {
+        let mut child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(dir.path().join("ringlb.toml"))
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringlb");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line.clone());
+                let _ignore_if_test_moved_on = tx.send(line);
+            }
+        });
+        let mut listeners = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match rx.recv_timeout(left) {
+                Ok(l) => l,
+                Err(_) => {
+                    let _ = child.kill();
+                    panic!(
+                        "ringlb did not become ready; log:\n{}",
+                        log.lock().unwrap().join("\n")
+                    );
+                }
+            };
+            if line.contains(" listening ") {
+                let name = field(&line, "listener").unwrap();
+                let addr = field(&line, "addr").unwrap().parse().unwrap();
+                listeners.insert(name, addr);
+            }
+            if line.contains(" ready ") {
+                break;
+            }
+        }
+        Ringlb {
+            child,
+            dir,
+            listeners,
+            log,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.listeners["web"]
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ringlb.toml")
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Open file descriptors of the ringlb process.
+    pub fn fd_count(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .unwrap()
+            .count()
+    }
+
+    /// Threads of the ringlb process.
+    pub fn thread_count(&self) -> usize {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("Threads:"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+    }
+
+    /// Waits for the process to exit by itself within `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        let mut status = None;
+        wait_until(limit, "ringlb to exit", || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status.unwrap()
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(20))
+    }
+}
+
+impl Drop for Ringlb {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _already_dead_is_fine = self.child.kill();
+            let _reaped = self.child.wait();
+        }
+    }
+}
+
+/// `key=value` from a compact tracing line.
+pub fn field(line: &str, key: &str) -> Option<String> {
+    let pat = format!(" {key}=");
+    let start = line.find(&pat)? + pat.len();
+    let rest = &line[start..];
+    Some(
+        rest.split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// A backend that writes its one-byte `tag` on accept, then echoes until the
+/// client half-closes, then closes. Counts connections.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub tag: u8,
+    pub accepted: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn tagged(tag: u8) -> Backend {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let (a, o) = (accepted.clone(), open.clone());
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let o = o.clone();
+                tokio::spawn(async move {
+                    if s.write_all(&[tag]).await.is_ok() {
+                        let (mut r, mut w) = s.split();
+                        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                            let _peer_may_be_gone = w.shutdown().await;
+                        }
+                    }
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend {
+            addr,
+            tag,
+            accepted,
+            open,
+            task,
+        }
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Connects through the proxy and returns the stream and the tag of the
+/// backend that answered.
+pub async fn connect_tagged(addr: SocketAddr) -> (tokio::net::TcpStream, u8) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tag = [0u8];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut tag))
+        .await
+        .expect("backend tag within 10 s")
+        .expect("a backend answered");
+    (s, tag[0])
+}
+
+/// An address on 127.0.0.1 where nothing listens (connections are refused).
+pub fn refusing_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Path of a file in the repository.
+pub fn repo_path(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
+}
