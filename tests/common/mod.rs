@@ -319,3 +319,35 @@ pub fn refusing_addr() -> SocketAddr {
 pub fn repo_path(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(rel)
 }
+
+/// A loopback address whose SYNs are dropped, so connects hang until they time
+/// out: a listener with a backlog of 0 whose one queue slot is already taken.
+pub struct Blackhole {
+    pub addr: SocketAddr,
+    _listener: socket2::Socket,
+    _filler: std::net::TcpStream,
+}
+
+impl Blackhole {
+    pub fn new() -> Blackhole {
+        use socket2::{Domain, Socket, Type};
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let filler = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+        // Prove the hole is there before a test relies on it.
+        let probe = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200));
+        assert!(
+            probe.is_err(),
+            "backlog-0 listener still accepted a second connection"
+        );
+        Blackhole {
+            addr,
+            _listener: listener,
+            _filler: filler,
+        }
+    }
+}
