@@ -32,9 +32,16 @@ async fn main() {
         .unwrap_or_else(|| "127.0.0.1:6400".into())
         .parse()
         .expect("usage: demo_backend IP:PORT [name]");
-    let name = args.next().unwrap_or_else(|| format!("backend-{}", addr.port()));
-    let listener = TcpListener::bind(addr).await.unwrap_or_else(|e| panic!("bind {addr}: {e}"));
-    eprintln!("demo_backend {name} listening on {}", listener.local_addr().unwrap());
+    let name = args
+        .next()
+        .unwrap_or_else(|| format!("backend-{}", addr.port()));
+    let listener = TcpListener::bind(addr)
+        .await
+        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    eprintln!(
+        "demo_backend {name} listening on {}",
+        listener.local_addr().unwrap()
+    );
     let state = Arc::new(State {
         name,
         failing: AtomicBool::new(false),
@@ -67,9 +74,15 @@ async fn serve(mut s: TcpStream, state: &State) -> std::io::Result<()> {
             match req.parse(&buf) {
                 Ok(httparse::Status::Complete(n)) => {
                     let close = req.headers.iter().any(|h| {
-                        h.name.eq_ignore_ascii_case("connection") && h.value.eq_ignore_ascii_case(b"close")
+                        h.name.eq_ignore_ascii_case("connection")
+                            && h.value.eq_ignore_ascii_case(b"close")
                     }) || req.version == Some(0);
-                    break (req.method.unwrap_or("").to_string(), req.path.unwrap_or("").to_string(), close, n);
+                    break (
+                        req.method.unwrap_or("").to_string(),
+                        req.path.unwrap_or("").to_string(),
+                        close,
+                        n,
+                    );
                 }
                 Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => {
                     let mut chunk = [0u8; 4096];

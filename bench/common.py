@@ -1,0 +1,66 @@
+"""Helpers shared by the bench scripts: build, start ringlb pinned, read /proc."""
+import os, re, shutil, subprocess, sys, time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def ensure(debian_packages, build_examples=False):
+    missing = [p for p in debian_packages if shutil.which(p) is None]
+    if missing:
+        subprocess.run(["apt-get", "update", "-qq"], check=True)
+        subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+    cmd = ["cargo", "build", "--release", "--quiet", "--bin", "ringlb"]
+    if build_examples:
+        cmd += ["--example", "demo_backend"]
+    subprocess.run(cmd, check=True, cwd=ROOT)
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group=""):
+    """Starts ringlb (listening on 127.0.0.1, kernel-chosen port); returns (proc, port)."""
+    os.makedirs(f"{workdir}/targets", exist_ok=True)
+    with open(f"{workdir}/targets/t.txt", "w") as f:
+        f.write("".join(f"{t}\n" for t in targets))
+    with open(f"{workdir}/ringlb.toml", "w") as f:
+        f.write(
+            f'[runtime]\nworkers = {workers}\n[[listener]]\nname = "bench"\nlisten = "127.0.0.1:0"\n'
+            f'target_group = "t"\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n{extra_group}\n'
+        )
+    log = open(f"{workdir}/ringlb.log", "w+")
+    proc = subprocess.Popen(
+        ["taskset", "-c", cpus, f"{ROOT}/target/release/ringlb", "run", "--config", f"{workdir}/ringlb.toml"],
+        stderr=log, stdout=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 10
+    text = ""
+    while time.time() < deadline:
+        log.seek(0)
+        text = log.read()
+        m = re.search(r"addr=127\.0\.0\.1:(\d+)", text)
+        if m and " ready " in text:
+            return proc, int(m.group(1))
+        time.sleep(0.05)
+    proc.kill()
+    sys.exit(f"ringlb did not start:\n{text}")
+
+
+def stop(proc):
+    proc.terminate()
+    try:
+        proc.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.kill()
