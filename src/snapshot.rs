@@ -1,18 +1,19 @@
 //! The one immutable value the control plane publishes and workers read.
 //!
-//! A worker loads the snapshot once per accepted connection, copies out what the
-//! connection needs, and never holds it across I/O. A new snapshot replaces the
-//! old one with a single swap.
+//! A worker loads the snapshot once per accepted connection, takes what the
+//! connection needs, and lets it go before proxying. A new snapshot replaces the
+//! old one with a single swap. Balancer tables are built here, when a snapshot
+//! is built, never per connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::balancer::{RoundRobin, Tried};
+use crate::balancer::{LeastConnections, Maglev, RoundRobin, Tried};
 use crate::config::{Algorithm, Config};
 use crate::targets::Target;
 
@@ -29,7 +30,8 @@ pub struct Snapshot {
 #[derive(Debug)]
 pub struct GroupSnapshot {
     pub name: String,
-    pub targets: Vec<Target>,
+    /// In targets-file order.
+    pub targets: Vec<TargetEntry>,
     pub balancer: Balancer,
     pub connect_timeout: Duration,
     pub connect_retries: u32,
@@ -37,24 +39,85 @@ pub struct GroupSnapshot {
 }
 
 #[derive(Debug)]
+pub struct TargetEntry {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Shared with every worker and with later snapshots listing the same address.
+    pub stats: Arc<TargetStats>,
+}
+
+/// What all workers know about one target address, updated on the data path
+/// with one atomic per connection (not per byte).
+#[derive(Debug, Default)]
+pub struct TargetStats {
+    /// Connections placed on this target and not yet closed (counted from the
+    /// pick, so concurrent picks on other cores see it at once).
+    pub active: AtomicU64,
+}
+
+impl TargetStats {
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts one connection as active on a target while it lives.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<TargetStats>);
+
+impl ActiveGuard {
+    pub fn new(stats: &Arc<TargetStats>) -> Self {
+        stats.active.fetch_add(1, Ordering::Relaxed);
+        ActiveGuard(stats.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
 pub enum Balancer {
     RoundRobin(RoundRobin),
+    LeastConnections(LeastConnections),
+    Maglev(Maglev),
 }
 
 impl GroupSnapshot {
-    /// The target for the next attempt of a connection, skipping those tried.
-    pub fn pick(&self, tried: &Tried) -> Option<usize> {
+    /// The target for the next connect attempt for `client`, skipping those tried.
+    pub fn pick(&self, client: &SocketAddr, tried: &Tried) -> Option<usize> {
+        let usable = |i: usize| !tried.contains(i);
         match &self.balancer {
-            Balancer::RoundRobin(rr) => rr.pick(tried),
+            Balancer::RoundRobin(rr) => rr.pick(usable),
+            Balancer::LeastConnections(lc) => lc.pick(
+                self.targets.len(),
+                |i| (self.targets[i].stats.active(), self.targets[i].weight),
+                usable,
+            ),
+            Balancer::Maglev(m) => m.pick(client, usable),
         }
     }
 }
 
-/// State that outlives any one snapshot, keyed by group name: the round-robin
-/// position, so a reload does not restart every group at its first target.
+/// State that outlives any one snapshot: the rotation position of each group
+/// and the shared stats of each target address.
 #[derive(Debug, Default)]
 pub struct Carry {
-    rr_next: HashMap<String, Arc<AtomicUsize>>,
+    rotation: HashMap<String, Arc<AtomicUsize>>,
+    stats: HashMap<SocketAddr, Arc<TargetStats>>,
+}
+
+impl Carry {
+    fn stats(&mut self, addr: SocketAddr) -> Arc<TargetStats> {
+        self.stats.entry(addr).or_default().clone()
+    }
+
+    /// Forgets addresses no snapshot or connection refers to any more.
+    fn prune(&mut self) {
+        self.stats.retain(|_, s| Arc::strong_count(s) > 1);
+    }
 }
 
 /// Builds a snapshot from a validated config and each group's targets.
@@ -64,16 +127,31 @@ pub fn build(epoch: u64, config: &Config, targets: &[Vec<Target>], carry: &mut C
         .iter()
         .zip(targets)
         .map(|(g, t)| {
-            let weights: Vec<u32> = t.iter().map(|t| t.weight).collect();
+            let rotation = carry.rotation.entry(g.name.clone()).or_default().clone();
             let balancer = match g.algorithm {
                 Algorithm::RoundRobin => {
-                    let next = carry.rr_next.entry(g.name.clone()).or_default().clone();
-                    Balancer::RoundRobin(RoundRobin::new(&weights, next))
+                    let weights: Vec<u32> = t.iter().map(|t| t.weight).collect();
+                    Balancer::RoundRobin(RoundRobin::new(&weights, rotation))
+                }
+                Algorithm::LeastConnections => {
+                    Balancer::LeastConnections(LeastConnections::new(rotation))
+                }
+                Algorithm::Maglev(key) => {
+                    let pairs: Vec<(SocketAddr, u32)> =
+                        t.iter().map(|t| (t.addr, t.weight)).collect();
+                    Balancer::Maglev(Maglev::new(&pairs, key))
                 }
             };
             GroupSnapshot {
                 name: g.name.clone(),
-                targets: t.clone(),
+                targets: t
+                    .iter()
+                    .map(|t| TargetEntry {
+                        addr: t.addr,
+                        weight: t.weight,
+                        stats: carry.stats(t.addr),
+                    })
+                    .collect(),
                 balancer,
                 connect_timeout: g.connect_timeout,
                 connect_retries: g.connect_retries,
@@ -81,6 +159,7 @@ pub fn build(epoch: u64, config: &Config, targets: &[Vec<Target>], carry: &mut C
             }
         })
         .collect();
+    carry.prune();
     Snapshot { epoch, groups }
 }
 

@@ -1,8 +1,12 @@
 //! Target selection. Tables are built when the target set changes (control
 //! plane); `pick` runs per connection on the workers and only reads them.
 
+mod least_connections;
+pub mod maglev;
 mod round_robin;
 
+pub use least_connections::LeastConnections;
+pub use maglev::{HashKey, Maglev};
 pub use round_robin::{RoundRobin, smooth_schedule};
 
 /// Targets a pick must not return: the ones already tried for this client.

@@ -5,8 +5,6 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::Tried;
-
 #[derive(Debug)]
 pub struct RoundRobin {
     /// Target indices in visiting order; each target appears `weight / gcd` times.
@@ -24,8 +22,8 @@ impl RoundRobin {
         }
     }
 
-    /// Next target in the schedule that is not in `tried`.
-    pub fn pick(&self, tried: &Tried) -> Option<usize> {
+    /// Next target in the schedule that `usable` accepts.
+    pub fn pick(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let len = self.schedule.len();
         if len == 0 {
             return None;
@@ -33,7 +31,7 @@ impl RoundRobin {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         (0..len)
             .map(|step| self.schedule[(start + step) % len] as usize)
-            .find(|&i| !tried.contains(i))
+            .find(|&i| usable(i))
     }
 }
 
@@ -66,11 +64,12 @@ pub fn smooth_schedule(weights: &[u32]) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::Tried;
 
     fn counts(rr: &RoundRobin, n: usize, targets: usize) -> Vec<usize> {
         let mut c = vec![0; targets];
         for _ in 0..n {
-            c[rr.pick(&Tried::default()).unwrap()] += 1;
+            c[rr.pick(|_| true).unwrap()] += 1;
         }
         c
     }
@@ -78,9 +77,7 @@ mod tests {
     #[test]
     fn equal_weights_give_exact_turns() {
         let rr = RoundRobin::new(&[1, 1, 1], Arc::default());
-        let seq: Vec<usize> = (0..6)
-            .map(|_| rr.pick(&Tried::default()).unwrap())
-            .collect();
+        let seq: Vec<usize> = (0..6).map(|_| rr.pick(|_| true).unwrap()).collect();
         assert_eq!(seq, vec![0, 1, 2, 0, 1, 2]);
         assert_eq!(counts(&rr, 300, 3), vec![100, 100, 100]);
     }
@@ -107,13 +104,10 @@ mod tests {
         tried.push(0);
         tried.push(1);
         for _ in 0..5 {
-            assert_eq!(rr.pick(&tried), Some(2));
+            assert_eq!(rr.pick(|i| !tried.contains(i)), Some(2));
         }
         tried.push(2);
-        assert_eq!(rr.pick(&tried), None);
-        assert_eq!(
-            RoundRobin::new(&[], Arc::default()).pick(&Tried::default()),
-            None
-        );
+        assert_eq!(rr.pick(|i| !tried.contains(i)), None);
+        assert_eq!(RoundRobin::new(&[], Arc::default()).pick(|_| true), None);
     }
 }

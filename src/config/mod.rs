@@ -11,6 +11,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use crate::balancer::HashKey;
 pub use duration::{ConfigDuration, parse_duration};
 use raw::{RawConfig, RawHealthCheck, RawPort, RawTargetGroup};
 use toml::Spanned;
@@ -44,7 +45,14 @@ pub struct ListenerConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Algorithm {
+    /// Smooth weighted round robin.
     RoundRobin,
+    /// Fewest `(active + 1) / weight`; `least_connections` and
+    /// `weighted_least_connections` both mean this (weights apply to every
+    /// algorithm, as with HAProxy's leastconn).
+    LeastConnections,
+    /// Maglev consistent hashing on the client address.
+    Maglev(HashKey),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -282,15 +290,43 @@ impl Validator<'_> {
         let here = g.name.span();
         let algorithm = match g.algorithm.get_ref().as_str() {
             "round_robin" => Algorithm::RoundRobin,
+            "least_connections" | "weighted_least_connections" => Algorithm::LeastConnections,
+            "maglev" => Algorithm::Maglev(match &g.hash_key {
+                None => HashKey::SourceIpPort,
+                Some(k) => match k.get_ref().as_str() {
+                    "source_ip_port" => HashKey::SourceIpPort,
+                    "source_ip" => HashKey::SourceIp,
+                    other => {
+                        return Err(self.at(
+                            k,
+                            here,
+                            format!("{key}.hash_key"),
+                            format!("unknown hash_key {other:?} (known: \"source_ip_port\", \"source_ip\")"),
+                        ));
+                    }
+                },
+            }),
             other => {
                 return Err(self.at(
                     &g.algorithm,
                     here,
                     format!("{key}.algorithm"),
-                    format!("unknown algorithm {other:?} (known: \"round_robin\")"),
+                    format!(
+                        "unknown algorithm {other:?} (known: \"round_robin\", \"least_connections\", \"weighted_least_connections\", \"maglev\")"
+                    ),
                 ));
             }
         };
+        if let Some(k) = &g.hash_key
+            && !matches!(algorithm, Algorithm::Maglev(_))
+        {
+            return Err(self.at(
+                k,
+                here,
+                format!("{key}.hash_key"),
+                "only applies to algorithm = \"maglev\"".into(),
+            ));
+        }
         let file = g.targets_file.get_ref();
         if file.is_empty() {
             return Err(self.at(

@@ -51,6 +51,8 @@ pub struct RawTargetGroup {
     pub name: Spanned<String>,
     #[serde(default = "default_algorithm")]
     pub algorithm: Spanned<String>,
+    #[serde(default)]
+    pub hash_key: Option<Spanned<String>>,
     pub targets_file: Spanned<String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Spanned<ConfigDuration>,

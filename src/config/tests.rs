@@ -198,6 +198,45 @@ fn error_display_is_file_line_column_key_message() {
 }
 
 #[test]
+fn algorithms_and_hash_keys() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "targets_file = \"targets/web.txt\"",
+            &format!("targets_file = \"targets/web.txt\"\n{extra}"),
+        )
+    };
+    let algo = |extra: &str| {
+        parse(Path::new("/x/ringlb.toml"), &with(extra))
+            .unwrap()
+            .groups[0]
+            .algorithm
+    };
+    assert_eq!(algo(""), Algorithm::RoundRobin);
+    assert_eq!(
+        algo("algorithm = \"least_connections\""),
+        Algorithm::LeastConnections
+    );
+    assert_eq!(
+        algo("algorithm = \"weighted_least_connections\""),
+        Algorithm::LeastConnections
+    );
+    assert_eq!(
+        algo("algorithm = \"maglev\""),
+        Algorithm::Maglev(HashKey::SourceIpPort)
+    );
+    assert_eq!(
+        algo("algorithm = \"maglev\"\nhash_key = \"source_ip\""),
+        Algorithm::Maglev(HashKey::SourceIp)
+    );
+    let (line, key, msg) = err(&with("algorithm = \"maglev\"\nhash_key = \"dest_ip\""));
+    assert_eq!((line, key.as_str()), (14, "target_group[0].hash_key"));
+    assert!(msg.contains("unknown hash_key"));
+    let (line, key, msg) = err(&with("hash_key = \"source_ip\""));
+    assert_eq!((line, key.as_str()), (13, "target_group[0].hash_key"));
+    assert!(msg.contains("only applies to algorithm = \"maglev\""));
+}
+
+#[test]
 fn matcher_forms() {
     assert_eq!(parse_matcher("200").unwrap(), vec![(200, 200)]);
     assert_eq!(parse_matcher("200-399").unwrap(), vec![(200, 399)]);

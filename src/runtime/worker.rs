@@ -15,7 +15,7 @@ use tracing::{debug, info, warn};
 use super::uring;
 use crate::balancer::Tried;
 use crate::proxy::{self, ProxyError, pipe::PipePool};
-use crate::snapshot::SharedSnapshot;
+use crate::snapshot::{ActiveGuard, SharedSnapshot};
 
 /// How often a worker closes pipes it has not needed since the last look.
 const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -183,28 +183,34 @@ async fn session(w: Rc<Worker>, client: OwnedFd, peer: SocketAddr, group: usize)
     }
     // Read the snapshot once; keep it only while placing the connection (an
     // Arc, not a Guard: the connect awaits), then let it go.
-    let (target, addr, idle) = {
+    let (target, addr, idle, _active) = {
         let snap = w.snapshot.load_full();
         let g = &snap.groups[group];
         let mut tried = Tried::with_capacity(g.connect_retries as usize + 1);
         let mut placed = None;
         while tried.len() <= g.connect_retries as usize {
-            let Some(i) = g.pick(&tried) else { break };
+            let Some(i) = g.pick(&peer, &tried) else {
+                break;
+            };
             tried.push(i);
-            let addr = g.targets[i].addr;
-            match connect(addr, g.connect_timeout).await {
+            let t = &g.targets[i];
+            // Counted from the pick, so other cores' least-connection picks
+            // see it during the connect; uncounted again if the connect fails.
+            let active = ActiveGuard::new(&t.stats);
+            match connect(t.addr, g.connect_timeout).await {
                 Ok(fd) => {
-                    placed = Some((fd, addr));
+                    placed = Some((fd, t.addr, active));
                     break;
                 }
-                Err(e) => debug!(%peer, target = %addr, error = %e, "connect failed"),
+                Err(e) => debug!(%peer, target = %t.addr, error = %e, "connect failed"),
             }
         }
-        let Some((fd, addr)) = placed else {
+        let Some((fd, addr, active)) = placed else {
             debug!(%peer, group = %g.name, tried = tried.len(), "no target could take the connection; closing client");
             return;
         };
-        (fd, addr, g.idle_timeout)
+        debug!(worker = w.id, %peer, target = %addr, "placed");
+        (fd, addr, g.idle_timeout, active)
     };
     match proxy::run(&w.pipes, client, target, idle).await {
         Ok(t) => {

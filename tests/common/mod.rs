@@ -107,10 +107,15 @@ targets_file = "targets/web.txt"
 impl Ringlb {
     /// Starts ringlb on `dir/ringlb.toml` and waits until it says it is ready.
     pub fn start(dir: tempfile::TempDir) -> Ringlb {
+        Self::start_logging(dir, "info")
+    }
+
+    /// As [`Ringlb::start`], with a log filter (e.g. "debug").
+    pub fn start_logging(dir: tempfile::TempDir, filter: &str) -> Ringlb {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(dir.path().join("ringlb.toml"))
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -172,6 +177,15 @@ impl Ringlb {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
+    }
+
+    /// Workers that placed at least one connection (needs debug logging).
+    pub fn workers_that_placed(&self) -> std::collections::BTreeSet<String> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .filter(|l| l.contains(" placed "))
+            .filter_map(|l| field(l, "worker"))
+            .collect()
     }
 
     /// Open file descriptors of the ringlb process.
