@@ -2,6 +2,7 @@
 //! config, binds every listener, publishes the first snapshot, starts the
 //! workers, then waits for signals.
 
+use std::collections::HashMap;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,9 +12,10 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::config::{self, Config, ConfigError};
+use crate::control::ControlPlane;
 use crate::listener::{self, ListenerError};
 use crate::runtime::{self, BoundListener, RuntimeError, WorkerPlan};
-use crate::snapshot::{self, Carry};
+use crate::snapshot::{self, SharedSnapshot, Snapshot};
 use crate::targets::{self, Target, TargetsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,14 +48,16 @@ pub struct Loaded {
     pub targets: Vec<Vec<Target>>,
 }
 
-/// Reads and validates the config and every targets file it names.
-pub fn load(path: &Path) -> Result<Loaded, LoadError> {
+/// Reads and validates the config and every targets file it names. With
+/// `replacing`, targets files follow the reload rules (no empty or
+/// half-written file replaces a set in service).
+pub fn load(path: &Path, replacing: bool) -> Result<Loaded, LoadError> {
     let config = config::load(path)?;
     let targets = config
         .groups
         .iter()
         .map(|g| {
-            targets::load(&g.targets_file).map_err(|source| LoadError::Targets {
+            targets::load(&g.targets_file, replacing).map_err(|source| LoadError::Targets {
                 group: g.name.clone(),
                 source,
             })
@@ -64,7 +68,7 @@ pub fn load(path: &Path) -> Result<Loaded, LoadError> {
 
 /// `ringlb check`: a one-line summary of a good config.
 pub fn check(path: &Path) -> Result<String, LoadError> {
-    let l = load(path)?;
+    let l = load(path, false)?;
     let targets: usize = l.targets.iter().map(Vec::len).sum();
     Ok(format!(
         "{}: ok: {} listener(s), {} target group(s), {} target(s)",
@@ -75,9 +79,12 @@ pub fn check(path: &Path) -> Result<String, LoadError> {
     ))
 }
 
-/// `ringlb run`: serve until SIGTERM or SIGINT.
+/// How often the control plane looks at targets files and drains.
+const TICK: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// `ringlb run`: serve until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub fn run(path: &Path) -> Result<(), AppError> {
-    let Loaded { config, targets } = load(path)?;
+    let loaded = load(path, false)?;
     raise_nofile_limit();
 
     let control = tokio::runtime::Builder::new_current_thread()
@@ -87,9 +94,9 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             what: "control-plane runtime",
             source,
         })?;
-    // Signal handlers go in before anything is bound, so a SIGTERM sent the
+    // Signal handlers go in before anything is bound, so a signal sent the
     // moment we are ready is never lost.
-    let (mut term, mut int) = {
+    let (mut term, mut int, mut hup) = {
         let _in_runtime = control.enter();
         let sig = |kind| {
             signal(kind).map_err(|source| AppError::Io {
@@ -97,9 +104,14 @@ pub fn run(path: &Path) -> Result<(), AppError> {
                 source,
             })
         };
-        (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?)
+        (
+            sig(SignalKind::terminate())?,
+            sig(SignalKind::interrupt())?,
+            sig(SignalKind::hangup())?,
+        )
     };
 
+    let config = &loaded.config;
     let cpus = runtime::allowed_cpus();
     let workers = match config.runtime.workers {
         0 => cpus.len().max(1),
@@ -112,43 +124,49 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             listeners: Vec::new(),
         })
         .collect();
+    let mut bound = HashMap::new();
     for l in &config.listeners {
         let (addr, sockets) = listener::bind_reuseport(l, workers)?;
+        let name: Arc<str> = l.name.as_str().into();
         for (plan, socket) in plans.iter_mut().zip(sockets) {
             plan.listeners.push(BoundListener {
-                name: l.name.clone(),
-                group: l.group,
+                name: name.clone(),
                 socket,
             });
         }
         let group = &config.groups[l.group];
         info!(listener = %l.name, %addr, group = %group.name, "listening");
+        bound.insert(l.name.clone(), (l.clone(), addr));
     }
-    for (g, t) in config.groups.iter().zip(&targets) {
+    for (g, t) in config.groups.iter().zip(&loaded.targets) {
         if t.is_empty() {
             warn!(group = %g.name, file = %g.targets_file.display(), "target group has no targets; its clients will be closed");
         } else {
             info!(group = %g.name, targets = %snapshot::describe(t), "targets loaded");
         }
     }
-
-    let mut carry = Carry::default();
-    let shared = Arc::new(ArcSwap::from_pointee(snapshot::build(
-        1, &config, &targets, &mut carry,
-    )));
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let grace = config.runtime.shutdown_timeout;
-    let handles = runtime::start(plans, shared, stop_rx, grace)?;
+
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+    let mut cp = ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let workers_handle = runtime::start(plans, shared, stop_rx, grace)?;
     info!(workers, pid = std::process::id(), "ready");
 
     control.block_on(async {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: shutting down"),
-            _ = int.recv() => info!("SIGINT: shutting down"),
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break }
+                _ = hup.recv() => { info!("SIGHUP: reloading config"); cp.reload_config(&workers_handle) }
+                _ = tick.tick() => cp.tick(&workers_handle),
+            }
         }
     });
     stop_tx.send_replace(true);
-    for h in handles {
+    for h in workers_handle.threads {
         if h.join().is_err() {
             warn!("a worker panicked during shutdown");
         }

@@ -4,6 +4,7 @@ pub mod app;
 pub mod balancer;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod listener;
 pub mod proxy;
 pub mod runtime;

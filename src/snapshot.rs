@@ -25,17 +25,46 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Indexed like `Config::groups`.
     pub groups: Vec<GroupSnapshot>,
+    /// Listener name -> index into `groups`. Workers find a connection's group
+    /// through its listener's name, so a reload may remap or reorder groups.
+    pub listeners: HashMap<Arc<str>, usize>,
+}
+
+impl Snapshot {
+    /// The placeholder before the control plane's first publication.
+    pub fn empty() -> Snapshot {
+        Snapshot {
+            epoch: 0,
+            groups: Vec::new(),
+            listeners: HashMap::new(),
+        }
+    }
+
+    pub fn group_of(&self, listener: &str) -> Option<&GroupSnapshot> {
+        self.listeners.get(listener).map(|&g| &self.groups[g])
+    }
 }
 
 #[derive(Debug)]
 pub struct GroupSnapshot {
-    pub name: String,
+    pub name: Arc<str>,
     /// In targets-file order.
     pub targets: Vec<TargetEntry>,
     pub balancer: Balancer,
     pub connect_timeout: Duration,
     pub connect_retries: u32,
     pub idle_timeout: Duration,
+    /// Targets removed from the group whose connections may still run.
+    pub draining: Vec<Draining>,
+}
+
+/// A removed target whose connections continue until they end or `deadline`.
+#[derive(Debug, Clone)]
+pub struct Draining {
+    pub group: Arc<str>,
+    pub addr: SocketAddr,
+    pub deadline: tokio::time::Instant,
+    pub stats: Arc<TargetStats>,
 }
 
 #[derive(Debug)]
@@ -110,7 +139,7 @@ pub struct Carry {
 }
 
 impl Carry {
-    fn stats(&mut self, addr: SocketAddr) -> Arc<TargetStats> {
+    pub fn stats(&mut self, addr: SocketAddr) -> Arc<TargetStats> {
         self.stats.entry(addr).or_default().clone()
     }
 
@@ -120,8 +149,15 @@ impl Carry {
     }
 }
 
-/// Builds a snapshot from a validated config and each group's targets.
-pub fn build(epoch: u64, config: &Config, targets: &[Vec<Target>], carry: &mut Carry) -> Snapshot {
+/// Builds a snapshot from a validated config, each group's targets, and the
+/// targets still draining (of any group, present or gone).
+pub fn build(
+    epoch: u64,
+    config: &Config,
+    targets: &[Vec<Target>],
+    draining: &[Draining],
+    carry: &mut Carry,
+) -> Snapshot {
     let groups = config
         .groups
         .iter()
@@ -143,7 +179,7 @@ pub fn build(epoch: u64, config: &Config, targets: &[Vec<Target>], carry: &mut C
                 }
             };
             GroupSnapshot {
-                name: g.name.clone(),
+                name: g.name.as_str().into(),
                 targets: t
                     .iter()
                     .map(|t| TargetEntry {
@@ -156,11 +192,25 @@ pub fn build(epoch: u64, config: &Config, targets: &[Vec<Target>], carry: &mut C
                 connect_timeout: g.connect_timeout,
                 connect_retries: g.connect_retries,
                 idle_timeout: g.idle_timeout,
+                draining: draining
+                    .iter()
+                    .filter(|d| *d.group == *g.name)
+                    .cloned()
+                    .collect(),
             }
         })
         .collect();
     carry.prune();
-    Snapshot { epoch, groups }
+    let listeners = config
+        .listeners
+        .iter()
+        .map(|l| (l.name.as_str().into(), l.group))
+        .collect();
+    Snapshot {
+        epoch,
+        groups,
+        listeners,
+    }
 }
 
 /// Addresses in a group, for logs.

@@ -64,6 +64,8 @@ pub struct GroupConfig {
     pub connect_timeout: Duration,
     pub connect_retries: u32,
     pub idle_timeout: Duration,
+    /// How long connections to a removed target may continue; 0 closes them at once.
+    pub deregistration_delay: Duration,
     pub health: HealthCheckConfig,
 }
 
@@ -368,6 +370,7 @@ impl Validator<'_> {
             connect_timeout,
             connect_retries: g.connect_retries,
             idle_timeout,
+            deregistration_delay: g.deregistration_delay.0,
             health: self.health(&format!("{key}.health_check"), &g.health_check, here)?,
         })
     }

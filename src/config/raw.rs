@@ -60,6 +60,8 @@ pub struct RawTargetGroup {
     pub connect_retries: u32,
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Spanned<ConfigDuration>,
+    #[serde(default = "default_deregistration_delay")]
+    pub deregistration_delay: ConfigDuration,
     #[serde(default)]
     pub health_check: RawHealthCheck,
 }
@@ -120,6 +122,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "2s";
 pub const DEFAULT_CONNECT_RETRIES: u32 = 2;
 /// The idle timeout of an AWS Network Load Balancer.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "350s";
+/// How long a removed target's connections may continue (the AWS default).
+pub const DEFAULT_DEREGISTRATION_DELAY: &str = "300s";
 /// AWS target-group defaults: 30 s interval, 5 s timeout, 5 up, 2 down.
 pub const DEFAULT_INTERVAL: &str = "30s";
 pub const DEFAULT_TIMEOUT: &str = "5s";
@@ -146,6 +150,9 @@ fn default_connect_retries() -> u32 {
 }
 fn default_idle_timeout() -> Spanned<ConfigDuration> {
     unspanned(dur(DEFAULT_IDLE_TIMEOUT))
+}
+fn default_deregistration_delay() -> ConfigDuration {
+    dur(DEFAULT_DEREGISTRATION_DELAY)
 }
 fn default_protocol() -> Spanned<String> {
     unspanned("tcp".to_string())

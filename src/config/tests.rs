@@ -51,6 +51,7 @@ fn good_config_gets_its_values_and_defaults() {
     assert_eq!(g.connect_timeout, Duration::from_millis(250));
     assert_eq!(g.connect_retries, 2);
     assert_eq!(g.idle_timeout, Duration::from_secs(300));
+    assert_eq!(g.deregistration_delay, Duration::from_secs(300));
     assert_eq!(g.health.protocol, HealthProtocol::Http);
     assert_eq!(g.health.matcher, vec![(200, 200), (204, 204), (300, 399)]);
     assert_eq!(g.health.healthy_threshold, 5);

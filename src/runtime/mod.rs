@@ -8,11 +8,11 @@ use std::io;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::proxy::pipe::PipePool;
 use crate::snapshot::SharedSnapshot;
-pub use worker::BoundListener;
+pub use worker::{BoundListener, Command};
 
 /// Pipes one worker may lend at once. Non-root users get about 1,024 full-size
 /// pipes in all (`fs.pipe-user-pages-soft`); past the cap a connection copies.
@@ -37,18 +37,39 @@ pub struct WorkerPlan {
     pub listeners: Vec<BoundListener>,
 }
 
+/// The control plane's handles on running workers.
+pub struct Workers {
+    pub threads: Vec<JoinHandle<()>>,
+    pub commands: Vec<mpsc::UnboundedSender<Command>>,
+}
+
+impl Workers {
+    /// Sends `make()` to every worker. A worker that is gone has stopped, and
+    /// shutdown reports that; there is nothing more to do here.
+    pub fn tell_all(&self, make: impl Fn() -> Command) {
+        for tx in &self.commands {
+            if tx.send(make()).is_err() {
+                tracing::warn!("a worker is gone; command not delivered");
+            }
+        }
+    }
+}
+
 /// Starts the workers and returns once each has its runtime up, or the first error.
 pub fn start(
     plans: Vec<WorkerPlan>,
     snapshot: SharedSnapshot,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
-) -> Result<Vec<JoinHandle<()>>, RuntimeError> {
+) -> Result<Workers, RuntimeError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
+    let mut commands = Vec::new();
     let count = plans.len();
     for plan in plans {
         let id = plan.id;
+        let (command_tx, command_rx) = mpsc::unbounded_channel();
+        commands.push(command_tx);
         let snapshot = snapshot.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
@@ -78,7 +99,7 @@ pub fn start(
                     );
                     ready.send(Ok(())).ok();
                     drop(ready);
-                    w.run(plan.listeners, shutdown, grace).await;
+                    w.run(plan.listeners, command_rx, shutdown, grace).await;
                 });
             })
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;
@@ -92,7 +113,10 @@ pub fn start(
             Err(_) => break,
         }
     }
-    Ok(handles)
+    Ok(Workers {
+        threads: handles,
+        commands,
+    })
 }
 
 /// CPUs this process may run on (respects taskset and cpusets).

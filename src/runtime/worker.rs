@@ -1,15 +1,19 @@
 //! What one worker does on its own core: accept on its listeners, place each
-//! connection on a target, and proxy it.
+//! connection on a target, proxy it, and obey the control plane's commands.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
+use slab::Slab;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::uring;
@@ -23,21 +27,42 @@ const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);
 /// Longest pause after an accept error such as EMFILE.
 const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
+/// What the control plane asks of a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Start accepting on this socket.
+    AddListener(BoundListener),
+    /// Stop accepting on the listener of this name and close its socket.
+    RemoveListener(Arc<str>),
+    /// Close every connection this worker proxies to `addr` for `group`.
+    CloseTarget { group: Arc<str>, addr: SocketAddr },
+}
+
+/// One listener as a worker holds it.
+#[derive(Debug)]
+pub struct BoundListener {
+    pub name: Arc<str>,
+    pub socket: TcpListener,
+}
+
+/// A session as the worker tracks it, to close it on command.
+#[derive(Default)]
+struct SessionEntry {
+    task: Option<AbortHandle>,
+    /// Set once placed: the group and target it is proxied to.
+    target: Option<(Arc<str>, SocketAddr)>,
+}
+
 pub struct Worker {
     pub id: usize,
     pub snapshot: SharedSnapshot,
     pub pipes: PipePool,
-    /// Sessions alive on this worker.
-    active: Cell<usize>,
-    /// Woken when `active` drops to zero.
+    sessions: RefCell<Slab<SessionEntry>>,
+    /// Woken when the last session ends.
     drained: Notify,
-}
-
-/// One listener as a worker holds it.
-pub struct BoundListener {
-    pub name: String,
-    pub group: usize,
-    pub socket: TcpListener,
+    /// Accept loops, by listener name, with their stop switches.
+    listeners: RefCell<HashMap<Arc<str>, (watch::Sender<bool>, JoinHandle<()>)>>,
+    accepting: Cell<bool>,
 }
 
 impl Worker {
@@ -46,8 +71,10 @@ impl Worker {
             id,
             snapshot,
             pipes,
-            active: Cell::new(0),
+            sessions: RefCell::new(Slab::new()),
             drained: Notify::new(),
+            listeners: RefCell::new(HashMap::new()),
+            accepting: Cell::new(true),
         })
     }
 
@@ -57,13 +84,13 @@ impl Worker {
     pub async fn run(
         self: Rc<Self>,
         listeners: Vec<BoundListener>,
+        mut commands: mpsc::UnboundedReceiver<Command>,
         mut shutdown: watch::Receiver<bool>,
         grace: Duration,
     ) {
-        let loops: Vec<_> = listeners
-            .into_iter()
-            .map(|l| tokio_uring::spawn(accept_loop(self.clone(), l, shutdown.clone())))
-            .collect();
+        for l in listeners {
+            self.add_listener(l);
+        }
         let mut trim = tokio::time::interval(PIPE_TRIM_EVERY);
         loop {
             tokio::select! {
@@ -73,16 +100,17 @@ impl Worker {
                         debug!(worker = self.id, closed, "closed idle pipes");
                     }
                 }
+                Some(cmd) = commands.recv() => self.obey(cmd).await,
                 // Ok or Err (sender gone): either way it is time to stop.
                 _ = shutdown.wait_for(|&stop| stop) => break,
             }
         }
-        for l in loops {
-            if let Err(e) = l.await {
-                warn!(worker = self.id, error = %e, "accept loop ended abnormally");
-            }
+        self.accepting.set(false);
+        let names: Vec<Arc<str>> = self.listeners.borrow().keys().cloned().collect();
+        for name in names {
+            self.remove_listener(&name).await;
         }
-        let open = self.active.get();
+        let open = self.sessions.borrow().len();
         if open > 0 {
             info!(
                 worker = self.id,
@@ -91,22 +119,75 @@ impl Worker {
                 "waiting for open connections to finish"
             );
             let wait = async {
-                while self.active.get() > 0 {
+                while !self.sessions.borrow().is_empty() {
                     self.drained.notified().await;
                 }
             };
             if tokio::time::timeout(grace, wait).await.is_err() {
                 warn!(
                     worker = self.id,
-                    open = self.active.get(),
+                    open = self.sessions.borrow().len(),
                     "shutdown_timeout reached; closing connections"
                 );
             }
         }
     }
+
+    async fn obey(self: &Rc<Self>, cmd: Command) {
+        match cmd {
+            Command::AddListener(l) => self.add_listener(l),
+            Command::RemoveListener(name) => self.remove_listener(&name).await,
+            Command::CloseTarget { group, addr } => {
+                let doomed: Vec<AbortHandle> = self
+                    .sessions
+                    .borrow()
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.target
+                            .as_ref()
+                            .is_some_and(|(g, a)| *g == group && *a == addr)
+                    })
+                    .filter_map(|(_, s)| s.task.clone())
+                    .collect();
+                if !doomed.is_empty() {
+                    info!(worker = self.id, %group, target = %addr, connections = doomed.len(), "closing connections of a deregistered target");
+                }
+                for task in doomed {
+                    task.abort();
+                }
+            }
+        }
+    }
+
+    fn add_listener(self: &Rc<Self>, l: BoundListener) {
+        if !self.accepting.get() {
+            return;
+        }
+        let (stop, stopped) = watch::channel(false);
+        let name = l.name.clone();
+        let task = tokio_uring::spawn(accept_loop(self.clone(), l, stopped));
+        if let Some((old_stop, _)) = self
+            .listeners
+            .borrow_mut()
+            .insert(name.clone(), (stop, task))
+        {
+            warn!(worker = self.id, listener = %name, "listener replaced while running");
+            old_stop.send_replace(true);
+        }
+    }
+
+    async fn remove_listener(&self, name: &str) {
+        let Some((stop, task)) = self.listeners.borrow_mut().remove(name) else {
+            return;
+        };
+        stop.send_replace(true);
+        if let Err(e) = task.await {
+            warn!(worker = self.id, listener = %name, error = %e, "accept loop ended abnormally");
+        }
+    }
 }
 
-async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut shutdown: watch::Receiver<bool>) {
+async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<bool>) {
     let fd = l.socket.as_raw_fd();
     let mut backoff = Duration::ZERO;
     loop {
@@ -114,7 +195,7 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut shutdown: watch::Recei
         let accepted = tokio::select! {
             biased;
             r = &mut op => r,
-            _ = shutdown.wait_for(|&stop| stop) => {
+            _ = stop.wait_for(|&stop| stop) => {
                 // Never drop an accept in flight: its fd would leak.
                 if let Err(e) = uring::cancel_fd(fd).await {
                     warn!(listener = %l.name, error = %e, "cancelling accept failed");
@@ -133,7 +214,12 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut shutdown: watch::Recei
                     backoff = Duration::ZERO;
                 }
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                tokio_uring::spawn(session(w.clone(), client, peer, l.group));
+                let key = w.sessions.borrow_mut().insert(SessionEntry::default());
+                let task =
+                    tokio_uring::spawn(session(w.clone(), key, client, peer, l.name.clone()));
+                if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
+                    entry.task = Some(task.abort_handle());
+                }
             }
             Err(e) if is_transient(&e) => {
                 debug!(listener = %l.name, error = %e, "accept: connection gone before accept")
@@ -147,7 +233,7 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut shutdown: watch::Recei
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = shutdown.wait_for(|&stop| stop) => return,
+                    _ = stop.wait_for(|&stop| stop) => return,
                 }
             }
         }
@@ -161,22 +247,27 @@ fn is_transient(e: &io::Error) -> bool {
     )
 }
 
-/// Keeps the worker's count of open sessions.
-struct Open(Rc<Worker>);
+/// Removes a session from the worker's registry when it ends, however it ends.
+struct Registered {
+    worker: Rc<Worker>,
+    key: usize,
+}
 
-impl Drop for Open {
+impl Drop for Registered {
     fn drop(&mut self) {
-        let left = self.0.active.get() - 1;
-        self.0.active.set(left);
-        if left == 0 {
-            self.0.drained.notify_waiters();
+        let mut sessions = self.worker.sessions.borrow_mut();
+        sessions.try_remove(self.key);
+        if sessions.is_empty() {
+            self.worker.drained.notify_waiters();
         }
     }
 }
 
-async fn session(w: Rc<Worker>, client: OwnedFd, peer: SocketAddr, group: usize) {
-    w.active.set(w.active.get() + 1);
-    let _open = Open(w.clone());
+async fn session(w: Rc<Worker>, key: usize, client: OwnedFd, peer: SocketAddr, listener: Arc<str>) {
+    let registered = Registered {
+        worker: w.clone(),
+        key,
+    };
     if let Err(e) = SockRef::from(&client).set_tcp_nodelay(true) {
         debug!(%peer, error = %e, "client gone before setup");
         return;
@@ -185,7 +276,10 @@ async fn session(w: Rc<Worker>, client: OwnedFd, peer: SocketAddr, group: usize)
     // Arc, not a Guard: the connect awaits), then let it go.
     let (target, addr, idle, _active) = {
         let snap = w.snapshot.load_full();
-        let g = &snap.groups[group];
+        let Some(g) = snap.group_of(&listener) else {
+            debug!(%peer, %listener, "listener no longer configured; closing client");
+            return;
+        };
         let mut tried = Tried::with_capacity(g.connect_retries as usize + 1);
         let mut placed = None;
         while tried.len() <= g.connect_retries as usize {
@@ -209,6 +303,9 @@ async fn session(w: Rc<Worker>, client: OwnedFd, peer: SocketAddr, group: usize)
             debug!(%peer, group = %g.name, tried = tried.len(), "no target could take the connection; closing client");
             return;
         };
+        if let Some(entry) = registered.worker.sessions.borrow_mut().get_mut(key) {
+            entry.target = Some((g.name.clone(), addr));
+        }
         debug!(worker = w.id, %peer, target = %addr, "placed");
         (fd, addr, g.idle_timeout, active)
     };
@@ -237,7 +334,10 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<OwnedFd> {
         biased;
         r = &mut op => r,
         () = tokio::time::sleep(timeout) => {
-            uring::cancel_fd(raw).await?;
+            if let Err(e) = uring::cancel_fd(raw).await {
+                // Still reap the op below: it ends when the kernel gives up.
+                warn!(target = %addr, error = %e, "cancelling a timed-out connect failed");
+            }
             let (socket, result) = op.await;
             match result {
                 Ok(()) => (socket, Ok(())), // it connected as the timer fired

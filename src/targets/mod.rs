@@ -5,6 +5,8 @@
 //! is pure (text in, targets or an error with the line out); reading the file and
 //! resolving host names are the only I/O, in [`load`].
 
+pub mod watch;
+
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
@@ -28,14 +30,20 @@ pub struct TargetsError {
     pub message: String,
 }
 
-/// Reads and parses a targets file.
-pub fn load(path: &Path) -> Result<Vec<Target>, TargetsError> {
+/// Reads and parses a targets file. With `replacing` (a reload, where a set is
+/// already in service) the stricter [`watch::parse_reload`] rules apply.
+pub fn load(path: &Path, replacing: bool) -> Result<Vec<Target>, TargetsError> {
     let text = std::fs::read_to_string(path).map_err(|e| TargetsError {
         file: path.to_path_buf(),
         line: 0,
         message: format!("cannot read targets file: {e}"),
     })?;
-    parse(&text, resolve).map_err(|(line, message)| TargetsError {
+    let parsed = if replacing {
+        watch::parse_reload(&text)
+    } else {
+        parse(&text, resolve)
+    };
+    parsed.map_err(|(line, message)| TargetsError {
         file: path.to_path_buf(),
         line,
         message,
@@ -43,7 +51,7 @@ pub fn load(path: &Path) -> Result<Vec<Target>, TargetsError> {
 }
 
 /// Resolves `HOST:PORT` where HOST is a name (e.g. `localhost`): first address.
-fn resolve(host_port: &str) -> Result<SocketAddr, String> {
+pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, String> {
     let mut addrs = host_port
         .to_socket_addrs()
         .map_err(|e| format!("cannot resolve {host_port:?}: {e}"))?;
@@ -209,7 +217,7 @@ mod tests {
 
     #[test]
     fn load_names_the_file() {
-        let err = load(Path::new("/nonexistent/targets.txt")).unwrap_err();
+        let err = load(Path::new("/nonexistent/targets.txt"), false).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with("/nonexistent/targets.txt:0: cannot read")
