@@ -45,6 +45,12 @@ pub struct BoundListener {
     pub socket: TcpListener,
 }
 
+/// A running accept loop and the switch that stops it.
+struct AcceptLoop {
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
 /// A session as the worker tracks it, to close it on command.
 #[derive(Default)]
 struct SessionEntry {
@@ -61,7 +67,7 @@ pub struct Worker {
     /// Woken when the last session ends.
     drained: Notify,
     /// Accept loops, by listener name, with their stop switches.
-    listeners: RefCell<HashMap<Arc<str>, (watch::Sender<bool>, JoinHandle<()>)>>,
+    listeners: RefCell<HashMap<Arc<str>, AcceptLoop>>,
     accepting: Cell<bool>,
 }
 
