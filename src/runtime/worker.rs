@@ -172,22 +172,22 @@ impl Worker {
         let (stop, stopped) = watch::channel(false);
         let name = l.name.clone();
         let task = tokio_uring::spawn(accept_loop(self.clone(), l, stopped));
-        if let Some((old_stop, _)) = self
+        let replaced = self
             .listeners
             .borrow_mut()
-            .insert(name.clone(), (stop, task))
-        {
+            .insert(name.clone(), AcceptLoop { stop, task });
+        if let Some(old) = replaced {
             warn!(worker = self.id, listener = %name, "listener replaced while running");
-            old_stop.send_replace(true);
+            old.stop.send_replace(true);
         }
     }
 
     async fn remove_listener(&self, name: &str) {
-        let Some((stop, task)) = self.listeners.borrow_mut().remove(name) else {
+        let Some(l) = self.listeners.borrow_mut().remove(name) else {
             return;
         };
-        stop.send_replace(true);
-        if let Err(e) = task.await {
+        l.stop.send_replace(true);
+        if let Err(e) = l.task.await {
             warn!(worker = self.id, listener = %name, error = %e, "accept loop ended abnormally");
         }
     }
