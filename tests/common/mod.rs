@@ -179,6 +179,32 @@ impl Ringlb {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Waits until the log has a line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let mut found = None;
+        wait_until(limit, &format!("log line with {needle:?}"), || {
+            found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned();
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
     /// Workers that placed at least one connection (needs debug logging).
     pub fn workers_that_placed(&self) -> std::collections::BTreeSet<String> {
         let log = self.log.lock().unwrap();
@@ -321,6 +347,30 @@ pub async fn connect_tagged(addr: SocketAddr) -> (tokio::net::TcpStream, u8) {
         .expect("backend tag within 10 s")
         .expect("a backend answered");
     (s, tag[0])
+}
+
+/// Replaces a file the way careful autoscalers do: write a temp file, rename it over.
+pub fn replace_file(path: &Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Sends `msg` and expects it echoed back within 5 s.
+pub async fn echo(s: &mut tokio::net::TcpStream, msg: &[u8]) -> std::io::Result<()> {
+    s.write_all(msg).await?;
+    let mut back = vec![0u8; msg.len()];
+    match tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "no echo in 5 s",
+            ));
+        }
+    };
+    assert_eq!(back, msg, "echo corrupted");
+    Ok(())
 }
 
 /// An address on 127.0.0.1 where nothing listens (connections are refused).
