@@ -148,9 +148,14 @@ pub fn run(path: &Path) -> Result<(), AppError> {
     let grace = config.runtime.shutdown_timeout;
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-    let mut cp = ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers);
+    // Probe tasks are spawned on the control plane's runtime.
+    let (mut cp, mut probes) = {
+        let _in_runtime = control.enter();
+        ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers)
+    };
+    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers_handle = runtime::start(plans, shared, stop_rx, grace)?;
+    let workers_handle = runtime::start(plans, shared, events_tx, stop_rx, grace)?;
     info!(workers, pid = std::process::id(), "ready");
 
     control.block_on(async {
@@ -162,6 +167,8 @@ pub fn run(path: &Path) -> Result<(), AppError> {
                 _ = int.recv() => { info!("SIGINT: shutting down"); break }
                 _ = hup.recv() => { info!("SIGHUP: reloading config"); cp.reload_config(&workers_handle) }
                 _ = tick.tick() => cp.tick(&workers_handle),
+                Some(r) = probes.recv() => cp.on_probe(r),
+                Some(e) = events.recv() => cp.on_event(e),
             }
         }
     });

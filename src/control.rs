@@ -14,8 +14,10 @@ use tracing::{error, info, warn};
 
 use crate::app::{self, Loaded};
 use crate::config::{Config, ListenerConfig};
+use crate::health::schedule::{ProbeResult, Prober};
+use crate::health::{Health, State};
 use crate::listener;
-use crate::runtime::{BoundListener, Command, Workers};
+use crate::runtime::{BoundListener, Command, Event, Workers};
 use crate::snapshot::{self, Carry, Draining, SharedSnapshot};
 use crate::targets::Target;
 use crate::targets::watch::FileWatch;
@@ -32,6 +34,9 @@ pub struct ControlPlane {
     worker_count: usize,
     /// Listeners as bound: config and actual address, by name.
     bound: HashMap<String, (ListenerConfig, SocketAddr)>,
+    /// Health of each listed target, by group name and address.
+    health: HashMap<String, HashMap<SocketAddr, Health>>,
+    prober: Prober,
     /// Rejected targets files and configs since start.
     pub reload_errors: u64,
     pub reloads: u64,
@@ -75,13 +80,19 @@ impl Diff {
 
 impl ControlPlane {
     /// Takes over a loaded config whose listeners are bound; publishes epoch 1.
+    /// Probe results arrive on the returned receiver, for [`Self::on_probe`].
+    /// Must be called within the control plane's runtime (probes are spawned).
     pub fn new(
         config_path: PathBuf,
         loaded: Loaded,
         bound: HashMap<String, (ListenerConfig, SocketAddr)>,
         shared: SharedSnapshot,
         worker_count: usize,
-    ) -> ControlPlane {
+    ) -> (
+        ControlPlane,
+        tokio::sync::mpsc::UnboundedReceiver<ProbeResult>,
+    ) {
+        let (prober, results) = Prober::new();
         let mut cp = ControlPlane {
             config_path,
             watches: watches_for(&loaded.config),
@@ -93,23 +104,106 @@ impl ControlPlane {
             shared,
             worker_count,
             bound,
+            health: HashMap::new(),
+            prober,
             reload_errors: 0,
             reloads: 0,
         };
+        cp.sync_health();
         cp.publish();
-        cp
+        (cp, results)
     }
 
     fn publish(&mut self) {
         self.epoch += 1;
+        let health = &self.health;
+        let healthy = |g: &str, a: SocketAddr| {
+            health
+                .get(g)
+                .and_then(|h| h.get(&a))
+                .is_some_and(Health::is_healthy)
+        };
         let snap = snapshot::build(
             self.epoch,
             &self.config,
             &self.targets,
             &self.draining,
+            &healthy,
             &mut self.carry,
         );
         self.shared.store(Arc::new(snap));
+    }
+
+    /// Health entries and probe tasks for exactly the listed targets. New
+    /// targets start `initial` and are probed at once; state survives reloads.
+    fn sync_health(&mut self) {
+        let mut wanted = Vec::new();
+        let mut health = HashMap::new();
+        for (g, targets) in self.config.groups.iter().zip(&self.targets) {
+            let mut old = self.health.remove(&g.name).unwrap_or_default();
+            let config = Arc::new(g.health.clone());
+            let group: Arc<str> = g.name.as_str().into();
+            let states: HashMap<SocketAddr, Health> = targets
+                .iter()
+                .map(|t| (t.addr, old.remove(&t.addr).unwrap_or_default()))
+                .collect();
+            for t in targets {
+                wanted.push((group.clone(), t.addr, config.clone()));
+            }
+            health.insert(g.name.clone(), states);
+        }
+        self.health = health;
+        self.prober.sync(&wanted);
+    }
+
+    /// A probe finished. Stale results (a replaced probe task) are ignored.
+    pub fn on_probe(&mut self, r: ProbeResult) {
+        if self.prober.generation(&r.group, r.addr) != Some(r.generation) {
+            return;
+        }
+        let (pass, reason) = match r.outcome {
+            Ok(reason) => (true, reason),
+            Err(reason) => (false, reason),
+        };
+        self.record(&r.group, r.addr, pass, &reason);
+    }
+
+    /// Something a worker saw.
+    pub fn on_event(&mut self, e: Event) {
+        match e {
+            Event::ConnectFailed { group, addr, error } => {
+                self.record(&group, addr, false, &format!("connect failed: {error}"))
+            }
+        }
+    }
+
+    fn record(&mut self, group: &str, addr: SocketAddr, pass: bool, reason: &str) {
+        let Some(g) = self.config.groups.iter().find(|g| g.name == group) else {
+            return;
+        };
+        let (up, down) = (g.health.healthy_threshold, g.health.unhealthy_threshold);
+        let Some(h) = self.health.get_mut(group).and_then(|m| m.get_mut(&addr)) else {
+            return;
+        };
+        let Some(t) = h.record(pass, reason, up, down) else {
+            return;
+        };
+        match t.to {
+            State::Healthy => {
+                info!(%group, target = %addr, from = %t.from, to = %t.to, reason, "health changed")
+            }
+            _ => {
+                warn!(%group, target = %addr, from = %t.from, to = %t.to, reason, "health changed")
+            }
+        }
+        let healthy = self
+            .health
+            .get(group)
+            .is_some_and(|m| m.values().any(Health::is_healthy));
+        if !healthy && t.from == State::Healthy {
+            warn!(%group, "no healthy target: failing open, routing to all targets");
+        }
+        self.publish();
     }
 
     /// One tick: follow the targets files, finish or expire drains.
@@ -139,6 +233,7 @@ impl ControlPlane {
                         workers,
                     );
                     self.targets[g] = new;
+                    self.sync_health();
                     changed = true;
                 }
             }
@@ -272,6 +367,7 @@ impl ControlPlane {
         self.config = loaded.config;
         self.targets = loaded.targets;
         self.watches = watches_for(&self.config);
+        self.sync_health();
         self.publish();
 
         for name in &gone {

@@ -5,6 +5,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod health;
 pub mod listener;
 pub mod proxy;
 pub mod runtime;

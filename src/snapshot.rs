@@ -50,7 +50,12 @@ pub struct GroupSnapshot {
     pub name: Arc<str>,
     /// In targets-file order.
     pub targets: Vec<TargetEntry>,
-    pub balancer: Balancer,
+    /// Shared with earlier snapshots of the same target set: a health flip
+    /// publishes a new snapshot but never rebuilds the table.
+    pub balancer: Arc<Balancer>,
+    /// No target is healthy: route to all of them, as an NLB does, rather
+    /// than refuse every client.
+    pub fail_open: bool,
     pub connect_timeout: Duration,
     pub connect_retries: u32,
     pub idle_timeout: Duration,
@@ -71,6 +76,8 @@ pub struct Draining {
 pub struct TargetEntry {
     pub addr: SocketAddr,
     pub weight: u32,
+    /// Healthy: may get new connections (unless the group fails open).
+    pub ready: bool,
     /// Shared with every worker and with later snapshots listing the same address.
     pub stats: Arc<TargetStats>,
 }
@@ -117,8 +124,8 @@ pub enum Balancer {
 impl GroupSnapshot {
     /// The target for the next connect attempt for `client`, skipping those tried.
     pub fn pick(&self, client: &SocketAddr, tried: &Tried) -> Option<usize> {
-        let usable = |i: usize| !tried.contains(i);
-        match &self.balancer {
+        let usable = |i: usize| !tried.contains(i) && (self.fail_open || self.targets[i].ready);
+        match &*self.balancer {
             Balancer::RoundRobin(rr) => rr.pick(usable),
             Balancer::LeastConnections(lc) => lc.pick(
                 self.targets.len(),
@@ -136,6 +143,8 @@ impl GroupSnapshot {
 pub struct Carry {
     rotation: HashMap<String, Arc<AtomicUsize>>,
     stats: HashMap<SocketAddr, Arc<TargetStats>>,
+    /// Each group's last table, with the inputs it was built from.
+    tables: HashMap<String, (Algorithm, Vec<(SocketAddr, u32)>, Arc<Balancer>)>,
 }
 
 impl Carry {
@@ -149,13 +158,43 @@ impl Carry {
     }
 }
 
-/// Builds a snapshot from a validated config, each group's targets, and the
-/// targets still draining (of any group, present or gone).
+impl Carry {
+    /// The group's balancer: the cached one if algorithm and targets (with
+    /// weights, in order) are unchanged, else a new build.
+    fn balancer(&mut self, group: &str, algorithm: Algorithm, targets: &[Target]) -> Arc<Balancer> {
+        let pairs: Vec<(SocketAddr, u32)> = targets.iter().map(|t| (t.addr, t.weight)).collect();
+        if let Some((a, p, b)) = self.tables.get(group)
+            && *a == algorithm
+            && *p == pairs
+        {
+            return b.clone();
+        }
+        let rotation = self.rotation.entry(group.to_string()).or_default().clone();
+        let built = Arc::new(match algorithm {
+            Algorithm::RoundRobin => {
+                let weights: Vec<u32> = pairs.iter().map(|p| p.1).collect();
+                Balancer::RoundRobin(RoundRobin::new(&weights, rotation))
+            }
+            Algorithm::LeastConnections => {
+                Balancer::LeastConnections(LeastConnections::new(rotation))
+            }
+            Algorithm::Maglev(key) => Balancer::Maglev(Maglev::new(&pairs, key)),
+        });
+        self.tables
+            .insert(group.to_string(), (algorithm, pairs, built.clone()));
+        built
+    }
+}
+
+/// Builds a snapshot from a validated config, each group's targets, the
+/// targets still draining (of any group, present or gone), and which targets
+/// are healthy.
 pub fn build(
     epoch: u64,
     config: &Config,
     targets: &[Vec<Target>],
     draining: &[Draining],
+    healthy: &dyn Fn(&str, SocketAddr) -> bool,
     carry: &mut Carry,
 ) -> Snapshot {
     let groups = config
@@ -163,31 +202,20 @@ pub fn build(
         .iter()
         .zip(targets)
         .map(|(g, t)| {
-            let rotation = carry.rotation.entry(g.name.clone()).or_default().clone();
-            let balancer = match g.algorithm {
-                Algorithm::RoundRobin => {
-                    let weights: Vec<u32> = t.iter().map(|t| t.weight).collect();
-                    Balancer::RoundRobin(RoundRobin::new(&weights, rotation))
-                }
-                Algorithm::LeastConnections => {
-                    Balancer::LeastConnections(LeastConnections::new(rotation))
-                }
-                Algorithm::Maglev(key) => {
-                    let pairs: Vec<(SocketAddr, u32)> =
-                        t.iter().map(|t| (t.addr, t.weight)).collect();
-                    Balancer::Maglev(Maglev::new(&pairs, key))
-                }
-            };
+            let balancer = carry.balancer(&g.name, g.algorithm, t);
+            let entries: Vec<TargetEntry> = t
+                .iter()
+                .map(|t| TargetEntry {
+                    addr: t.addr,
+                    weight: t.weight,
+                    ready: healthy(&g.name, t.addr),
+                    stats: carry.stats(t.addr),
+                })
+                .collect();
             GroupSnapshot {
+                fail_open: !entries.iter().any(|e| e.ready),
                 name: g.name.as_str().into(),
-                targets: t
-                    .iter()
-                    .map(|t| TargetEntry {
-                        addr: t.addr,
-                        weight: t.weight,
-                        stats: carry.stats(t.addr),
-                    })
-                    .collect(),
+                targets: entries,
                 balancer,
                 connect_timeout: g.connect_timeout,
                 connect_retries: g.connect_retries,
@@ -201,6 +229,9 @@ pub fn build(
         })
         .collect();
     carry.prune();
+    carry
+        .tables
+        .retain(|name, _| config.groups.iter().any(|g| &g.name == name));
     let listeners = config
         .listeners
         .iter()

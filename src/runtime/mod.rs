@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::proxy::pipe::PipePool;
 use crate::snapshot::SharedSnapshot;
-pub use worker::{BoundListener, Command};
+pub use worker::{BoundListener, Command, Event};
 
 /// Pipes one worker may lend at once. Non-root users get about 1,024 full-size
 /// pipes in all (`fs.pipe-user-pages-soft`); past the cap a connection copies.
@@ -59,6 +59,7 @@ impl Workers {
 pub fn start(
     plans: Vec<WorkerPlan>,
     snapshot: SharedSnapshot,
+    events: mpsc::UnboundedSender<Event>,
     shutdown: watch::Receiver<bool>,
     grace: Duration,
 ) -> Result<Workers, RuntimeError> {
@@ -71,6 +72,7 @@ pub fn start(
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         commands.push(command_tx);
         let snapshot = snapshot.clone();
+        let events = events.clone();
         let shutdown = shutdown.clone();
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
@@ -92,11 +94,8 @@ pub fn start(
                     }
                 };
                 rt.block_on(async move {
-                    let w = worker::Worker::new(
-                        id,
-                        snapshot,
-                        PipePool::new(PIPES_PER_WORKER, IDLE_PIPES_PER_WORKER),
-                    );
+                    let pipes = PipePool::new(PIPES_PER_WORKER, IDLE_PIPES_PER_WORKER);
+                    let w = worker::Worker::new(id, snapshot, pipes, events);
                     ready.send(Ok(())).ok();
                     drop(ready);
                     w.run(plan.listeners, command_rx, shutdown, grace).await;

@@ -38,6 +38,17 @@ pub enum Command {
     CloseTarget { group: Arc<str>, addr: SocketAddr },
 }
 
+/// What a worker tells the control plane.
+#[derive(Debug)]
+pub enum Event {
+    /// A connect to a target failed (a passive health failure).
+    ConnectFailed {
+        group: Arc<str>,
+        addr: SocketAddr,
+        error: String,
+    },
+}
+
 /// One listener as a worker holds it.
 #[derive(Debug)]
 pub struct BoundListener {
@@ -63,6 +74,7 @@ pub struct Worker {
     pub id: usize,
     pub snapshot: SharedSnapshot,
     pub pipes: PipePool,
+    events: mpsc::UnboundedSender<Event>,
     sessions: RefCell<Slab<SessionEntry>>,
     /// Woken when the last session ends.
     drained: Notify,
@@ -72,11 +84,17 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(id: usize, snapshot: SharedSnapshot, pipes: PipePool) -> Rc<Worker> {
+    pub fn new(
+        id: usize,
+        snapshot: SharedSnapshot,
+        pipes: PipePool,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Rc<Worker> {
         Rc::new(Worker {
             id,
             snapshot,
             pipes,
+            events,
             sessions: RefCell::new(Slab::new()),
             drained: Notify::new(),
             listeners: RefCell::new(HashMap::new()),
@@ -302,7 +320,17 @@ async fn session(w: Rc<Worker>, key: usize, client: OwnedFd, peer: SocketAddr, l
                     placed = Some((fd, t.addr, active));
                     break;
                 }
-                Err(e) => debug!(%peer, target = %t.addr, error = %e, "connect failed"),
+                Err(e) => {
+                    debug!(%peer, target = %t.addr, error = %e, "connect failed");
+                    let failed = Event::ConnectFailed {
+                        group: g.name.clone(),
+                        addr: t.addr,
+                        error: e.to_string(),
+                    };
+                    if w.events.send(failed).is_err() {
+                        debug!("control plane gone; connect failure not reported");
+                    }
+                }
             }
         }
         let Some((fd, addr, active)) = placed else {

@@ -82,9 +82,36 @@ pub fn targets(addrs: &[SocketAddr]) -> String {
     addrs.iter().map(|a| format!("{a}\n")).collect()
 }
 
+/// A port on 127.0.0.1 that accepts every connection and closes it: health
+/// probes sent there always pass, so tests about other things can route to
+/// refusing or silent targets without the health checker taking them out.
+pub fn health_sink() -> u16 {
+    static PORT: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
+    *PORT.get_or_init(|| {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                drop(c);
+            }
+        });
+        port
+    })
+}
+
 /// A config with one listener "web" on 127.0.0.1:0 in front of group "web"
-/// (targets in targets/web.txt) and `extra` lines appended to the group.
+/// (targets in targets/web.txt) and `extra` lines appended to the group. TCP
+/// health probes go to [`health_sink`].
 pub fn simple_config(workers: usize, group_extra: &str) -> String {
+    health_config(
+        workers,
+        group_extra,
+        &format!("protocol = \"tcp\"\nport = {}", health_sink()),
+    )
+}
+
+/// As [`simple_config`], with `health` as the body of the health_check table.
+pub fn health_config(workers: usize, group_extra: &str, health: &str) -> String {
     format!(
         r#"
 [runtime]
@@ -100,6 +127,9 @@ target_group = "web"
 name = "web"
 targets_file = "targets/web.txt"
 {group_extra}
+
+[target_group.health_check]
+{health}
 "#
     )
 }

@@ -1,0 +1,191 @@
+//! Running the probes: one task per (group, target) on the control plane's
+//! runtime. A target is probed at once when it appears, then at a fixed phase
+//! within each interval derived from its address, so 50 targets sharing an
+//! interval are spread across it instead of all probed at the same instant.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::probe;
+use crate::config::HealthCheckConfig;
+
+/// One probe's outcome, sent to the control plane.
+#[derive(Debug)]
+pub struct ProbeResult {
+    pub group: Arc<str>,
+    pub addr: SocketAddr,
+    /// Which probe task sent it; results of a replaced task are ignored.
+    pub generation: u64,
+    pub outcome: Result<String, String>,
+}
+
+struct Running {
+    generation: u64,
+    config: Arc<HealthCheckConfig>,
+    task: AbortHandle,
+}
+
+pub struct Prober {
+    running: HashMap<(Arc<str>, SocketAddr), Running>,
+    results: mpsc::UnboundedSender<ProbeResult>,
+    next_generation: u64,
+}
+
+impl Prober {
+    pub fn new() -> (Prober, mpsc::UnboundedReceiver<ProbeResult>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let prober = Prober {
+            running: HashMap::new(),
+            results: tx,
+            next_generation: 1,
+        };
+        (prober, rx)
+    }
+
+    /// The generation of the probe task now responsible for (group, addr).
+    pub fn generation(&self, group: &str, addr: SocketAddr) -> Option<u64> {
+        self.running
+            .get(&(Arc::from(group), addr))
+            .map(|r| r.generation)
+    }
+
+    /// Makes the running probes exactly `wanted`: starts new ones (probing at
+    /// once), stops gone ones, restarts those whose settings changed. Must be
+    /// called within the control plane's tokio runtime.
+    pub fn sync(&mut self, wanted: &[(Arc<str>, SocketAddr, Arc<HealthCheckConfig>)]) {
+        let keep: HashMap<(Arc<str>, SocketAddr), &Arc<HealthCheckConfig>> = wanted
+            .iter()
+            .map(|(g, a, c)| ((g.clone(), *a), c))
+            .collect();
+        self.running.retain(|key, r| {
+            let stays = keep.get(key).is_some_and(|c| **c == r.config);
+            if !stays {
+                r.task.abort();
+            }
+            stays
+        });
+        for (group, addr, config) in wanted {
+            if self.running.contains_key(&(group.clone(), *addr)) {
+                continue;
+            }
+            let generation = self.next_generation;
+            self.next_generation += 1;
+            let task = tokio::spawn(probe_loop(
+                group.clone(),
+                *addr,
+                config.clone(),
+                generation,
+                self.results.clone(),
+            ));
+            self.running.insert(
+                (group.clone(), *addr),
+                Running {
+                    generation,
+                    config: config.clone(),
+                    task: task.abort_handle(),
+                },
+            );
+        }
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+}
+
+impl Drop for Prober {
+    fn drop(&mut self) {
+        for r in self.running.values() {
+            r.task.abort();
+        }
+    }
+}
+
+async fn probe_loop(
+    group: Arc<str>,
+    addr: SocketAddr,
+    config: Arc<HealthCheckConfig>,
+    generation: u64,
+    results: mpsc::UnboundedSender<ProbeResult>,
+) {
+    let phase = phase(addr, config.interval);
+    loop {
+        let outcome = probe::check(&config, addr).await;
+        tracing::debug!(%group, target = %addr, generation, ?outcome, "probe done");
+        let result = ProbeResult {
+            group: group.clone(),
+            addr,
+            generation,
+            outcome,
+        };
+        if results.send(result).is_err() {
+            return; // the control plane is gone
+        }
+        tokio::time::sleep_until(next_slot(Instant::now(), phase, config.interval)).await;
+    }
+}
+
+/// Where in each interval this target is probed.
+pub fn phase(addr: SocketAddr, interval: Duration) -> Duration {
+    let mut h = crc32fast::Hasher::new();
+    h.update(addr.to_string().as_bytes());
+    let nanos = interval.as_nanos().max(1);
+    Duration::from_nanos((u128::from(h.finalize()) * nanos / (u128::from(u32::MAX) + 1)) as u64)
+}
+
+/// The first instant after `now` that sits at `phase` within an interval
+/// grid shared by every probe of the process.
+pub fn next_slot(now: Instant, phase: Duration, interval: Duration) -> Instant {
+    static ANCHOR: OnceLock<Instant> = OnceLock::new();
+    let anchor = *ANCHOR.get_or_init(Instant::now);
+    let period = interval.as_nanos().max(1);
+    let since = now.saturating_duration_since(anchor).as_nanos();
+    let base = since - since % period;
+    let mut slot = base + phase.as_nanos();
+    if slot <= since {
+        slot += period;
+    }
+    anchor + Duration::from_nanos(slot as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fifty_targets_spread_over_the_interval() {
+        let interval = Duration::from_secs(10);
+        let mut phases: Vec<Duration> = (0..50u16)
+            .map(|i| phase(SocketAddr::from(([10, 0, 0, 1], 6400 + i)), interval))
+            .collect();
+        phases.sort();
+        // Ten one-second buckets: none may hold more than a third of them.
+        let mut buckets = [0usize; 10];
+        for p in &phases {
+            assert!(*p < interval);
+            buckets[p.as_secs() as usize] += 1;
+        }
+        assert!(buckets.iter().all(|&b| b <= 16), "{buckets:?}");
+        assert!(
+            buckets.iter().filter(|&&b| b > 0).count() >= 7,
+            "{buckets:?}"
+        );
+    }
+
+    #[test]
+    fn the_next_slot_is_within_one_interval_and_at_the_phase() {
+        let interval = Duration::from_millis(1000);
+        let phase = Duration::from_millis(300);
+        let now = Instant::now();
+        let a = next_slot(now, phase, interval);
+        assert!(a > now && a <= now + interval);
+        let b = next_slot(a, phase, interval);
+        assert_eq!(b - a, interval);
+    }
+}
