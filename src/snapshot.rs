@@ -144,7 +144,15 @@ pub struct Carry {
     rotation: HashMap<String, Arc<AtomicUsize>>,
     stats: HashMap<SocketAddr, Arc<TargetStats>>,
     /// Each group's last table, with the inputs it was built from.
-    tables: HashMap<String, (Algorithm, Vec<(SocketAddr, u32)>, Arc<Balancer>)>,
+    tables: HashMap<String, Table>,
+}
+
+/// A built balancer and what it was built from.
+#[derive(Debug)]
+struct Table {
+    algorithm: Algorithm,
+    targets: Vec<(SocketAddr, u32)>,
+    balancer: Arc<Balancer>,
 }
 
 impl Carry {
@@ -163,11 +171,11 @@ impl Carry {
     /// weights, in order) are unchanged, else a new build.
     fn balancer(&mut self, group: &str, algorithm: Algorithm, targets: &[Target]) -> Arc<Balancer> {
         let pairs: Vec<(SocketAddr, u32)> = targets.iter().map(|t| (t.addr, t.weight)).collect();
-        if let Some((a, p, b)) = self.tables.get(group)
-            && *a == algorithm
-            && *p == pairs
+        if let Some(t) = self.tables.get(group)
+            && t.algorithm == algorithm
+            && t.targets == pairs
         {
-            return b.clone();
+            return t.balancer.clone();
         }
         let rotation = self.rotation.entry(group.to_string()).or_default().clone();
         let built = Arc::new(match algorithm {
@@ -180,8 +188,12 @@ impl Carry {
             }
             Algorithm::Maglev(key) => Balancer::Maglev(Maglev::new(&pairs, key)),
         });
-        self.tables
-            .insert(group.to_string(), (algorithm, pairs, built.clone()));
+        let table = Table {
+            algorithm,
+            targets: pairs,
+            balancer: built.clone(),
+        };
+        self.tables.insert(group.to_string(), table);
         built
     }
 }
