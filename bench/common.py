@@ -37,7 +37,7 @@ def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group=""):
         f.write("".join(f"{t}\n" for t in targets))
     with open(f"{workdir}/ringlb.toml", "w") as f:
         f.write(
-            f'[runtime]\nworkers = {workers}\n[[listener]]\nname = "bench"\nlisten = "127.0.0.1:0"\n'
+            f'[runtime]\nworkers = {workers}\n[admin]\nlisten = "127.0.0.1:0"\n[[listener]]\nname = "bench"\nlisten = "127.0.0.1:0"\n'
             f'target_group = "t"\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n{extra_group}\n'
         )
     log = open(f"{workdir}/ringlb.log", "w+")

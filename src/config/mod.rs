@@ -25,6 +25,8 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     pub listeners: Vec<ListenerConfig>,
     pub groups: Vec<GroupConfig>,
+    /// Where the admin HTTP endpoint (metrics, targets, healthz) listens.
+    pub admin: SocketAddr,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -277,7 +279,19 @@ impl Validator<'_> {
             });
         }
 
+        let admin: SocketAddr = raw.admin.listen.get_ref().parse().map_err(|_| {
+            self.at(
+                &raw.admin.listen,
+                0..0,
+                "admin.listen".into(),
+                format!("{:?} is not IP:PORT (e.g. \"127.0.0.1:9900\")", raw.admin.listen.get_ref()),
+            )
+        })?;
+        if listeners.iter().any(|l| l.addr == admin && admin.port() != 0) {
+            return Err(self.at(&raw.admin.listen, 0..0, "admin.listen".into(), format!("{admin} is also a listener")));
+        }
         Ok(Config {
+            admin,
             file: self.file.to_path_buf(),
             runtime: RuntimeConfig {
                 workers: raw.runtime.workers,

@@ -15,6 +15,29 @@ pub struct RawConfig {
     pub listener: Vec<RawListener>,
     #[serde(default)]
     pub target_group: Vec<RawTargetGroup>,
+    #[serde(default)]
+    pub admin: RawAdmin,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// Loopback only unless the user writes otherwise.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9900";
+fn default_admin_listen() -> Spanned<String> {
+    unspanned(DEFAULT_ADMIN_LISTEN.to_string())
 }
 
 #[derive(Debug, Deserialize)]

@@ -56,6 +56,14 @@ fn good_config_gets_its_values_and_defaults() {
     assert_eq!(g.health.matcher, vec![(200, 200), (204, 204), (300, 399)]);
     assert_eq!(g.health.healthy_threshold, 5);
     assert_eq!(g.health.port, None);
+    assert_eq!(c.admin, "127.0.0.1:9900".parse().unwrap(), "admin defaults to loopback");
+}
+
+#[test]
+fn admin_listen_is_checked() {
+    let (line, key, msg) = err(&format!("{GOOD}\n[admin]\nlisten = \"everywhere\"\n"));
+    assert_eq!((line, key.as_str()), (24, "admin.listen"));
+    assert!(msg.contains("not IP:PORT"));
 }
 
 /// Each mistake: (replace this, with that, expected line, key, words in message).

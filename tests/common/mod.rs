@@ -118,6 +118,9 @@ pub fn health_config(workers: usize, group_extra: &str, health: &str) -> String 
 workers = {workers}
 shutdown_timeout = "5s"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [[listener]]
 name = "web"
 listen = "127.0.0.1:0"
