@@ -12,8 +12,9 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::{info, warn};
 
 use crate::config::{self, Config, ConfigError};
-use crate::control::ControlPlane;
+use crate::control::{BoundInfo, ControlPlane};
 use crate::listener::{self, ListenerError};
+use crate::metrics::Slots;
 use crate::runtime::{self, BoundListener, RuntimeError, WorkerPlan};
 use crate::snapshot::{self, SharedSnapshot, Snapshot};
 use crate::targets::{self, Target, TargetsError};
@@ -128,15 +129,22 @@ pub fn run(path: &Path) -> Result<(), AppError> {
     for l in &config.listeners {
         let (addr, sockets) = listener::bind_reuseport(l, workers)?;
         let name: Arc<str> = l.name.as_str().into();
+        let stats = Arc::new(Slots::new(workers));
         for (plan, socket) in plans.iter_mut().zip(sockets) {
             plan.listeners.push(BoundListener {
                 name: name.clone(),
                 socket,
+                stats: stats.clone(),
             });
         }
         let group = &config.groups[l.group];
         info!(listener = %l.name, %addr, group = %group.name, "listening");
-        bound.insert(l.name.clone(), (l.clone(), addr));
+        let info = BoundInfo {
+            config: l.clone(),
+            addr,
+            stats,
+        };
+        bound.insert(l.name.clone(), info);
     }
     for (g, t) in config.groups.iter().zip(&loaded.targets) {
         if t.is_empty() {

@@ -17,10 +17,19 @@ use crate::config::{Config, ListenerConfig};
 use crate::health::schedule::{ProbeResult, Prober};
 use crate::health::{Health, State};
 use crate::listener;
+use crate::metrics::{ListenerSlot, Slots};
 use crate::runtime::{BoundListener, Command, Event, Workers};
 use crate::snapshot::{self, Carry, Draining, SharedSnapshot};
 use crate::targets::Target;
 use crate::targets::watch::FileWatch;
+
+/// A listener as the control plane knows it.
+pub struct BoundInfo {
+    pub config: ListenerConfig,
+    /// The address actually bound (the kernel's port for `:0`).
+    pub addr: SocketAddr,
+    pub stats: Arc<Slots<ListenerSlot>>,
+}
 
 pub struct ControlPlane {
     config_path: PathBuf,
@@ -32,8 +41,8 @@ pub struct ControlPlane {
     epoch: u64,
     shared: SharedSnapshot,
     worker_count: usize,
-    /// Listeners as bound: config and actual address, by name.
-    bound: HashMap<String, (ListenerConfig, SocketAddr)>,
+    /// Listeners as bound, by name.
+    bound: HashMap<String, BoundInfo>,
     /// Health of each listed target, by group name and address.
     health: HashMap<String, HashMap<SocketAddr, Health>>,
     prober: Prober,
@@ -85,7 +94,7 @@ impl ControlPlane {
     pub fn new(
         config_path: PathBuf,
         loaded: Loaded,
-        bound: HashMap<String, (ListenerConfig, SocketAddr)>,
+        bound: HashMap<String, BoundInfo>,
         shared: SharedSnapshot,
         worker_count: usize,
     ) -> (
@@ -99,7 +108,7 @@ impl ControlPlane {
             config: loaded.config,
             targets: loaded.targets,
             draining: Vec::new(),
-            carry: Carry::default(),
+            carry: Carry::new(worker_count),
             epoch: 0,
             shared,
             worker_count,
@@ -321,8 +330,8 @@ impl ControlPlane {
         let mut fresh: Vec<(ListenerConfig, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
         for l in &loaded.config.listeners {
             match self.bound.get(&l.name) {
-                Some((old, _)) if old.addr == l.addr => {
-                    if old.backlog != l.backlog {
+                Some(old) if old.config.addr == l.addr => {
+                    if old.config.backlog != l.backlog {
                         warn!(listener = %l.name, "backlog changes on restart only");
                     }
                 }
@@ -339,12 +348,12 @@ impl ControlPlane {
         let gone: Vec<String> = self
             .bound
             .iter()
-            .filter(|(name, (old, _))| {
+            .filter(|(name, old)| {
                 !loaded
                     .config
                     .listeners
                     .iter()
-                    .any(|l| &l.name == *name && l.addr == old.addr)
+                    .any(|l| &l.name == *name && l.addr == old.config.addr)
             })
             .map(|(name, _)| name.clone())
             .collect();
@@ -378,19 +387,24 @@ impl ControlPlane {
         }
         for (l, addr, sockets) in fresh {
             let name: Arc<str> = l.name.as_str().into();
+            let stats = Arc::new(Slots::new(self.worker_count));
             for (tx, socket) in workers.commands.iter().zip(sockets) {
-                if tx
-                    .send(Command::AddListener(BoundListener {
-                        name: name.clone(),
-                        socket,
-                    }))
-                    .is_err()
-                {
+                let bound = BoundListener {
+                    name: name.clone(),
+                    socket,
+                    stats: stats.clone(),
+                };
+                if tx.send(Command::AddListener(bound)).is_err() {
                     warn!("a worker is gone; listener not delivered");
                 }
             }
             info!(listener = %name, %addr, "listening");
-            self.bound.insert(l.name.clone(), (l, addr));
+            let info = BoundInfo {
+                config: l,
+                addr,
+                stats,
+            };
+            self.bound.insert(info.config.name.clone(), info);
         }
         self.reloads += 1;
         info!(epoch = self.epoch, "config reloaded");

@@ -7,6 +7,7 @@ pub mod config;
 pub mod control;
 pub mod health;
 pub mod listener;
+pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod snapshot;

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::balancer::{LeastConnections, Maglev, RoundRobin, Tried};
 use crate::config::{Algorithm, Config};
+use crate::metrics::{Slots, TargetSlot};
 use crate::targets::Target;
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -84,11 +85,14 @@ pub struct TargetEntry {
 
 /// What all workers know about one target address, updated on the data path
 /// with one atomic per connection (not per byte).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct TargetStats {
     /// Connections placed on this target and not yet closed (counted from the
-    /// pick, so concurrent picks on other cores see it at once).
+    /// pick, so concurrent picks on other cores see it at once). The one
+    /// shared atomic per connection: least connections needs it exact.
     pub active: AtomicU64,
+    /// Everything else, per worker.
+    pub slots: Slots<TargetSlot>,
 }
 
 impl TargetStats {
@@ -105,6 +109,12 @@ impl ActiveGuard {
     pub fn new(stats: &Arc<TargetStats>) -> Self {
         stats.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(stats.clone())
+    }
+}
+
+impl ActiveGuard {
+    pub fn stats(&self) -> &TargetStats {
+        &self.0
     }
 }
 
@@ -139,8 +149,11 @@ impl GroupSnapshot {
 
 /// State that outlives any one snapshot: the rotation position of each group
 /// and the shared stats of each target address.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Carry {
+    workers: usize,
+    /// Slots moved by each group's last Maglev rebuild.
+    pub maglev_moved: HashMap<String, u64>,
     rotation: HashMap<String, Arc<AtomicUsize>>,
     stats: HashMap<SocketAddr, Arc<TargetStats>>,
     /// Each group's last table, with the inputs it was built from.
@@ -156,8 +169,27 @@ struct Table {
 }
 
 impl Carry {
+    pub fn new(workers: usize) -> Carry {
+        Carry {
+            workers,
+            maglev_moved: HashMap::new(),
+            rotation: HashMap::new(),
+            stats: HashMap::new(),
+            tables: HashMap::new(),
+        }
+    }
+
     pub fn stats(&mut self, addr: SocketAddr) -> Arc<TargetStats> {
-        self.stats.entry(addr).or_default().clone()
+        let workers = self.workers;
+        self.stats
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(TargetStats {
+                    active: AtomicU64::new(0),
+                    slots: Slots::new(workers),
+                })
+            })
+            .clone()
     }
 
     /// Forgets addresses no snapshot or connection refers to any more.
@@ -186,7 +218,18 @@ impl Carry {
             Algorithm::LeastConnections => {
                 Balancer::LeastConnections(LeastConnections::new(rotation))
             }
-            Algorithm::Maglev(key) => Balancer::Maglev(Maglev::new(&pairs, key)),
+            Algorithm::Maglev(key) => {
+                let table = Maglev::new(&pairs, key);
+                if let Some(old) = self.tables.get(group)
+                    && let Balancer::Maglev(old_table) = &*old.balancer
+                {
+                    let before: Vec<SocketAddr> = old.targets.iter().map(|p| p.0).collect();
+                    let after: Vec<SocketAddr> = pairs.iter().map(|p| p.0).collect();
+                    let moved = Maglev::slots_moved(old_table, &before, &table, &after);
+                    self.maglev_moved.insert(group.to_string(), moved as u64);
+                }
+                Balancer::Maglev(table)
+            }
         });
         let table = Table {
             algorithm,

@@ -108,12 +108,17 @@ impl Maglev {
     }
 
     /// Slots whose target address differs between two tables over `a` and `b`.
+    /// Slots whose target address differs between two tables over `a` and `b`
+    /// (all of them when either table is empty).
     pub fn slots_moved(
         a: &Maglev,
         a_targets: &[SocketAddr],
         b: &Maglev,
         b_targets: &[SocketAddr],
     ) -> usize {
+        if a.table.is_empty() || b.table.is_empty() {
+            return a.table.len().max(b.table.len());
+        }
         a.table
             .iter()
             .zip(&b.table)

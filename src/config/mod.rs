@@ -284,11 +284,22 @@ impl Validator<'_> {
                 &raw.admin.listen,
                 0..0,
                 "admin.listen".into(),
-                format!("{:?} is not IP:PORT (e.g. \"127.0.0.1:9900\")", raw.admin.listen.get_ref()),
+                format!(
+                    "{:?} is not IP:PORT (e.g. \"127.0.0.1:9900\")",
+                    raw.admin.listen.get_ref()
+                ),
             )
         })?;
-        if listeners.iter().any(|l| l.addr == admin && admin.port() != 0) {
-            return Err(self.at(&raw.admin.listen, 0..0, "admin.listen".into(), format!("{admin} is also a listener")));
+        if listeners
+            .iter()
+            .any(|l| l.addr == admin && admin.port() != 0)
+        {
+            return Err(self.at(
+                &raw.admin.listen,
+                0..0,
+                "admin.listen".into(),
+                format!("{admin} is also a listener"),
+            ));
         }
         Ok(Config {
             admin,

@@ -56,7 +56,11 @@ fn good_config_gets_its_values_and_defaults() {
     assert_eq!(g.health.matcher, vec![(200, 200), (204, 204), (300, 399)]);
     assert_eq!(g.health.healthy_threshold, 5);
     assert_eq!(g.health.port, None);
-    assert_eq!(c.admin, "127.0.0.1:9900".parse().unwrap(), "admin defaults to loopback");
+    assert_eq!(
+        c.admin,
+        "127.0.0.1:9900".parse().unwrap(),
+        "admin defaults to loopback"
+    );
 }
 
 #[test]

@@ -25,6 +25,9 @@ use tokio::time::Instant;
 
 use pipe::{Pipe, PipePool};
 
+use crate::metrics::{TargetSlot, bump};
+use std::sync::atomic::AtomicU64;
+
 /// Buffer used when no pipe can be had.
 const COPY_BUF: usize = 16 * 1024;
 
@@ -61,11 +64,13 @@ pub struct Transferred {
 
 /// Proxies until both directions have ended (each by end of stream, passed on
 /// as a half-close), an error on either side, or `idle` with no bytes moving.
+/// Bytes moved are added to the calling worker's `counters` as they move.
 pub async fn run(
     pipes: &PipePool,
     client: OwnedFd,
     target: OwnedFd,
     idle: Duration,
+    counters: &TargetSlot,
 ) -> Result<Transferred, ProxyError> {
     let client = register(client).map_err(|source| ProxyError::Io {
         side: Side::Client,
@@ -78,8 +83,8 @@ pub async fn run(
     Proxy {
         client,
         target,
-        up: Direction::new(pipes),
-        down: Direction::new(pipes),
+        up: Direction::new(pipes, &counters.bytes_sent),
+        down: Direction::new(pipes, &counters.bytes_received),
         idle,
         last_active: Instant::now(),
         timer: tokio::time::sleep(idle),
@@ -151,14 +156,17 @@ impl Future for Proxy<'_> {
 struct Direction<'a> {
     loan: Loan<'a>,
     moved: u64,
+    /// The worker's byte counter for this direction.
+    counter: &'a AtomicU64,
     done: bool,
 }
 
 impl<'a> Direction<'a> {
-    fn new(pool: &'a PipePool) -> Self {
+    fn new(pool: &'a PipePool, counter: &'a AtomicU64) -> Self {
         Direction {
             loan: Loan { pool, stage: None },
             moved: 0,
+            counter,
             done: false,
         }
     }
@@ -221,6 +229,7 @@ impl<'a> Direction<'a> {
                 }
                 Ok(Ok(n)) => {
                     self.moved += n as u64;
+                    bump(self.counter, n as u64);
                     *last_active = Instant::now();
                 }
             }
@@ -333,7 +342,8 @@ mod tests {
             let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (b, _) = l.accept().unwrap();
             let pool = PipePool::new(1, 1);
-            let fut = run(&pool, a.into(), b.into(), Duration::from_secs(1));
+            let counters = TargetSlot::default();
+            let fut = run(&pool, a.into(), b.into(), Duration::from_secs(1), &counters);
             let size = std::mem::size_of_val(&fut);
             assert!(size <= 512, "proxy future is {size} bytes");
         });

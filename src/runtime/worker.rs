@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 
 use super::uring;
 use crate::balancer::Tried;
+use crate::metrics::{ListenerSlot, Slots, bump, drop_one};
 use crate::proxy::{self, ProxyError, pipe::PipePool};
 use crate::snapshot::{ActiveGuard, SharedSnapshot};
 
@@ -54,6 +55,8 @@ pub enum Event {
 pub struct BoundListener {
     pub name: Arc<str>,
     pub socket: TcpListener,
+    /// Counters, one slot per worker; the same for every worker's socket.
+    pub stats: Arc<Slots<ListenerSlot>>,
 }
 
 /// A running accept loop and the switch that stops it.
@@ -238,9 +241,16 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                     backoff = Duration::ZERO;
                 }
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+                let slot = l.stats.get(w.id);
+                bump(&slot.accepted, 1);
+                bump(&slot.active, 1);
                 let key = w.sessions.borrow_mut().insert(SessionEntry::default());
-                let task =
-                    tokio_uring::spawn(session(w.clone(), key, client, peer, l.name.clone()));
+                let registered = Registered {
+                    worker: w.clone(),
+                    key,
+                    listener: l.stats.clone(),
+                };
+                let task = tokio_uring::spawn(session(registered, client, peer, l.name.clone()));
                 if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
                     entry.task = Some(task.abort_handle());
                 }
@@ -275,10 +285,12 @@ fn is_transient(e: &io::Error) -> bool {
 struct Registered {
     worker: Rc<Worker>,
     key: usize,
+    listener: Arc<Slots<ListenerSlot>>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
+        drop_one(&self.listener.get(self.worker.id).active);
         let mut sessions = self.worker.sessions.borrow_mut();
         sessions.try_remove(self.key);
         if sessions.is_empty() {
@@ -287,18 +299,15 @@ impl Drop for Registered {
     }
 }
 
-async fn session(w: Rc<Worker>, key: usize, client: OwnedFd, peer: SocketAddr, listener: Arc<str>) {
-    let registered = Registered {
-        worker: w.clone(),
-        key,
-    };
+async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, listener: Arc<str>) {
+    let (w, key) = (registered.worker.clone(), registered.key);
     if let Err(e) = SockRef::from(&client).set_tcp_nodelay(true) {
         debug!(%peer, error = %e, "client gone before setup");
         return;
     }
     // Read the snapshot once; keep it only while placing the connection (an
     // Arc, not a Guard: the connect awaits), then let it go.
-    let (target, addr, idle, _active) = {
+    let (target, addr, idle, active) = {
         let snap = w.snapshot.load_full();
         let Some(g) = snap.group_of(&listener) else {
             debug!(%peer, %listener, "listener no longer configured; closing client");
@@ -317,10 +326,12 @@ async fn session(w: Rc<Worker>, key: usize, client: OwnedFd, peer: SocketAddr, l
             let active = ActiveGuard::new(&t.stats);
             match connect(t.addr, g.connect_timeout).await {
                 Ok(fd) => {
+                    bump(&t.stats.slots.get(w.id).connections, 1);
                     placed = Some((fd, t.addr, active));
                     break;
                 }
                 Err(e) => {
+                    bump(&t.stats.slots.get(w.id).connect_failures, 1);
                     debug!(%peer, target = %t.addr, error = %e, "connect failed");
                     let failed = Event::ConnectFailed {
                         group: g.name.clone(),
@@ -334,6 +345,7 @@ async fn session(w: Rc<Worker>, key: usize, client: OwnedFd, peer: SocketAddr, l
             }
         }
         let Some((fd, addr, active)) = placed else {
+            bump(&registered.listener.get(w.id).refused_no_target, 1);
             debug!(%peer, group = %g.name, tried = tried.len(), "no target could take the connection; closing client");
             return;
         };
@@ -343,7 +355,8 @@ async fn session(w: Rc<Worker>, key: usize, client: OwnedFd, peer: SocketAddr, l
         debug!(worker = w.id, %peer, target = %addr, "placed");
         (fd, addr, g.idle_timeout, active)
     };
-    match proxy::run(&w.pipes, client, target, idle).await {
+    let counters = active.stats().slots.get(w.id);
+    match proxy::run(&w.pipes, client, target, idle, counters).await {
         Ok(t) => {
             debug!(%peer, target = %addr, up = t.client_to_target, down = t.target_to_client, "closed")
         }

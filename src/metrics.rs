@@ -1,0 +1,150 @@
+//! Counters and their Prometheus exposition.
+//!
+//! Every counter lives in a per-worker slot (one cache line each) written only
+//! by that worker, with a plain load and store: no contended atomics on the
+//! data path. A scrape sums the slots. Metric names are the constants below.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub const LISTENER_ACCEPTED: &str = "ringlb_listener_connections_accepted_total";
+pub const LISTENER_ACTIVE: &str = "ringlb_listener_connections_active";
+pub const LISTENER_REFUSED: &str = "ringlb_listener_connections_refused_total";
+pub const WORKER_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
+pub const TARGET_ACTIVE: &str = "ringlb_target_connections_active";
+pub const TARGET_CONNECTIONS: &str = "ringlb_target_connections_total";
+pub const TARGET_CONNECT_FAILURES: &str = "ringlb_target_connect_failures_total";
+pub const TARGET_BYTES_SENT: &str = "ringlb_target_bytes_sent_total";
+pub const TARGET_BYTES_RECEIVED: &str = "ringlb_target_bytes_received_total";
+pub const TARGET_HEALTHY: &str = "ringlb_target_healthy";
+pub const TARGET_DRAINING: &str = "ringlb_target_draining";
+pub const TARGETS_RELOADS: &str = "ringlb_targets_reloads_total";
+pub const MAGLEV_SLOTS_MOVED: &str = "ringlb_maglev_slots_moved";
+pub const BUILD_INFO: &str = "ringlb_build_info";
+
+/// Adds to a counter that only the calling worker writes.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
+}
+
+/// Subtracts from a gauge that only the calling worker writes.
+#[inline]
+pub fn drop_one(c: &AtomicU64) {
+    c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
+}
+
+/// One worker's counters for one listener.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct ListenerSlot {
+    pub accepted: AtomicU64,
+    /// Accepted minus ended; wraps below zero never (same worker does both).
+    pub active: AtomicU64,
+    /// Closed because no target could take them.
+    pub refused_no_target: AtomicU64,
+}
+
+/// One worker's counters for one target.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct TargetSlot {
+    pub connections: AtomicU64,
+    pub connect_failures: AtomicU64,
+    pub bytes_sent: AtomicU64,
+    pub bytes_received: AtomicU64,
+}
+
+/// Per-worker slots of `T`.
+#[derive(Debug)]
+pub struct Slots<T>(Box<[T]>);
+
+impl<T: Default> Slots<T> {
+    pub fn new(workers: usize) -> Self {
+        Slots((0..workers.max(1)).map(|_| T::default()).collect())
+    }
+}
+
+impl<T> Slots<T> {
+    pub fn get(&self, worker: usize) -> &T {
+        &self.0[worker % self.0.len()]
+    }
+
+    /// The sum over workers of one counter.
+    pub fn sum(&self, field: impl Fn(&T) -> &AtomicU64) -> u64 {
+        self.0
+            .iter()
+            .map(|s| field(s).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
+    pub fn each(&self) -> impl Iterator<Item = &T> {
+        self.0.iter()
+    }
+}
+
+/// A Prometheus text exposition being written.
+#[derive(Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Starts a metric family.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) {
+        let _infallible = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+
+    /// One sample; label values are escaped.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: u64) {
+        self.out.push_str(name);
+        if !labels.is_empty() {
+            self.out.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.out.push(',');
+                }
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
+                let _infallible = write!(self.out, "{k}=\"{v}\"");
+            }
+            self.out.push('}');
+        }
+        let _infallible = writeln!(self.out, " {value}");
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_sum_across_workers() {
+        let s: Slots<TargetSlot> = Slots::new(3);
+        bump(&s.get(0).connections, 2);
+        bump(&s.get(2).connections, 5);
+        assert_eq!(s.sum(|t| &t.connections), 7);
+        assert_eq!(
+            std::mem::align_of::<TargetSlot>(),
+            64,
+            "one cache line per worker"
+        );
+    }
+
+    #[test]
+    fn exposition_escapes_label_values() {
+        let mut e = Exposition::default();
+        e.family("x_total", "counter", "An x.");
+        e.sample("x_total", &[("a", "q\"uo\\te")], 3);
+        assert_eq!(
+            e.finish(),
+            "# HELP x_total An x.\n# TYPE x_total counter\nx_total{a=\"q\\\"uo\\\\te\"} 3\n"
+        );
+    }
+}
