@@ -53,7 +53,7 @@ fn check_names_file_key_and_line_for_each_mistake() {
             good.replace("\"1s\"", "\"1 second\""),
             good_targets,
             vec![
-                "ringlb.toml:14:",
+                "ringlb.toml:17:",
                 "target_group[0].connect_timeout",
                 "invalid duration",
             ],
@@ -61,17 +61,17 @@ fn check_names_file_key_and_line_for_each_mistake() {
         (
             good.replace("target_group = \"web\"", "target_group = \"wbe\""),
             good_targets,
-            vec!["ringlb.toml:9:", "listener[0].target_group", "\"wbe\""],
+            vec!["ringlb.toml:12:", "listener[0].target_group", "\"wbe\""],
         ),
         (
-            good.replace("127.0.0.1:0", "127.0.0.1"),
+            listen_on(&good, "127.0.0.1"),
             good_targets,
-            vec!["ringlb.toml:8:", "listener[0].listen"],
+            vec!["ringlb.toml:11:", "listener[0].listen"],
         ),
         (
             good.replace("[[listener]]", "[[listener]"),
             good_targets,
-            vec!["ringlb.toml:6:", "(syntax)"],
+            vec!["ringlb.toml:9:", "(syntax)"],
         ),
         (
             good.clone(),
@@ -136,7 +136,7 @@ fn run_refuses_a_port_another_ringlb_holds() {
     ));
     let taken = first.addr().to_string();
     let dir = write_config(
-        &simple_config(1, "").replace("127.0.0.1:0", &taken),
+        &listen_on(&simple_config(1, ""), &taken),
         &[("targets/web.txt", "127.0.0.1:6400\n".into())],
     );
     let out = Command::new(BIN)

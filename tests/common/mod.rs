@@ -110,6 +110,16 @@ pub fn simple_config(workers: usize, group_extra: &str) -> String {
     )
 }
 
+/// `config` with the "web" listener on `listen` instead of 127.0.0.1:0.
+pub fn listen_on(config: &str, listen: &str) -> String {
+    let from = "listen = \"127.0.0.1:0\"\ntarget_group = \"web\"";
+    assert!(config.contains(from));
+    config.replace(
+        from,
+        &format!("listen = \"{listen}\"\ntarget_group = \"web\""),
+    )
+}
+
 /// As [`simple_config`], with `health` as the body of the health_check table.
 pub fn health_config(workers: usize, group_extra: &str, health: &str) -> String {
     format!(
