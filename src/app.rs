@@ -18,6 +18,7 @@ use crate::metrics::Slots;
 use crate::runtime::{self, BoundListener, RuntimeError, WorkerPlan};
 use crate::snapshot::{self, SharedSnapshot, Snapshot};
 use crate::targets::{self, Target, TargetsError};
+use crate::{admin, notify};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -38,6 +39,11 @@ pub enum AppError {
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
+        source: io::Error,
+    },
+    #[error("admin endpoint on {addr} ([admin] listen): {source}")]
+    Admin {
+        addr: std::net::SocketAddr,
         source: io::Error,
     },
 }
@@ -154,6 +160,17 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         }
     }
     let grace = config.runtime.shutdown_timeout;
+    let admin_addr = config.admin;
+    let admin = std::net::TcpListener::bind(admin_addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AppError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+    let admin_bound = admin.local_addr().map_err(|source| AppError::Admin {
+        addr: admin_addr,
+        source,
+    })?;
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     // Probe tasks are spawned on the control plane's runtime.
@@ -164,22 +181,56 @@ pub fn run(path: &Path) -> Result<(), AppError> {
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let workers_handle = runtime::start(plans, shared, events_tx, stop_rx, grace)?;
-    info!(workers, pid = std::process::id(), "ready");
 
     control.block_on(async {
+        let (ask_tx, mut asks) = tokio::sync::mpsc::channel(64);
+        let admin = tokio::net::TcpListener::from_std(admin).map_err(|source| AppError::Admin {
+            addr: admin_addr,
+            source,
+        })?;
+        let admin_task = tokio::spawn(admin::serve(admin, ask_tx));
+        info!(addr = %admin_bound, "admin listening");
+        info!(workers, pid = std::process::id(), "ready");
+        let mut status = cp.status_line();
+        notify::ready(&status);
+
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let watchdog_every = notify::watchdog_interval();
+        let mut watchdog =
+            tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
         loop {
             tokio::select! {
                 _ = term.recv() => { info!("SIGTERM: shutting down"); break }
                 _ = int.recv() => { info!("SIGINT: shutting down"); break }
-                _ = hup.recv() => { info!("SIGHUP: reloading config"); cp.reload_config(&workers_handle) }
-                _ = tick.tick() => cp.tick(&workers_handle),
+                _ = hup.recv() => {
+                    info!("SIGHUP: reloading config");
+                    notify::reloading();
+                    cp.reload_config(&workers_handle);
+                    status = cp.status_line();
+                    notify::ready(&status);
+                }
+                _ = tick.tick() => {
+                    cp.tick(&workers_handle);
+                    let now = cp.status_line();
+                    if now != status {
+                        status = now;
+                        notify::status(&status);
+                    }
+                }
+                _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
                 Some(r) = probes.recv() => cp.on_probe(r),
                 Some(e) = events.recv() => cp.on_event(e),
+                Some(ask) = asks.recv() => {
+                    // The asker may have gone; then there is nobody to answer.
+                    let _gone = ask.reply.send(cp.answer(ask.route));
+                }
             }
         }
-    });
+        notify::stopping();
+        admin_task.abort();
+        Ok::<(), AppError>(())
+    })?;
     stop_tx.send_replace(true);
     for h in workers_handle.threads {
         if h.join().is_err() {

@@ -1,5 +1,6 @@
 //! ringlb: a Layer-4 TCP load balancer on io_uring, one worker per core.
 
+pub mod admin;
 pub mod app;
 pub mod balancer;
 pub mod cli;
@@ -8,6 +9,7 @@ pub mod control;
 pub mod health;
 pub mod listener;
 pub mod metrics;
+pub mod notify;
 pub mod proxy;
 pub mod runtime;
 pub mod snapshot;

@@ -62,6 +62,8 @@ pub struct Ringlb {
     pub dir: tempfile::TempDir,
     /// Bound address of each listener, by name.
     pub listeners: HashMap<String, SocketAddr>,
+    /// Where the admin endpoint listens.
+    pub admin: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -176,6 +178,7 @@ impl Ringlb {
             }
         });
         let mut listeners = HashMap::new();
+        let mut admin = None;
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -189,7 +192,9 @@ impl Ringlb {
                     );
                 }
             };
-            if line.contains(" listening ") {
+            if line.contains(" admin listening ") {
+                admin = field(&line, "addr").unwrap().parse().ok();
+            } else if line.contains(" listening ") {
                 let name = field(&line, "listener").unwrap();
                 let addr = field(&line, "addr").unwrap().parse().unwrap();
                 listeners.insert(name, addr);
@@ -202,6 +207,7 @@ impl Ringlb {
             child,
             dir,
             listeners,
+            admin: admin.expect("ringlb logs its admin address"),
             log,
         }
     }

@@ -4,6 +4,8 @@
 //! Reload = read, unchanged? stop, parse, validate, diff, publish. A bad file
 //! or config keeps the last good state serving, is logged once and counted.
 
+mod report;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,0 +1,197 @@
+//! The admin HTTP endpoint: `GET /metrics`, `/targets`, `/healthz`.
+//!
+//! It runs on the control plane's runtime, never on a worker, so it cannot slow
+//! the data plane. Each connection reads one request (at most 8 KiB, within
+//! 5 s), asks the control loop for the answer over a channel, replies and closes.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tracing::debug;
+
+/// Largest request head accepted.
+pub const MAX_REQUEST: usize = 8 * 1024;
+/// How long a client may take to send its request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Metrics,
+    Targets,
+    Healthz,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: String,
+}
+
+impl Response {
+    pub fn text(status: u16, body: impl Into<String>) -> Response {
+        Response {
+            status,
+            content_type: "text/plain; charset=utf-8",
+            body: body.into(),
+        }
+    }
+}
+
+/// A request for the control loop to answer.
+#[derive(Debug)]
+pub struct Ask {
+    pub route: Route,
+    pub reply: oneshot::Sender<Response>,
+}
+
+/// What a request head says: a route, or the error response to send.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Route>, Response> {
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(buf) {
+        Ok(httparse::Status::Partial) if buf.len() >= MAX_REQUEST => {
+            Err(Response::text(431, "request too large\n"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(e) => Err(Response::text(400, format!("bad request: {e}\n"))),
+        Ok(httparse::Status::Complete(_)) => {
+            let path = req.path.unwrap_or("/");
+            let path = path.split('?').next().unwrap_or(path);
+            let route = match path {
+                "/metrics" => Route::Metrics,
+                "/targets" => Route::Targets,
+                "/healthz" => Route::Healthz,
+                _ => {
+                    return Err(Response::text(
+                        404,
+                        "not found: try /metrics, /targets or /healthz\n",
+                    ));
+                }
+            };
+            if req.method != Some("GET") && req.method != Some("HEAD") {
+                return Err(Response::text(405, "only GET\n"));
+            }
+            Ok(Some(route))
+        }
+    }
+}
+
+/// Accepts admin connections until the task is dropped.
+pub async fn serve(listener: TcpListener, asks: mpsc::Sender<Ask>) {
+    loop {
+        match listener.accept().await {
+            Ok((s, _)) => {
+                tokio::spawn(handle(s, asks.clone()));
+            }
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>) {
+    let route = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut s)).await {
+        Err(_) => Err(Response::text(408, "request timeout\n")),
+        Ok(None) => return, // closed before a full request
+        Ok(Some(r)) => r,
+    };
+    let response = match route {
+        Err(resp) => resp,
+        Ok(route) => {
+            let (tx, rx) = oneshot::channel();
+            if asks.send(Ask { route, reply: tx }).await.is_err() {
+                return; // shutting down
+            }
+            match rx.await {
+                Ok(r) => r,
+                Err(_) => return,
+            }
+        }
+    };
+    let reason = match response.status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        431 => "Request Header Fields Too Large",
+        _ => "",
+    };
+    let head = format!(
+        "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        response.status,
+        response.content_type,
+        response.body.len()
+    );
+    if s.write_all(head.as_bytes()).await.is_ok()
+        && s.write_all(response.body.as_bytes()).await.is_ok()
+    {
+        let _peer_may_be_gone = s.shutdown().await;
+    }
+}
+
+/// Reads one request head. `None` if the client went away first.
+async fn read_request(s: &mut TcpStream) -> Option<Result<Route, Response>> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = s.read(&mut chunk).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_request(&buf) {
+            Ok(None) => continue,
+            Ok(Some(route)) => return Some(Ok(route)),
+            Err(resp) => return Some(Err(resp)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_and_errors() {
+        assert_eq!(
+            parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+            Ok(Some(Route::Metrics))
+        );
+        assert_eq!(
+            parse_request(b"GET /targets?pretty HTTP/1.0\r\n\r\n"),
+            Ok(Some(Route::Targets))
+        );
+        assert_eq!(
+            parse_request(b"GET /healthz HTTP/1.1\r\n"),
+            Ok(None),
+            "partial"
+        );
+        assert_eq!(
+            parse_request(b"GET /nope HTTP/1.1\r\n\r\n")
+                .unwrap_err()
+                .status,
+            404
+        );
+        assert_eq!(
+            parse_request(b"POST /metrics HTTP/1.1\r\n\r\n")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            parse_request(b"\x16\x03\x01garbage\r\n\r\n")
+                .unwrap_err()
+                .status,
+            400
+        );
+        let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
+        big.resize(MAX_REQUEST, b'a');
+        assert_eq!(parse_request(&big).unwrap_err().status, 431);
+    }
+}

@@ -1,0 +1,279 @@
+//! What the control plane tells the outside: Prometheus metrics, the targets
+//! report, the one-line status for systemd.
+
+use serde_json::json;
+use tokio::time::Instant;
+
+use super::ControlPlane;
+use crate::admin::{Response, Route};
+use crate::config::Algorithm;
+use crate::health::Health;
+use crate::metrics::{self as m, Exposition};
+
+impl ControlPlane {
+    /// The answer to an admin request.
+    pub fn answer(&self, route: Route) -> Response {
+        match route {
+            Route::Healthz => Response::text(200, "ok\n"),
+            Route::Metrics => Response {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics(),
+            },
+            Route::Targets => Response {
+                status: 200,
+                content_type: "application/json",
+                body: self.targets_report().to_string() + "\n",
+            },
+        }
+    }
+
+    fn health_of(&self, group: &str, addr: std::net::SocketAddr) -> Option<&Health> {
+        self.health.get(group).and_then(|h| h.get(&addr))
+    }
+
+    /// "targets healthy 2/3, connections 5": for systemd's STATUS=.
+    pub fn status_line(&self) -> String {
+        let snap = self.shared.load();
+        let (mut healthy, mut total, mut active) = (0, 0, 0);
+        for g in &snap.groups {
+            for t in &g.targets {
+                total += 1;
+                healthy += usize::from(t.ready);
+                active += t.stats.active();
+            }
+        }
+        format!("targets healthy {healthy}/{total}, connections {active}")
+    }
+
+    pub fn metrics(&self) -> String {
+        let snap = self.shared.load();
+        let mut e = Exposition::default();
+        let mut names: Vec<&String> = self.bound.keys().collect();
+        names.sort();
+
+        e.family(
+            m::LISTENER_ACCEPTED,
+            "counter",
+            "Connections accepted by a listener.",
+        );
+        for n in &names {
+            e.sample(
+                m::LISTENER_ACCEPTED,
+                &[("listener", n)],
+                self.bound[*n].stats.sum(|s| &s.accepted),
+            );
+        }
+        e.family(
+            m::LISTENER_ACTIVE,
+            "gauge",
+            "Connections of a listener open now.",
+        );
+        for n in &names {
+            e.sample(
+                m::LISTENER_ACTIVE,
+                &[("listener", n)],
+                self.bound[*n].stats.sum(|s| &s.active),
+            );
+        }
+        e.family(
+            m::LISTENER_REFUSED,
+            "counter",
+            "Connections closed without being proxied, by reason.",
+        );
+        for n in &names {
+            let v = self.bound[*n].stats.sum(|s| &s.refused_no_target);
+            e.sample(
+                m::LISTENER_REFUSED,
+                &[("listener", n), ("reason", "no_target")],
+                v,
+            );
+        }
+        e.family(
+            m::WORKER_ACCEPTED,
+            "counter",
+            "Connections accepted by a worker, all listeners.",
+        );
+        for w in 0..self.worker_count {
+            let v: u64 = self
+                .bound
+                .values()
+                .map(|b| {
+                    b.stats
+                        .get(w)
+                        .accepted
+                        .load(std::sync::atomic::Ordering::Relaxed)
+                })
+                .sum();
+            e.sample(m::WORKER_ACCEPTED, &[("worker", &w.to_string())], v);
+        }
+
+        type Field = fn(&m::TargetSlot) -> &std::sync::atomic::AtomicU64;
+        let per_target: [(&str, &str, &str, Field); 4] = [
+            (
+                m::TARGET_CONNECTIONS,
+                "counter",
+                "Connections proxied to a target.",
+                |s| &s.connections,
+            ),
+            (
+                m::TARGET_CONNECT_FAILURES,
+                "counter",
+                "Failed connects to a target.",
+                |s| &s.connect_failures,
+            ),
+            (
+                m::TARGET_BYTES_SENT,
+                "counter",
+                "Bytes sent to a target (from clients).",
+                |s| &s.bytes_sent,
+            ),
+            (
+                m::TARGET_BYTES_RECEIVED,
+                "counter",
+                "Bytes received from a target (to clients).",
+                |s| &s.bytes_received,
+            ),
+        ];
+        e.family(
+            m::TARGET_ACTIVE,
+            "gauge",
+            "Connections to a target open now, all workers.",
+        );
+        for g in &snap.groups {
+            for t in &g.targets {
+                e.sample(
+                    m::TARGET_ACTIVE,
+                    &[("group", &g.name), ("target", &t.addr.to_string())],
+                    t.stats.active(),
+                );
+            }
+            for d in &g.draining {
+                e.sample(
+                    m::TARGET_ACTIVE,
+                    &[("group", &g.name), ("target", &d.addr.to_string())],
+                    d.stats.active(),
+                );
+            }
+        }
+        for (name, kind, help, field) in per_target {
+            e.family(name, kind, help);
+            for g in &snap.groups {
+                for t in &g.targets {
+                    e.sample(
+                        name,
+                        &[("group", &g.name), ("target", &t.addr.to_string())],
+                        t.stats.slots.sum(field),
+                    );
+                }
+            }
+        }
+        e.family(
+            m::TARGET_HEALTHY,
+            "gauge",
+            "1 if the target passes its health checks.",
+        );
+        for g in &snap.groups {
+            for t in &g.targets {
+                e.sample(
+                    m::TARGET_HEALTHY,
+                    &[("group", &g.name), ("target", &t.addr.to_string())],
+                    u64::from(t.ready),
+                );
+            }
+        }
+        e.family(
+            m::TARGET_DRAINING,
+            "gauge",
+            "1 if the target was removed and its connections are draining.",
+        );
+        for g in &snap.groups {
+            for t in &g.targets {
+                e.sample(
+                    m::TARGET_DRAINING,
+                    &[("group", &g.name), ("target", &t.addr.to_string())],
+                    0,
+                );
+            }
+            for d in &g.draining {
+                e.sample(
+                    m::TARGET_DRAINING,
+                    &[("group", &g.name), ("target", &d.addr.to_string())],
+                    1,
+                );
+            }
+        }
+        e.family(
+            m::TARGETS_RELOADS,
+            "counter",
+            "Targets file and config reloads, by result.",
+        );
+        e.sample(m::TARGETS_RELOADS, &[("result", "ok")], self.reloads);
+        e.sample(
+            m::TARGETS_RELOADS,
+            &[("result", "failed")],
+            self.reload_errors,
+        );
+        e.family(
+            m::MAGLEV_SLOTS_MOVED,
+            "gauge",
+            "Maglev table slots that changed target in the group's last rebuild.",
+        );
+        for g in &self.config.groups {
+            if matches!(g.algorithm, Algorithm::Maglev(_)) {
+                let moved = self.carry.maglev_moved.get(&g.name).copied().unwrap_or(0);
+                e.sample(m::MAGLEV_SLOTS_MOVED, &[("group", &g.name)], moved);
+            }
+        }
+        e.family(
+            m::BUILD_INFO,
+            "gauge",
+            "Always 1; labels say which ringlb this is.",
+        );
+        e.sample(m::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
+        e.finish()
+    }
+
+    pub fn targets_report(&self) -> serde_json::Value {
+        let snap = self.shared.load();
+        let now = Instant::now();
+        let groups: Vec<serde_json::Value> = snap
+            .groups
+            .iter()
+            .zip(&self.config.groups)
+            .map(|(g, cfg)| {
+                let targets: Vec<serde_json::Value> = g
+                    .targets
+                    .iter()
+                    .map(|t| {
+                        let h = self.health_of(&g.name, t.addr);
+                        json!({
+                            "address": t.addr.to_string(),
+                            "weight": t.weight,
+                            "health": h.map_or("initial".to_string(), |h| h.state.to_string()),
+                            "reason": h.map_or(String::new(), |h| h.reason.clone()),
+                            "ready": t.ready,
+                            "draining": false,
+                            "active_connections": t.stats.active(),
+                        })
+                    })
+                    .chain(g.draining.iter().map(|d| {
+                        json!({
+                            "address": d.addr.to_string(),
+                            "draining": true,
+                            "drain_seconds_left": d.deadline.saturating_duration_since(now).as_secs_f64(),
+                            "active_connections": d.stats.active(),
+                        })
+                    }))
+                    .collect();
+                json!({
+                    "name": &*g.name,
+                    "algorithm": format!("{:?}", cfg.algorithm),
+                    "fail_open": g.fail_open,
+                    "targets": targets,
+                })
+            })
+            .collect();
+        json!({ "epoch": snap.epoch, "groups": groups })
+    }
+}
