@@ -157,9 +157,15 @@ impl Ringlb {
 
     /// As [`Ringlb::start`], with a log filter (e.g. "debug").
     pub fn start_logging(dir: tempfile::TempDir, filter: &str) -> Ringlb {
+        Self::start_with_env(dir, filter, &[])
+    }
+
+    /// As [`Ringlb::start_logging`], with extra environment variables.
+    pub fn start_with_env(dir: tempfile::TempDir, filter: &str, env: &[(&str, &str)]) -> Ringlb {
         let mut child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(dir.path().join("ringlb.toml"))
+            .envs(env.iter().copied())
             .env("RUST_LOG", filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -463,4 +469,28 @@ impl Blackhole {
             _filler: filler,
         }
     }
+}
+
+/// `GET path` on the admin endpoint: (status, body).
+pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
+    admin_raw(
+        admin,
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
+    )
+    .await
+}
+
+/// Sends raw bytes to the admin endpoint: (status, body).
+pub async fn admin_raw(admin: SocketAddr, request: &[u8]) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
+    s.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("admin answers")
+        .unwrap();
+    let text = String::from_utf8(out).unwrap();
+    let status = text[9..12].parse().unwrap();
+    let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
+    (status, body)
 }
