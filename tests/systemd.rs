@@ -1,0 +1,57 @@
+//! The systemd unit and install script a user installs.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+#[test]
+fn the_unit_verifies_cleanly_and_has_what_a_daemon_needs() {
+    let unit = std::fs::read_to_string(repo_path("scripts/ringlb.service")).unwrap();
+    for needed in [
+        "Type=notify",
+        "ExecStartPre=/usr/local/bin/ringlb check --config /etc/ringlb/ringlb.toml",
+        "ExecStart=/usr/local/bin/ringlb run --config /etc/ringlb/ringlb.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "User=ringlb",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "LimitNOFILE=1048576",
+        "Restart=on-failure",
+        "ProtectSystem=strict",
+        "NoNewPrivileges=yes",
+        "PrivateTmp=yes",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    ] {
+        assert!(unit.lines().any(|l| l == needed), "unit lacks {needed:?}");
+    }
+    // Verify a copy pointing at the binary under test (verify checks that
+    // the executables exist). Unknown keys only warn, so stderr must be empty.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ringlb.service");
+    std::fs::write(&path, unit.replace("/usr/local/bin/ringlb", BIN)).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is needed (Debian package systemd; .ci/run installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify: {stderr}"
+    );
+}
+
+#[test]
+fn the_install_script_parses() {
+    let out = Command::new("bash")
+        .arg("-n")
+        .arg(repo_path("scripts/install.sh"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
