@@ -10,53 +10,10 @@ proxy in the path. ringlb's CPU time is read from /proc/<pid>/stat.
 Installs iperf3 (Debian) if missing, builds the release binary, prints a
 Markdown table and writes bench/results/iperf.json. All traffic is on 127.0.0.1.
 """
-import argparse, json, os, re, shutil, subprocess, sys, tempfile, time
+import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def sh(*cmd, **kw):
-    return subprocess.run(cmd, check=True, **kw)
-
-
-def ensure_tools():
-    if shutil.which("iperf3") is None:
-        sh("apt-get", "update", "-qq")
-        sh("apt-get", "install", "-y", "-qq", "iperf3")
-    sh("cargo", "build", "--release", "--quiet", "--bin", "ringlb", cwd=ROOT)
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
-
-
-def start_ringlb(target_port, workdir):
-    os.makedirs(f"{workdir}/targets", exist_ok=True)
-    with open(f"{workdir}/targets/t.txt", "w") as f:
-        f.write(f"127.0.0.1:{target_port}\n")
-    with open(f"{workdir}/ringlb.toml", "w") as f:
-        f.write(
-            '[runtime]\nworkers = 1\n[[listener]]\nname = "bench"\nlisten = "127.0.0.1:0"\n'
-            'target_group = "t"\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n'
-        )
-    log = open(f"{workdir}/ringlb.log", "w+")
-    proc = subprocess.Popen(
-        ["taskset", "-c", "0", f"{ROOT}/target/release/ringlb", "run", "--config", f"{workdir}/ringlb.toml"],
-        stderr=log, stdout=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        log.seek(0)
-        text = log.read()
-        m = re.search(r"addr=127\.0\.0\.1:(\d+)", text)
-        if m and " ready " in text:
-            return proc, int(m.group(1))
-        time.sleep(0.05)
-    proc.kill()
-    sys.exit(f"ringlb did not start:\n{text}")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, cpu_seconds, ensure, start_ringlb, stop  # noqa: E402
 
 
 def iperf(port, seconds, streams):
@@ -75,12 +32,12 @@ def main():
     ap.add_argument("--streams", type=int, nargs="+", default=[1, 4])
     ap.add_argument("--runs", type=int, default=2)
     args = ap.parse_args()
-    ensure_tools()
+    ensure(["iperf3"])
     server_port = 25201
     server = subprocess.Popen(["taskset", "-c", "1", "iperf3", "-s", "-B", "127.0.0.1", "-p", str(server_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = tempfile.mkdtemp(prefix="ringlb-bench-")
-    lb, lb_port = start_ringlb(server_port, work)
+    lb, lb_port = start_ringlb(work, [f"127.0.0.1:{server_port}"])
     rows = []
     try:
         time.sleep(0.3)  # let iperf3 -s bind; a failed first run would show as an error below
@@ -100,8 +57,7 @@ def main():
                 rows.append({"path": "ringlb", "streams": streams, "run": run + 1, "gbit_s": gbps,
                              "proxy_cpu_s": cpu, "proxy_cpu_s_per_gb": cpu / (nbytes / 1e9)})
     finally:
-        lb.terminate()
-        lb.wait(timeout=40)
+        stop(lb)
         server.terminate()
         server.wait()
         shutil.rmtree(work, ignore_errors=True)

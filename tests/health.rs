@@ -84,6 +84,30 @@ impl Drop for Http {
     }
 }
 
+/// A backend that accepts, reads until the peer closes, and never answers;
+/// counts its connections.
+async fn silent_backend(accepted: Arc<AtomicUsize>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            accepted.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(async move {
+                let mut buf = [0u8; 512];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    (addr, task)
+}
+
 /// GET / through the proxy; returns the body (the backend's name).
 async fn who(proxy: SocketAddr) -> String {
     let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
@@ -161,24 +185,7 @@ async fn a_200_503_200_backend_flips_after_exactly_the_thresholds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tcp_only_backend_times_out_http_probes_and_goes_down() {
     let good = Http::start("good").await;
-    // Accepts and reads, never answers.
-    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let silent_addr = silent.local_addr().unwrap();
-    let holder = tokio::spawn(async move {
-        loop {
-            let Ok((mut s, _)) = silent.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = [0u8; 1024];
-                while let Ok(n) = s.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    let (silent_addr, holder) = silent_backend(Arc::new(AtomicUsize::new(0))).await;
     let lb = Ringlb::start(write_config(
         &health_config(2, "", FAST_HTTP),
         &[("targets/web.txt", targets(&[good.addr, silent_addr]))],
@@ -372,25 +379,9 @@ async fn ten_thousand_timed_out_probes_leak_no_fds() {
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
     for _ in 0..100 {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        addrs.push(l.local_addr().unwrap());
-        let accepted = accepted.clone();
-        tasks.push(tokio::spawn(async move {
-            loop {
-                let Ok((mut s, _)) = l.accept().await else {
-                    return;
-                };
-                accepted.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 512];
-                    while let Ok(n) = s.read(&mut buf).await {
-                        if n == 0 {
-                            break;
-                        }
-                    }
-                });
-            }
-        }));
+        let (addr, task) = silent_backend(accepted.clone()).await;
+        addrs.push(addr);
+        tasks.push(task);
     }
     let health =
         "protocol = \"http\"\ninterval = \"100ms\"\ntimeout = \"50ms\"\nunhealthy_threshold = 2";
