@@ -134,21 +134,25 @@ fn flipped(target: SocketAddr, to: &str) -> String {
         }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_200_503_200_backend_flips_after_exactly_the_thresholds() {
+/// HTTP backends "a" and "b" behind ringlb with fast HTTP checks, both healthy.
+async fn two_healthy_http_targets() -> (Http, Http, Ringlb) {
     let (a, b) = (Http::start("a").await, Http::start("b").await);
     let lb = Ringlb::start(write_config(
         &health_config(2, "", FAST_HTTP),
         &[("targets/web.txt", targets(&[a.addr, b.addr]))],
     ));
-    lb.wait_log(
-        &format!("target={} from=initial to=healthy", a.addr),
-        Duration::from_secs(5),
-    );
-    lb.wait_log(
-        &format!("target={} from=initial to=healthy", b.addr),
-        Duration::from_secs(5),
-    );
+    for t in [a.addr, b.addr] {
+        lb.wait_log(
+            &format!("target={t} from=initial to=healthy"),
+            Duration::from_secs(5),
+        );
+    }
+    (a, b, lb)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_200_503_200_backend_flips_after_exactly_the_thresholds() {
+    let (a, b, lb) = two_healthy_http_targets().await;
 
     a.set(503);
     let line = lb.wait_log(&flipped(a.addr, "unhealthy"), Duration::from_secs(5));
@@ -295,19 +299,7 @@ async fn a_target_killed_under_load_is_retried_then_taken_out_by_passive_checks(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn when_every_target_is_unhealthy_the_group_fails_open() {
-    let (a, b) = (Http::start("a").await, Http::start("b").await);
-    let lb = Ringlb::start(write_config(
-        &health_config(2, "", FAST_HTTP),
-        &[("targets/web.txt", targets(&[a.addr, b.addr]))],
-    ));
-    lb.wait_log(
-        &format!("target={} from=initial to=healthy", a.addr),
-        Duration::from_secs(5),
-    );
-    lb.wait_log(
-        &format!("target={} from=initial to=healthy", b.addr),
-        Duration::from_secs(5),
-    );
+    let (a, b, lb) = two_healthy_http_targets().await;
     a.set(500);
     b.set(500);
     lb.wait_log(&flipped(a.addr, "unhealthy"), Duration::from_secs(5));
