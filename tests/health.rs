@@ -152,7 +152,7 @@ async fn two_healthy_http_targets() -> (Http, Http, Ringlb) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_200_503_200_backend_flips_after_exactly_the_thresholds() {
-    let (a, b, lb) = two_healthy_http_targets().await;
+    let (a, _b, lb) = two_healthy_http_targets().await; // _b: keeps backend b running
 
     a.set(503);
     let line = lb.wait_log(&flipped(a.addr, "unhealthy"), Duration::from_secs(5));
