@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::config::{self, Config, ConfigError};
 use crate::control::{BoundInfo, ControlPlane};
 use crate::listener::{self, ListenerError};
-use crate::metrics::Slots;
+use crate::metrics::ListenerStats;
 use crate::runtime::{self, BoundListener, RuntimeError, WorkerPlan};
 use crate::snapshot::{self, SharedSnapshot, Snapshot};
 use crate::targets::{self, Target, TargetsError};
@@ -135,7 +135,7 @@ pub fn run(path: &Path) -> Result<(), AppError> {
     for l in &config.listeners {
         let (addr, sockets) = listener::bind_reuseport(l, workers)?;
         let name: Arc<str> = l.name.as_str().into();
-        let stats = Arc::new(Slots::new(workers));
+        let stats = Arc::new(ListenerStats::new(workers));
         for (plan, socket) in plans.iter_mut().zip(sockets) {
             plan.listeners.push(BoundListener {
                 name: name.clone(),

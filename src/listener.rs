@@ -91,6 +91,9 @@ mod tests {
             addr: addr.parse().unwrap(),
             group: 0,
             backlog: 128,
+            allow: None,
+            max_connections: None,
+            proxy_protocol: crate::config::ProxyProtocol::Off,
         }
     }
 

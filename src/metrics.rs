@@ -43,6 +43,42 @@ pub struct ListenerSlot {
     pub active: AtomicU64,
     /// Closed because no target could take them.
     pub refused_no_target: AtomicU64,
+    /// Closed at once: the client is outside the allow list.
+    pub refused_not_allowed: AtomicU64,
+    /// Closed at once: the listener is at max_connections.
+    pub refused_limit: AtomicU64,
+}
+
+/// A listener's counters: per-worker slots, plus the one count every worker
+/// shares to enforce `max_connections` across all of them.
+#[derive(Debug)]
+pub struct ListenerStats {
+    pub slots: Slots<ListenerSlot>,
+    /// Connections open on this listener, all workers.
+    pub open: AtomicU64,
+}
+
+impl ListenerStats {
+    pub fn new(workers: usize) -> Self {
+        ListenerStats {
+            slots: Slots::new(workers),
+            open: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one more open connection unless that would pass `max`.
+    pub fn try_open(&self, max: Option<u64>) -> bool {
+        let limit = max.unwrap_or(u64::MAX);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < limit).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub fn close_one(&self) {
+        self.open.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 /// One worker's counters for one target.

@@ -14,7 +14,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 
 use crate::balancer::{LeastConnections, Maglev, RoundRobin, Tried};
-use crate::config::{Algorithm, Config};
+use crate::config::{Algorithm, Config, ProxyProtocol};
 use crate::metrics::{Slots, TargetSlot};
 use crate::targets::Target;
 
@@ -26,9 +26,29 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Indexed like `Config::groups`.
     pub groups: Vec<GroupSnapshot>,
-    /// Listener name -> index into `groups`. Workers find a connection's group
-    /// through its listener's name, so a reload may remap or reorder groups.
-    pub listeners: HashMap<Arc<str>, usize>,
+    /// Listeners by name. Workers find a connection's group through its
+    /// listener's name, so a reload may remap or reorder groups.
+    pub listeners: HashMap<Arc<str>, ListenerView>,
+}
+
+/// What a worker needs to know about a listener when it accepts.
+#[derive(Debug)]
+pub struct ListenerView {
+    /// Index into `Snapshot::groups`.
+    pub group: usize,
+    pub allow: Option<Vec<ipnet::IpNet>>,
+    pub max_connections: Option<u64>,
+    pub proxy_protocol: ProxyProtocol,
+}
+
+impl ListenerView {
+    /// Whether a client may connect; IPv4-mapped IPv6 clients match IPv4 ranges.
+    pub fn allows(&self, client: std::net::IpAddr) -> bool {
+        let ip = client.to_canonical();
+        self.allow
+            .as_ref()
+            .is_none_or(|nets| nets.iter().any(|n| n.contains(&ip)))
+    }
 }
 
 impl Snapshot {
@@ -42,7 +62,7 @@ impl Snapshot {
     }
 
     pub fn group_of(&self, listener: &str) -> Option<&GroupSnapshot> {
-        self.listeners.get(listener).map(|&g| &self.groups[g])
+        self.listeners.get(listener).map(|l| &self.groups[l.group])
     }
 }
 
@@ -57,6 +77,8 @@ pub struct GroupSnapshot {
     /// No target is healthy: route to all of them, as an NLB does, rather
     /// than refuse every client.
     pub fail_open: bool,
+    /// A target with this many open connections is skipped; 0 = no limit.
+    pub max_per_target: u64,
     pub connect_timeout: Duration,
     pub connect_retries: u32,
     pub idle_timeout: Duration,
@@ -110,6 +132,21 @@ impl ActiveGuard {
         stats.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard(stats.clone())
     }
+
+    /// Counts the connection unless the target already has `max` (0 = no
+    /// limit): exact across workers, unlike a look before the pick.
+    pub fn try_new(stats: &Arc<TargetStats>, max: u64) -> Option<Self> {
+        if max == 0 {
+            return Some(Self::new(stats));
+        }
+        stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ActiveGuard(stats.clone()))
+    }
 }
 
 impl ActiveGuard {
@@ -134,7 +171,12 @@ pub enum Balancer {
 impl GroupSnapshot {
     /// The target for the next connect attempt for `client`, skipping those tried.
     pub fn pick(&self, client: &SocketAddr, tried: &Tried) -> Option<usize> {
-        let usable = |i: usize| !tried.contains(i) && (self.fail_open || self.targets[i].ready);
+        let usable = |i: usize| {
+            let t = &self.targets[i];
+            !tried.contains(i)
+                && (self.fail_open || t.ready)
+                && (self.max_per_target == 0 || t.stats.active() < self.max_per_target)
+        };
         match &*self.balancer {
             Balancer::RoundRobin(rr) => rr.pick(usable),
             Balancer::LeastConnections(lc) => lc.pick(
@@ -269,6 +311,7 @@ pub fn build(
                 .collect();
             GroupSnapshot {
                 fail_open: !entries.iter().any(|e| e.ready),
+                max_per_target: g.max_connections_per_target,
                 name: g.name.as_str().into(),
                 targets: entries,
                 balancer,
@@ -290,7 +333,15 @@ pub fn build(
     let listeners = config
         .listeners
         .iter()
-        .map(|l| (l.name.as_str().into(), l.group))
+        .map(|l| {
+            let view = ListenerView {
+                group: l.group,
+                allow: l.allow.clone(),
+                max_connections: l.max_connections,
+                proxy_protocol: l.proxy_protocol,
+            };
+            (l.name.as_str().into(), view)
+        })
         .collect();
     Snapshot {
         epoch,

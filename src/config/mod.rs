@@ -43,6 +43,21 @@ pub struct ListenerConfig {
     /// Index into [`Config::groups`].
     pub group: usize,
     pub backlog: u32,
+    /// Clients allowed in; `None` = everyone. IPv4-mapped IPv6 clients match
+    /// IPv4 ranges.
+    pub allow: Option<Vec<ipnet::IpNet>>,
+    /// Open connections beyond which new clients are closed at once, across
+    /// all workers; `None` = unlimited.
+    pub max_connections: Option<u64>,
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// What to send a target before the client's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,6 +83,9 @@ pub struct GroupConfig {
     pub idle_timeout: Duration,
     /// How long connections to a removed target may continue; 0 closes them at once.
     pub deregistration_delay: Duration,
+    /// A target with this many open connections is skipped like a not-ready
+    /// one; 0 = unlimited.
+    pub max_connections_per_target: u64,
     pub health: HealthCheckConfig,
 }
 
@@ -89,6 +107,8 @@ pub struct HealthCheckConfig {
     pub timeout: Duration,
     pub healthy_threshold: u32,
     pub unhealthy_threshold: u32,
+    /// Send a PROXY v2 header (command LOCAL) before each probe.
+    pub proxy_protocol: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -271,11 +291,61 @@ impl Validator<'_> {
                     format!("{backlog} is out of range 1..=65535"),
                 ));
             }
+            let allow = match &l.allow {
+                None => None,
+                Some(list) => Some(
+                    list.get_ref()
+                        .iter()
+                        .map(|c| {
+                            c.parse::<ipnet::IpNet>()
+                                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                                .map(|n| n.trunc())
+                                .map_err(|_| {
+                                    self.at(
+                                        list,
+                                        l.name.span(),
+                                        format!("{key}.allow"),
+                                        format!("{c:?} is not a CIDR range like \"10.0.0.0/8\" or \"::1/128\""),
+                                    )
+                                })
+                        })
+                        .collect::<Result<Vec<_>, _>>()?,
+                ),
+            };
+            let max_connections = match &l.max_connections {
+                Some(m) if *m.get_ref() == 0 => {
+                    return Err(self.at(
+                        m,
+                        l.name.span(),
+                        format!("{key}.max_connections"),
+                        "must be at least 1 (leave it out for no limit)".into(),
+                    ));
+                }
+                Some(m) => Some(*m.get_ref()),
+                None => None,
+            };
+            let proxy_protocol = match l.proxy_protocol.as_ref().map(|p| p.get_ref().as_str()) {
+                None | Some("off") => ProxyProtocol::Off,
+                Some("v1") => ProxyProtocol::V1,
+                Some("v2") => ProxyProtocol::V2,
+                Some(other) => {
+                    let p = l.proxy_protocol.as_ref().expect("matched Some");
+                    return Err(self.at(
+                        p,
+                        l.name.span(),
+                        format!("{key}.proxy_protocol"),
+                        format!("unknown value {other:?} (known: \"off\", \"v1\", \"v2\")"),
+                    ));
+                }
+            };
             listeners.push(ListenerConfig {
                 name,
                 addr,
                 group,
                 backlog,
+                allow,
+                max_connections,
+                proxy_protocol,
             });
         }
 
@@ -396,6 +466,7 @@ impl Validator<'_> {
             connect_retries: g.connect_retries,
             idle_timeout,
             deregistration_delay: g.deregistration_delay.0,
+            max_connections_per_target: g.max_connections_per_target,
             health: self.health(&format!("{key}.health_check"), &g.health_check, here)?,
         })
     }
@@ -507,6 +578,7 @@ impl Validator<'_> {
             timeout,
             healthy_threshold: threshold(&h.healthy_threshold, "healthy_threshold")?,
             unhealthy_threshold: threshold(&h.unhealthy_threshold, "unhealthy_threshold")?,
+            proxy_protocol: h.proxy_protocol,
         })
     }
 }

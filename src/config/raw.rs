@@ -66,6 +66,13 @@ pub struct RawListener {
     pub target_group: Spanned<String>,
     #[serde(default = "default_backlog")]
     pub backlog: Spanned<u32>,
+    /// CIDR ranges allowed to connect; absent = everyone.
+    #[serde(default)]
+    pub allow: Option<Spanned<Vec<String>>>,
+    #[serde(default)]
+    pub max_connections: Option<Spanned<u64>>,
+    #[serde(default)]
+    pub proxy_protocol: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -85,6 +92,9 @@ pub struct RawTargetGroup {
     pub idle_timeout: Spanned<ConfigDuration>,
     #[serde(default = "default_deregistration_delay")]
     pub deregistration_delay: ConfigDuration,
+    /// 0 = unlimited.
+    #[serde(default)]
+    pub max_connections_per_target: u64,
     #[serde(default)]
     pub health_check: RawHealthCheck,
 }
@@ -108,6 +118,8 @@ pub struct RawHealthCheck {
     pub healthy_threshold: Spanned<u32>,
     #[serde(default = "default_unhealthy_threshold")]
     pub unhealthy_threshold: Spanned<u32>,
+    #[serde(default)]
+    pub proxy_protocol: bool,
 }
 
 impl Default for RawHealthCheck {
@@ -121,6 +133,7 @@ impl Default for RawHealthCheck {
             timeout: default_timeout(),
             healthy_threshold: default_healthy_threshold(),
             unhealthy_threshold: default_unhealthy_threshold(),
+            proxy_protocol: false,
         }
     }
 }

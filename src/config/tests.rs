@@ -257,3 +257,31 @@ fn matcher_forms() {
     assert!(parse_matcher("99").is_err());
     assert!(parse_matcher("").is_err());
 }
+
+#[test]
+fn guard_rail_keys() {
+    let text = GOOD.replace(
+        "target_group = \"web\"\n",
+        "target_group = \"web\"\nallow = [\"10.0.0.0/8\", \"192.168.1.7\", \"::1/128\"]\nmax_connections = 100\nproxy_protocol = \"v2\"\n",
+    );
+    let c = parse(Path::new("/x/ringlb.toml"), &text).unwrap();
+    let l = &c.listeners[0];
+    assert_eq!(l.allow.as_ref().unwrap().len(), 3);
+    assert_eq!(l.allow.as_ref().unwrap()[1].to_string(), "192.168.1.7/32");
+    assert_eq!(
+        (l.max_connections, l.proxy_protocol),
+        (Some(100), ProxyProtocol::V2)
+    );
+    let bad = GOOD.replace(
+        "target_group = \"web\"\n",
+        "target_group = \"web\"\nallow = [\"10.0.0.0/33\"]\n",
+    );
+    let (line, key, msg) = err(&bad);
+    assert_eq!((line, key.as_str()), (9, "listener[0].allow"));
+    assert!(msg.contains("not a CIDR range"));
+    let bad = GOOD.replace(
+        "target_group = \"web\"\n",
+        "target_group = \"web\"\nproxy_protocol = \"v3\"\n",
+    );
+    assert_eq!(err(&bad).1, "listener[0].proxy_protocol");
+}

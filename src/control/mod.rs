@@ -19,7 +19,7 @@ use crate::config::{Config, ListenerConfig};
 use crate::health::schedule::{ProbeResult, Prober};
 use crate::health::{Health, State};
 use crate::listener;
-use crate::metrics::{ListenerSlot, Slots};
+use crate::metrics::ListenerStats;
 use crate::runtime::{BoundListener, Command, Event, Workers};
 use crate::snapshot::{self, Carry, Draining, SharedSnapshot};
 use crate::targets::Target;
@@ -30,7 +30,7 @@ pub struct BoundInfo {
     pub config: ListenerConfig,
     /// The address actually bound (the kernel's port for `:0`).
     pub addr: SocketAddr,
-    pub stats: Arc<Slots<ListenerSlot>>,
+    pub stats: Arc<ListenerStats>,
 }
 
 pub struct ControlPlane {
@@ -389,7 +389,7 @@ impl ControlPlane {
         }
         for (l, addr, sockets) in fresh {
             let name: Arc<str> = l.name.as_str().into();
-            let stats = Arc::new(Slots::new(self.worker_count));
+            let stats = Arc::new(ListenerStats::new(self.worker_count));
             for (tx, socket) in workers.commands.iter().zip(sockets) {
                 let bound = BoundListener {
                     name: name.clone(),

@@ -61,7 +61,7 @@ impl ControlPlane {
             e.sample(
                 m::LISTENER_ACCEPTED,
                 &[("listener", n)],
-                self.bound[*n].stats.sum(|s| &s.accepted),
+                self.bound[*n].stats.slots.sum(|s| &s.accepted),
             );
         }
         e.family(
@@ -73,7 +73,7 @@ impl ControlPlane {
             e.sample(
                 m::LISTENER_ACTIVE,
                 &[("listener", n)],
-                self.bound[*n].stats.sum(|s| &s.active),
+                self.bound[*n].stats.slots.sum(|s| &s.active),
             );
         }
         e.family(
@@ -82,10 +82,22 @@ impl ControlPlane {
             "Connections closed without being proxied, by reason.",
         );
         for n in &names {
-            let v = self.bound[*n].stats.sum(|s| &s.refused_no_target);
+            let v = self.bound[*n].stats.slots.sum(|s| &s.refused_no_target);
             e.sample(
                 m::LISTENER_REFUSED,
                 &[("listener", n), ("reason", "no_target")],
+                v,
+            );
+            let v = self.bound[*n].stats.slots.sum(|s| &s.refused_not_allowed);
+            e.sample(
+                m::LISTENER_REFUSED,
+                &[("listener", n), ("reason", "not_allowed")],
+                v,
+            );
+            let v = self.bound[*n].stats.slots.sum(|s| &s.refused_limit);
+            e.sample(
+                m::LISTENER_REFUSED,
+                &[("listener", n), ("reason", "max_connections")],
                 v,
             );
         }
@@ -100,6 +112,7 @@ impl ControlPlane {
                 .values()
                 .map(|b| {
                     b.stats
+                        .slots
                         .get(w)
                         .accepted
                         .load(std::sync::atomic::Ordering::Relaxed)

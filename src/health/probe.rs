@@ -55,6 +55,11 @@ async fn run(cfg: &HealthCheckConfig, addr: SocketAddr) -> Result<String, String
     let mut s = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    if cfg.proxy_protocol {
+        s.write_all(&crate::proxy::header::v2_local())
+            .await
+            .map_err(|e| format!("send PROXY header: {e}"))?;
+    }
     if cfg.protocol == HealthProtocol::Tcp {
         return Ok("connected".into());
     }

@@ -8,6 +8,7 @@
 //! an error on the other direction) loses no bytes that were already moved and
 //! leaks nothing.
 
+pub mod header;
 pub mod pipe;
 
 use std::future::Future;

@@ -18,7 +18,9 @@ use tracing::{debug, info, warn};
 
 use super::uring;
 use crate::balancer::Tried;
-use crate::metrics::{ListenerSlot, Slots, bump, drop_one};
+use crate::config::ProxyProtocol;
+use crate::metrics::{ListenerStats, bump, drop_one};
+use crate::proxy::header;
 use crate::proxy::{self, ProxyError, pipe::PipePool};
 use crate::snapshot::{ActiveGuard, SharedSnapshot};
 
@@ -56,7 +58,7 @@ pub struct BoundListener {
     pub name: Arc<str>,
     pub socket: TcpListener,
     /// Counters, one slot per worker; the same for every worker's socket.
-    pub stats: Arc<Slots<ListenerSlot>>,
+    pub stats: Arc<ListenerStats>,
 }
 
 /// A running accept loop and the switch that stops it.
@@ -241,8 +243,25 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                     backoff = Duration::ZERO;
                 }
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                let slot = l.stats.get(w.id);
+                let slot = l.stats.slots.get(w.id);
                 bump(&slot.accepted, 1);
+                // Guard rails, before any target is contacted: a refused client
+                // is closed at once and never holds up the others.
+                let (allowed, max, proxy_protocol) = match w.snapshot.load().listeners.get(&*l.name)
+                {
+                    Some(v) => (v.allows(peer.ip()), v.max_connections, v.proxy_protocol),
+                    None => (false, None, ProxyProtocol::Off),
+                };
+                if !allowed {
+                    bump(&slot.refused_not_allowed, 1);
+                    debug!(%peer, listener = %l.name, "client not in the allow list; closed");
+                    continue;
+                }
+                if !l.stats.try_open(max) {
+                    bump(&slot.refused_limit, 1);
+                    debug!(%peer, listener = %l.name, "max_connections reached; closed");
+                    continue;
+                }
                 bump(&slot.active, 1);
                 let key = w.sessions.borrow_mut().insert(SessionEntry::default());
                 let registered = Registered {
@@ -250,7 +269,13 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                     key,
                     listener: l.stats.clone(),
                 };
-                let task = tokio_uring::spawn(session(registered, client, peer, l.name.clone()));
+                let task = tokio_uring::spawn(session(
+                    registered,
+                    client,
+                    peer,
+                    l.name.clone(),
+                    proxy_protocol,
+                ));
                 if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
                     entry.task = Some(task.abort_handle());
                 }
@@ -285,12 +310,13 @@ fn is_transient(e: &io::Error) -> bool {
 struct Registered {
     worker: Rc<Worker>,
     key: usize,
-    listener: Arc<Slots<ListenerSlot>>,
+    listener: Arc<ListenerStats>,
 }
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        drop_one(&self.listener.get(self.worker.id).active);
+        drop_one(&self.listener.slots.get(self.worker.id).active);
+        self.listener.close_one();
         let mut sessions = self.worker.sessions.borrow_mut();
         sessions.try_remove(self.key);
         if sessions.is_empty() {
@@ -299,7 +325,13 @@ impl Drop for Registered {
     }
 }
 
-async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, listener: Arc<str>) {
+async fn session(
+    registered: Registered,
+    client: OwnedFd,
+    peer: SocketAddr,
+    listener: Arc<str>,
+    proxy_protocol: ProxyProtocol,
+) {
     let (w, key) = (registered.worker.clone(), registered.key);
     if let Err(e) = SockRef::from(&client).set_tcp_nodelay(true) {
         debug!(%peer, error = %e, "client gone before setup");
@@ -323,7 +355,10 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, list
             let t = &g.targets[i];
             // Counted from the pick, so other cores' least-connection picks
             // see it during the connect; uncounted again if the connect fails.
-            let active = ActiveGuard::new(&t.stats);
+            // A target filled by another core since the pick is passed over.
+            let Some(active) = ActiveGuard::try_new(&t.stats, g.max_per_target) else {
+                continue;
+            };
             match connect(t.addr, g.connect_timeout).await {
                 Ok(fd) => {
                     bump(&t.stats.slots.get(w.id).connections, 1);
@@ -345,7 +380,7 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, list
             }
         }
         let Some((fd, addr, active)) = placed else {
-            bump(&registered.listener.get(w.id).refused_no_target, 1);
+            bump(&registered.listener.slots.get(w.id).refused_no_target, 1);
             debug!(%peer, group = %g.name, tried = tried.len(), "no target could take the connection; closing client");
             return;
         };
@@ -355,6 +390,12 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, list
         debug!(worker = w.id, %peer, target = %addr, "placed");
         (fd, addr, g.idle_timeout, active)
     };
+    if proxy_protocol != ProxyProtocol::Off
+        && let Err(e) = send_proxy_header(&client, &target, peer, proxy_protocol)
+    {
+        debug!(%peer, target = %addr, error = %e, "cannot send the PROXY header; closing");
+        return;
+    }
     let counters = active.stats().slots.get(w.id);
     match proxy::run(&w.pipes, client, target, idle, counters).await {
         Ok(t) => {
@@ -363,6 +404,29 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, list
         Err(ProxyError::Idle(d)) => debug!(%peer, target = %addr, "idle for {d:?}; closed"),
         Err(e) => debug!(%peer, target = %addr, error = %e, "closed on error"),
     }
+}
+
+/// Writes the PROXY header for `peer` to a freshly connected target. The
+/// header (at most 52 bytes) fits an empty send buffer, so one send does it.
+fn send_proxy_header(
+    client: &OwnedFd,
+    target: &OwnedFd,
+    peer: SocketAddr,
+    version: ProxyProtocol,
+) -> io::Result<()> {
+    let local = SockRef::from(client)
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::other("listener address is not inet"))?;
+    let bytes = match version {
+        ProxyProtocol::V1 => header::v1(peer, local),
+        _ => header::v2(peer, local),
+    };
+    let sent = SockRef::from(target).send(&bytes)?;
+    if sent != bytes.len() {
+        return Err(io::Error::other("PROXY header only partly sent"));
+    }
+    Ok(())
 }
 
 /// Connects to `addr`, giving up after `timeout`. On timeout the kernel connect
