@@ -162,7 +162,39 @@ impl Ringlb {
 
     /// As [`Ringlb::start_logging`], with extra environment variables.
     pub fn start_with_env(dir: tempfile::TempDir, filter: &str, env: &[(&str, &str)]) -> Ringlb {
-        let mut child = Command::new(BIN)
+        Self::spawn(dir, filter, env, None)
+    }
+
+    /// As [`Ringlb::start`], with RLIMIT_NOFILE (soft and hard) set to `nofile`.
+    pub fn start_with_fd_limit(dir: tempfile::TempDir, nofile: u64) -> Ringlb {
+        Self::spawn(dir, "info", &[], Some(nofile))
+    }
+
+    fn spawn(
+        dir: tempfile::TempDir,
+        filter: &str,
+        env: &[(&str, &str)],
+        nofile: Option<u64>,
+    ) -> Ringlb {
+        let mut cmd = Command::new(BIN);
+        if let Some(n) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: between fork and exec only async-signal-safe setrlimit
+            // runs, on a struct on the stack.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .args(["run", "--config"])
             .arg(dir.path().join("ringlb.toml"))
             .envs(env.iter().copied())
@@ -274,6 +306,34 @@ impl Ringlb {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
             .unwrap()
             .count()
+    }
+
+    /// CPU seconds the ringlb process has used (user + system).
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).unwrap();
+        let f: Vec<&str> = stat
+            .rsplit_once(')')
+            .unwrap()
+            .1
+            .split_whitespace()
+            .collect();
+        // SAFETY: sysconf is always safe to call.
+        let tick = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap()) / tick
+    }
+
+    /// Resident memory of the ringlb process, KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap()
+            .trim()
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap()
     }
 
     /// Threads of the ringlb process.
