@@ -355,3 +355,37 @@ pub fn describe(targets: &[Target]) -> String {
     let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
     format!("{addrs:?}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allow_lists_match_ipv4_mapped_clients_and_nothing_else() {
+        let view = ListenerView {
+            group: 0,
+            allow: Some(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap(),
+            ]),
+            max_connections: None,
+            proxy_protocol: ProxyProtocol::Off,
+        };
+        assert!(view.allows("10.1.2.3".parse().unwrap()));
+        assert!(
+            view.allows("::ffff:10.1.2.3".parse().unwrap()),
+            "IPv4-mapped matches IPv4 ranges"
+        );
+        assert!(view.allows("::1".parse().unwrap()));
+        assert!(!view.allows("11.0.0.1".parse().unwrap()));
+        assert!(!view.allows("::ffff:11.0.0.1".parse().unwrap()));
+        let open = ListenerView {
+            allow: None,
+            ..view
+        };
+        assert!(
+            open.allows("203.0.113.9".parse().unwrap()),
+            "no list: everyone"
+        );
+    }
+}

@@ -257,3 +257,103 @@ async fn a_burst_of_10000_connections_leaves_ringlb_up_and_leak_free() {
     });
     assert!(lb.stop().success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resetting_target_and_a_silent_target_cost_only_their_own_clients() {
+    // One target accepts and resets at once; one accepts and never answers.
+    let resetter = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_addr = resetter.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = resetter.accept().await else {
+                return;
+            };
+            let s = s.into_std().unwrap();
+            socket2::SockRef::from(&s)
+                .set_linger(Some(Duration::ZERO))
+                .unwrap(); // close = RST
+            drop(s);
+        }
+    });
+    let mute = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let h = held.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = mute.accept().await else {
+                return;
+            };
+            h.lock().unwrap().push(s);
+        }
+    });
+    let good = Backend::tagged(9).await;
+    let lb = Ringlb::start(write_config(
+        &simple_config(2, "idle_timeout = \"1s\""),
+        &[(
+            "targets/web.txt",
+            targets(&[reset_addr, mute_addr, good.addr]),
+        )],
+    ));
+    // Round robin visits each once per three clients.
+    let mut outcomes = Vec::new();
+    for _ in 0..6 {
+        let mut s = TcpStream::connect(lb.addr()).await.unwrap();
+        let start = Instant::now();
+        let mut tag = [0u8];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tag))
+            .await
+            .expect("every client gets an answer or a close");
+        outcomes.push((matches!(r, Ok(1)) && tag[0] == 9, start.elapsed()));
+    }
+    let served = outcomes.iter().filter(|(ok, _)| *ok).count();
+    assert_eq!(
+        served, 2,
+        "the good target served its clients: {outcomes:?}"
+    );
+    // The mute target's clients end by idle_timeout, not later.
+    assert!(
+        outcomes.iter().all(|(_, t)| *t < Duration::from_secs(3)),
+        "{outcomes:?}"
+    );
+    // Still serving: within one round of three, the good target answers.
+    let mut again = false;
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(lb.addr()).await.unwrap();
+        let mut tag = [0u8];
+        let r = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tag))
+            .await
+            .unwrap();
+        again |= matches!(r, Ok(1)) && tag[0] == 9;
+    }
+    assert!(again, "ringlb still serves");
+    drop(held);
+    assert!(lb.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_endpoint_times_out_a_client_that_never_finishes_its_request() {
+    let backend = Backend::tagged(1).await;
+    let lb = Ringlb::start(write_config(
+        &simple_config(1, ""),
+        &[("targets/web.txt", targets(&[backend.addr]))],
+    ));
+    let mut slow = TcpStream::connect(lb.admin).await.unwrap();
+    slow.write_all(b"GET /metr").await.unwrap();
+    let start = Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), slow.read_to_end(&mut out))
+        .await
+        .expect("closed in time")
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408"),
+        "{out:?}"
+    );
+    assert!(
+        start.elapsed() >= Duration::from_secs(4),
+        "timed out too early: {:?}",
+        start.elapsed()
+    );
+    assert!(lb.stop().success());
+}
