@@ -109,19 +109,24 @@ fn check_reports_a_missing_targets_file() {
     );
 }
 
+/// `ringlb run` on `dir/ringlb.toml`, expected to exit 1 at start-up; its stderr.
+fn run_fails(dir: &std::path::Path) -> String {
+    let out = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.join("ringlb.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn run_with_a_bad_config_exits_1_without_listening() {
     let dir = write_config(
         &simple_config(1, "idle_timeout = \"0s\""),
         &[("targets/web.txt", "127.0.0.1:6400\n".into())],
     );
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("ringlb.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = run_fails(dir.path());
     assert!(
         stderr.contains("target_group[0].idle_timeout: must be more than 0"),
         "{stderr}"
@@ -139,13 +144,7 @@ fn run_refuses_a_port_another_ringlb_holds() {
         &listen_on(&simple_config(1, ""), &taken),
         &[("targets/web.txt", "127.0.0.1:6400\n".into())],
     );
-    let out = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(dir.path().join("ringlb.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = run_fails(dir.path());
     assert!(
         stderr.contains("listener \"web\"") && stderr.contains("Address already in use"),
         "{stderr}"
