@@ -65,7 +65,7 @@ async fn no_fd_or_thread_leaks_after_thousands_of_connections() {
         &simple_config(2, ""),
         &[("targets/web.txt", targets(&[backend.addr]))],
     ));
-    let base_fds = lb.fd_count();
+    let base_fds = lb.baseline_fds(1);
     let base_threads = lb.thread_count();
     assert!(
         base_threads <= 2 + 2,

@@ -109,7 +109,7 @@ async fn an_unreachable_target_hits_connect_timeout_then_the_next_is_tried() {
         &simple_config(1, "connect_retries = 1\nconnect_timeout = \"300ms\""),
         &[("targets/web.txt", targets(&[hole.addr, good.addr]))],
     ));
-    let base_fds = lb.fd_count();
+    let base_fds = lb.baseline_fds(2);
     // Round robin starts at the black hole: the first client waits out the
     // timeout and is then placed on the good target.
     let start = Instant::now();

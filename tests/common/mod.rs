@@ -12,7 +12,6 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
 
@@ -301,6 +300,15 @@ impl Ringlb {
             .collect()
     }
 
+    /// Open fds once the start-up health probes of `targets` targets have
+    /// reported (so none of their sockets is open): a baseline for leak checks.
+    pub fn baseline_fds(&self, targets: usize) -> usize {
+        wait_until(Duration::from_secs(10), "start-up probes to report", || {
+            self.count_log("from=initial to=") >= targets
+        });
+        self.fd_count()
+    }
+
     /// Open file descriptors of the ringlb process.
     pub fn fd_count(&self) -> usize {
         std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
@@ -404,7 +412,11 @@ pub struct Backend {
 
 impl Backend {
     pub async fn tagged(tag: u8) -> Backend {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A real server's backlog (tokio's default of 1,024 overflows under the
+        // burst tests, and the kernel then drops the handshake's last ACK).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4096).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
