@@ -346,6 +346,7 @@ mod tests {
             let counters = TargetSlot::default();
             let fut = run(&pool, a.into(), b.into(), Duration::from_secs(1), &counters);
             let size = std::mem::size_of_val(&fut);
+            println!("proxy future: {size} bytes");
             assert!(size <= 512, "proxy future is {size} bytes");
         });
     }
