@@ -113,10 +113,6 @@ impl<T> Slots<T> {
             .map(|s| field(s).load(Ordering::Relaxed))
             .fold(0, u64::wrapping_add)
     }
-
-    pub fn each(&self) -> impl Iterator<Item = &T> {
-        self.0.iter()
-    }
 }
 
 /// A Prometheus text exposition being written.

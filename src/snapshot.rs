@@ -60,10 +60,6 @@ impl Snapshot {
             listeners: HashMap::new(),
         }
     }
-
-    pub fn group_of(&self, listener: &str) -> Option<&GroupSnapshot> {
-        self.listeners.get(listener).map(|l| &self.groups[l.group])
-    }
 }
 
 #[derive(Debug)]

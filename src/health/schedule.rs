@@ -93,10 +93,6 @@ impl Prober {
             );
         }
     }
-
-    pub fn running(&self) -> usize {
-        self.running.len()
-    }
 }
 
 impl Drop for Prober {

@@ -22,7 +22,7 @@ use crate::config::ProxyProtocol;
 use crate::metrics::{ListenerStats, bump, drop_one};
 use crate::proxy::header;
 use crate::proxy::{self, ProxyError, pipe::PipePool};
-use crate::snapshot::{ActiveGuard, SharedSnapshot};
+use crate::snapshot::{ActiveGuard, SharedSnapshot, Snapshot};
 
 /// How often a worker closes pipes it has not needed since the last look.
 const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -247,17 +247,21 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                 bump(&slot.accepted, 1);
                 // Guard rails, before any target is contacted: a refused client
                 // is closed at once and never holds up the others.
-                let (allowed, max, proxy_protocol) = match w.snapshot.load().listeners.get(&*l.name)
-                {
-                    Some(v) => (v.allows(peer.ip()), v.max_connections, v.proxy_protocol),
-                    None => (false, None, ProxyProtocol::Off),
+                // The snapshot is read once per connection, here; the session
+                // places the connection with the same one, then lets it go.
+                let snap = w.snapshot.load_full();
+                let Some(view) = snap.listeners.get(&*l.name) else {
+                    bump(&slot.refused_no_target, 1);
+                    debug!(%peer, listener = %l.name, "listener no longer configured; closed");
+                    continue;
                 };
-                if !allowed {
+                let (group, proxy_protocol) = (view.group, view.proxy_protocol);
+                if !view.allows(peer.ip()) {
                     bump(&slot.refused_not_allowed, 1);
                     debug!(%peer, listener = %l.name, "client not in the allow list; closed");
                     continue;
                 }
-                if !l.stats.try_open(max) {
+                if !l.stats.try_open(view.max_connections) {
                     bump(&slot.refused_limit, 1);
                     debug!(%peer, listener = %l.name, "max_connections reached; closed");
                     continue;
@@ -269,13 +273,12 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                     key,
                     listener: l.stats.clone(),
                 };
-                let task = tokio_uring::spawn(session(
-                    registered,
-                    client,
-                    peer,
-                    l.name.clone(),
+                let placement = Placement {
+                    snapshot: snap,
+                    group,
                     proxy_protocol,
-                ));
+                };
+                let task = tokio_uring::spawn(session(registered, client, peer, placement));
                 if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
                     entry.task = Some(task.abort_handle());
                 }
@@ -325,26 +328,28 @@ impl Drop for Registered {
     }
 }
 
-async fn session(
-    registered: Registered,
-    client: OwnedFd,
-    peer: SocketAddr,
-    listener: Arc<str>,
+/// What the accept loop resolved for a connection: the snapshot it read, the
+/// listener's group in it, and the PROXY protocol to speak.
+struct Placement {
+    snapshot: Arc<Snapshot>,
+    group: usize,
     proxy_protocol: ProxyProtocol,
-) {
+}
+
+async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, placement: Placement) {
+    let proxy_protocol = placement.proxy_protocol;
     let (w, key) = (registered.worker.clone(), registered.key);
     if let Err(e) = SockRef::from(&client).set_tcp_nodelay(true) {
         debug!(%peer, error = %e, "client gone before setup");
         return;
     }
-    // Read the snapshot once; keep it only while placing the connection (an
-    // Arc, not a Guard: the connect awaits), then let it go.
+    // Keep the snapshot only while placing the connection (an Arc, not a
+    // Guard: the connect awaits); it is dropped at the end of this block.
     let (target, addr, idle, active) = {
-        let snap = w.snapshot.load_full();
-        let Some(g) = snap.group_of(&listener) else {
-            debug!(%peer, %listener, "listener no longer configured; closing client");
-            return;
-        };
+        let Placement {
+            snapshot, group, ..
+        } = placement;
+        let g = &snapshot.groups[group];
         let mut tried = Tried::with_capacity(g.connect_retries as usize + 1);
         let mut placed = None;
         while tried.len() <= g.connect_retries as usize {

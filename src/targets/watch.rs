@@ -29,10 +29,6 @@ impl FileWatch {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Reads the file; returns a settled, not yet handled change.
     pub fn poll(&mut self) -> Option<Result<Vec<Target>, TargetsError>> {
         let now = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
