@@ -143,10 +143,19 @@ async fn a_full_target_is_skipped_like_a_not_ready_one() {
     let mut s = TcpStream::connect(lb.addr()).await.unwrap();
     assert_eq!(tag_or_closed(&mut s).await, Err(()), "every target is full");
     drop(held.remove(0));
-    wait_until_async(Duration::from_secs(5), "a target slot to free up", || {
-        a.open() + b.open() == 3
-    })
-    .await;
+    // ringlb frees the slot once both directions have closed: wait on its
+    // own count, not the backend's (which drops a moment earlier).
+    let active = |t: std::net::SocketAddr| {
+        format!("ringlb_target_connections_active{{group=\"web\",target=\"{t}\"}}")
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while metric(&lb, &active(a.addr)).await + metric(&lb, &active(b.addr)).await != 3 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a target slot was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert!(connect_tagged(lb.addr()).await.1 >= 1);
     drop(held);
     assert!(lb.stop().success());

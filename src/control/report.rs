@@ -52,54 +52,48 @@ impl ControlPlane {
         let mut names: Vec<&String> = self.bound.keys().collect();
         names.sort();
 
-        e.family(
-            m::LISTENER_ACCEPTED,
-            "counter",
-            "Connections accepted by a listener.",
-        );
-        for n in &names {
-            e.sample(
+        type ListenerField = fn(&m::ListenerSlot) -> &std::sync::atomic::AtomicU64;
+        // (metric, kind, help, reason label, counter)
+        let per_listener: [(&str, &str, &str, Option<&str>, ListenerField); 5] = [
+            (
                 m::LISTENER_ACCEPTED,
-                &[("listener", n)],
-                self.bound[*n].stats.slots.sum(|s| &s.accepted),
-            );
-        }
-        e.family(
-            m::LISTENER_ACTIVE,
-            "gauge",
-            "Connections of a listener open now.",
-        );
-        for n in &names {
-            e.sample(
+                "counter",
+                "Connections accepted by a listener.",
+                None,
+                |s| &s.accepted,
+            ),
+            (
                 m::LISTENER_ACTIVE,
-                &[("listener", n)],
-                self.bound[*n].stats.slots.sum(|s| &s.active),
-            );
-        }
-        e.family(
-            m::LISTENER_REFUSED,
-            "counter",
-            "Connections closed without being proxied, by reason.",
-        );
-        for n in &names {
-            let v = self.bound[*n].stats.slots.sum(|s| &s.refused_no_target);
-            e.sample(
+                "gauge",
+                "Connections of a listener open now.",
+                None,
+                |s| &s.active,
+            ),
+            (
                 m::LISTENER_REFUSED,
-                &[("listener", n), ("reason", "no_target")],
-                v,
-            );
-            let v = self.bound[*n].stats.slots.sum(|s| &s.refused_not_allowed);
-            e.sample(
-                m::LISTENER_REFUSED,
-                &[("listener", n), ("reason", "not_allowed")],
-                v,
-            );
-            let v = self.bound[*n].stats.slots.sum(|s| &s.refused_limit);
-            e.sample(
-                m::LISTENER_REFUSED,
-                &[("listener", n), ("reason", "max_connections")],
-                v,
-            );
+                "counter",
+                "Connections closed without being proxied, by reason.",
+                Some("no_target"),
+                |s| &s.refused_no_target,
+            ),
+            (m::LISTENER_REFUSED, "", "", Some("not_allowed"), |s| {
+                &s.refused_not_allowed
+            }),
+            (m::LISTENER_REFUSED, "", "", Some("max_connections"), |s| {
+                &s.refused_limit
+            }),
+        ];
+        for (name, kind, help, reason, field) in per_listener {
+            if !kind.is_empty() {
+                e.family(name, kind, help);
+            }
+            for n in &names {
+                let v = self.bound[*n].stats.slots.sum(field);
+                match reason {
+                    None => e.sample(name, &[("listener", n)], v),
+                    Some(r) => e.sample(name, &[("listener", n), ("reason", r)], v),
+                }
+            }
         }
         e.family(
             m::WORKER_ACCEPTED,
