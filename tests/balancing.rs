@@ -175,10 +175,7 @@ async fn maglev_source_ip_port_spreads_one_client_over_targets() {
         backends.push(Backend::tagged(tag).await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "algorithm = \"maglev\""),
-        &[("targets/web.txt", targets(&addrs))],
-    ));
+    let lb = Ringlb::in_front_of(2, "algorithm = \"maglev\"", &addrs);
     let client = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
     let mut counts = [0usize; 5];
     for _ in 0..100 {

@@ -128,10 +128,7 @@ async fn max_connections_holds_across_workers_and_frees_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_target_is_skipped_like_a_not_ready_one() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "max_connections_per_target = 2"),
-        &[("targets/web.txt", targets(&[a.addr, b.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "max_connections_per_target = 2", &[a.addr, b.addr]);
     let mut held = Vec::new();
     let mut counts = [0; 3];
     for _ in 0..4 {

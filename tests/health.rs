@@ -227,9 +227,14 @@ async fn a_target_killed_under_load_is_retried_then_taken_out_by_passive_checks(
     );
     let proxy = lb.addr();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Connections each client has completed: the test waits on these, not on time.
+    let progress: Arc<Vec<AtomicUsize>> = Arc::new((0..4).map(|_| AtomicUsize::new(0)).collect());
+    let done = |p: &Arc<Vec<AtomicUsize>>| -> Vec<usize> {
+        p.iter().map(|c| c.load(Ordering::SeqCst)).collect()
+    };
     let clients: Vec<_> = (0..4)
-        .map(|_| {
-            let stop = stop.clone();
+        .map(|i| {
+            let (stop, progress) = (stop.clone(), progress.clone());
             tokio::spawn(async move {
                 let (mut n, mut lost) = (0, Vec::new());
                 while !stop.load(Ordering::SeqCst) && n < 5000 {
@@ -244,18 +249,38 @@ async fn a_target_killed_under_load_is_retried_then_taken_out_by_passive_checks(
                         _ => lost.push(s.local_addr().unwrap()),
                     }
                     n += 1;
+                    progress[i].fetch_add(1, Ordering::SeqCst);
                 }
                 (n, lost)
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    wait_until_async(Duration::from_secs(10), "every client under way", || {
+        done(&progress).iter().all(|&n| n >= 5)
+    })
+    .await;
     drop(b); // B's listener closes: connects to it are refused from now on
     let flip = lb.wait_log(&flipped(b_addr, "unhealthy"), Duration::from_secs(5));
     assert!(flip.contains("connect failed"), "{flip}");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Once every client has finished one more connection, no pick made before
+    // the flip is still in flight: count B's failures then...
+    let at_flip = done(&progress);
+    let moved_on = |by: usize| {
+        let now = done(&progress);
+        now.iter().zip(&at_flip).all(|(n, f)| *n >= f + by)
+    };
+    wait_until_async(Duration::from_secs(10), "clients past the flip", || {
+        moved_on(1)
+    })
+    .await;
     let failed_at_flip = lb.count_log(&format!("target={b_addr} error="));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // ...and after 25 more connections each, there must be no new ones.
+    wait_until_async(
+        Duration::from_secs(20),
+        "25 more connections per client",
+        || moved_on(26),
+    )
+    .await;
     stop.store(true, Ordering::SeqCst);
     let (mut total, mut lost) = (0, Vec::new());
     for c in clients {

@@ -164,10 +164,7 @@ async fn bytes_survive_200_connections_both_ways_and_half_close() {
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let backend = listener.local_addr().unwrap();
     let server = tokio::spawn(target(listener, seen.clone()));
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[backend]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[backend]);
     let proxy = lb.addr();
 
     let clients: Vec<_> = (0..CONNECTIONS)

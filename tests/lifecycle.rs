@@ -7,28 +7,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Reads until the stream ends (EOF or reset); returns when.
-async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Instant {
-    let mut buf = [0u8; 64];
-    tokio::time::timeout(within, async {
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(_) => {}
-            }
-        }
-    })
-    .await
-    .expect("stream closed in time")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_timeout_closes_both_sides_and_traffic_resets_it() {
     let backend = Backend::tagged(1).await;
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "idle_timeout = \"600ms\""),
-        &[("targets/web.txt", targets(&[backend.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "idle_timeout = \"600ms\"", &[backend.addr]);
     let (mut s, _) = connect_tagged(lb.addr()).await;
     // Traffic every 200 ms for 1.5 s keeps it alive past the timeout.
     let start = Instant::now();
@@ -61,10 +43,7 @@ async fn idle_timeout_closes_both_sides_and_traffic_resets_it() {
 async fn no_fd_or_thread_leaks_after_thousands_of_connections() {
     raise_fd_limit();
     let backend = Backend::tagged(3).await;
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[backend.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[backend.addr]);
     let base_fds = lb.baseline_fds(1);
     let base_threads = lb.thread_count();
     assert!(
@@ -133,10 +112,7 @@ async fn no_fd_or_thread_leaks_after_thousands_of_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_accepting_and_lets_open_connections_finish() {
     let backend = Backend::tagged(4).await;
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[backend.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[backend.addr]);
     let addr = lb.addr();
     let (mut s, _) = connect_tagged(addr).await;
     lb.signal(libc::SIGTERM);

@@ -102,10 +102,7 @@ async fn sd_notify_sees_ready_reloading_ready_stopping_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_count_the_traffic_sent() {
     let backend = Backend::tagged(1).await;
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[backend.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[backend.addr]);
     let target = backend.addr.to_string();
     // 10 connections, each sending 100 bytes that come back echoed after the tag.
     for _ in 0..10 {
@@ -219,10 +216,7 @@ async fn targets_report_shows_a_health_flip_and_a_drain() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_answers_404_400_and_healthz() {
     let backend = Backend::tagged(1).await;
-    let lb = Ringlb::start(write_config(
-        &simple_config(1, ""),
-        &[("targets/web.txt", targets(&[backend.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(1, "", &[backend.addr]);
     assert_eq!(
         admin_get(lb.admin, "/healthz").await,
         (200, "ok\n".to_string())

@@ -15,10 +15,7 @@ async fn round_robin_spreads_exactly_over_3_targets_from_2_workers() {
         Backend::tagged(2).await,
     ];
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&addrs))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &addrs);
     let mut counts = [0usize; 3];
     // Several at a time, so both workers accept some of them.
     for _ in 0..10 {
@@ -59,10 +56,11 @@ async fn weights_from_the_targets_file_apply_to_round_robin() {
 async fn a_refusing_target_is_retried_on_another() {
     let good = Backend::tagged(7).await;
     let dead = refusing_addr();
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "connect_retries = 1\nconnect_timeout = \"5s\""),
-        &[("targets/web.txt", targets(&[dead, good.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(
+        2,
+        "connect_retries = 1\nconnect_timeout = \"5s\"",
+        &[dead, good.addr],
+    );
     for _ in 0..20 {
         let (_s, tag) = connect_tagged(lb.addr()).await;
         assert_eq!(tag, 7, "every client reaches the live target");
@@ -105,10 +103,11 @@ async fn all_targets_refusing_closes_the_client_promptly() {
 async fn an_unreachable_target_hits_connect_timeout_then_the_next_is_tried() {
     let hole = Blackhole::new();
     let good = Backend::tagged(5).await;
-    let lb = Ringlb::start(write_config(
-        &simple_config(1, "connect_retries = 1\nconnect_timeout = \"300ms\""),
-        &[("targets/web.txt", targets(&[hole.addr, good.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(
+        1,
+        "connect_retries = 1\nconnect_timeout = \"300ms\"",
+        &[hole.addr, good.addr],
+    );
     let base_fds = lb.baseline_fds(2);
     // Round robin starts at the black hole: the first client waits out the
     // timeout and is then placed on the good target.
@@ -132,10 +131,11 @@ async fn an_unreachable_target_hits_connect_timeout_then_the_next_is_tried() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unreachable_only_target_closes_the_client_after_connect_timeout() {
     let hole = Blackhole::new();
-    let lb = Ringlb::start(write_config(
-        &simple_config(1, "connect_retries = 0\nconnect_timeout = \"400ms\""),
-        &[("targets/web.txt", targets(&[hole.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(
+        1,
+        "connect_retries = 0\nconnect_timeout = \"400ms\"",
+        &[hole.addr],
+    );
     let took = expect_closed_without_data(lb.addr(), Duration::from_secs(5)).await;
     assert!(
         took >= Duration::from_millis(390),

@@ -32,10 +32,7 @@ async fn until_tag(lb: &Ringlb, tag: u8, limit: Duration) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_over_and_in_place_rewrite_are_both_picked_up_within_a_second() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[a.addr]);
     assert_eq!(connect_tagged(lb.addr()).await.1, 1);
 
     replace_file(&targets_path(&lb), &targets(&[b.addr]));
@@ -64,10 +61,7 @@ async fn scaling_2_4_2_every_500ms_for_20s_under_50_streaming_clients_loses_noth
         backends.push(Backend::tagged(tag).await);
     }
     let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&addrs[..2]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &addrs[..2]);
     let proxy = lb.addr();
     let path = targets_path(&lb);
     let run_for = Duration::from_secs(20);
@@ -129,10 +123,7 @@ async fn scaling_2_4_2_every_500ms_for_20s_under_50_streaming_clients_loses_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_targets_connection_flows_until_the_delay_then_closes() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "deregistration_delay = \"2s\""),
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"2s\"", &[a.addr]);
     let (mut old, tag) = connect_tagged(lb.addr()).await;
     assert_eq!(tag, 1);
     replace_file(&targets_path(&lb), &targets(&[b.addr]));
@@ -167,10 +158,7 @@ async fn a_removed_targets_connection_flows_until_the_delay_then_closes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_zero_delay_closes_a_removed_targets_connections_at_once() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "deregistration_delay = \"0s\""),
-        &[("targets/web.txt", targets(&[a.addr, b.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"0s\"", &[a.addr, b.addr]);
     let mut held = Vec::new();
     for _ in 0..4 {
         held.push(connect_tagged(lb.addr()).await);
@@ -194,10 +182,7 @@ async fn a_zero_delay_closes_a_removed_targets_connections_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_re_added_while_draining_keeps_its_connection() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, "deregistration_delay = \"2s\""),
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"2s\"", &[a.addr]);
     let (mut old, _) = connect_tagged(lb.addr()).await;
     replace_file(&targets_path(&lb), &targets(&[b.addr]));
     lb.wait_log("draining", Duration::from_secs(2));
@@ -217,10 +202,7 @@ async fn a_target_re_added_while_draining_keeps_its_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn half_written_and_garbage_targets_files_keep_the_old_set_serving() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[a.addr]);
     let path = targets_path(&lb);
     let half = format!("{}\n{}", b.addr, &b.addr.to_string()[..6]); // cut mid-line
     for (text, why) in [
@@ -255,10 +237,7 @@ async fn half_written_and_garbage_targets_files_keep_the_old_set_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_adds_a_listener_and_changes_the_algorithm_without_closing_connections() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::start(write_config(
-        &simple_config(2, ""),
-        &[("targets/web.txt", targets(&[a.addr, b.addr]))],
-    ));
+    let lb = Ringlb::in_front_of(2, "", &[a.addr, b.addr]);
     let (mut long, _) = connect_tagged(lb.addr()).await;
 
     let new_config = simple_config(2, "algorithm = \"maglev\"\nhash_key = \"source_ip\"")

@@ -149,6 +149,15 @@ targets_file = "targets/web.txt"
 }
 
 impl Ringlb {
+    /// ringlb with `workers` workers in front of `targets` ([`simple_config`]
+    /// with `group_extra` lines in the target group).
+    pub fn in_front_of(workers: usize, group_extra: &str, targets_: &[SocketAddr]) -> Ringlb {
+        Self::start(write_config(
+            &simple_config(workers, group_extra),
+            &[("targets/web.txt", targets(targets_))],
+        ))
+    }
+
     /// Starts ringlb on `dir/ringlb.toml` and waits until it says it is ready.
     pub fn start(dir: tempfile::TempDir) -> Ringlb {
         Self::start_logging(dir, "info")
@@ -565,4 +574,20 @@ pub async fn admin_raw(admin: SocketAddr, request: &[u8]) -> (u16, String) {
     let status = text[9..12].parse().unwrap();
     let body = text.split_once("\r\n\r\n").unwrap().1.to_string();
     (status, body)
+}
+
+/// Reads until the stream ends (EOF or reset) and returns when; panics if it
+/// is still open after `within`.
+pub async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> Instant {
+    let mut buf = [0u8; 65536];
+    tokio::time::timeout(within, async {
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("stream closed in time")
 }
