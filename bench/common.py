@@ -5,14 +5,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
 
 
-def ensure(debian_packages, build_examples=False):
+def ensure(debian_packages, build_backend=False):
     missing = [p for p in debian_packages if shutil.which(p) is None]
     if missing:
         subprocess.run(["apt-get", "update", "-qq"], check=True)
         subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
     cmd = ["cargo", "build", "--release", "--quiet", "--bin", "ringlb"]
-    if build_examples:
-        cmd += ["--example", "demo_backend"]
+    if build_backend:
+        cmd += ["--bin", "demo-backend"]
     subprocess.run(cmd, check=True, cwd=ROOT)
 
 

@@ -208,7 +208,7 @@ def main():
     ap.add_argument("--k6-rate", type=int, default=2000)
     args = ap.parse_args()
     wanted = args.only.split(",")
-    ensure(["iperf3", "wrk", "haproxy", "nginx"], build_examples=True)
+    ensure(["iperf3", "wrk", "haproxy", "nginx"], build_backend=True)
     if not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "libnginx-mod-stream"], check=True)
     if shutil.which("k6") is None:
@@ -246,8 +246,7 @@ def main():
             http_srv = None
             if sc in ("keepalive", "close", "k6", "scaling"):
                 backend = free_port()
-                http_srv = subprocess.Popen(["taskset", "-c", "1", f"{ROOT}/target/release/examples/demo_backend",
-                                             f"127.0.0.1:{backend}", "bench"], stderr=subprocess.DEVNULL)
+                http_srv = subprocess.Popen(["taskset", "-c", "1", f"{ROOT}/target/release/demo-backend", "--port", str(backend), "--name", "bench"], stderr=subprocess.DEVNULL)
                 wait_port(backend)
             else:
                 backend = {"bulk": IPERF_PORT, "idle": HOLD_PORT}[sc]

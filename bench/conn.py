@@ -37,14 +37,13 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--connections", type=int, default=50)
     args = ap.parse_args()
-    ensure(["wrk"], build_examples=True)
+    ensure(["wrk"], build_backend=True)
     work = tempfile.mkdtemp(prefix="ringlb-conn-")
     script = f"{work}/report.lua"
     with open(script, "w") as f:
         f.write(LUA)
     backend_port = 26400
-    backend = subprocess.Popen(["taskset", "-c", "1", f"{ROOT}/target/release/examples/demo_backend",
-                                f"127.0.0.1:{backend_port}", "bench"], stderr=subprocess.DEVNULL)
+    backend = subprocess.Popen(["taskset", "-c", "1", f"{ROOT}/target/release/demo-backend", "--port", str(backend_port), "--name", "bench"], stderr=subprocess.DEVNULL)
     lb, lb_port = start_ringlb(work, [f"127.0.0.1:{backend_port}"])
     rows = []
     try:

@@ -1,39 +1,59 @@
 #!/usr/bin/env bash
 # Runs ringlb for real in front of three local demo backends (the todo API on
-# 127.0.0.1:6400-6402), with config/ringlb.toml listening on 127.0.0.1:8080.
-# Ctrl-C stops everything.
+# 127.0.0.1:6400-6402): config/demo.toml, listening on 127.0.0.1:8080, reading
+# its targets from config/targets/web.txt (edit it while the demo runs: hot
+# reload). Ctrl-C stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$(pwd)
 
-cargo build --release --bin ringlb --example demo_backend
-work=$(mktemp -d)
+# Only what runs is built: ringlb and the demo backend (the first build
+# compiles about 80 crates; a few minutes on 2 cores).
+cargo build --release --bin ringlb --bin demo-backend
+
 pids=()
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
 }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 for port in 6400 6401 6402; do
-  target/release/examples/demo_backend "127.0.0.1:$port" "todo-$port" &
+  target/release/demo-backend --port "$port" &
   pids+=($!)
 done
 
-# The shipped example, but on loopback only for a local demo.
-mkdir -p "$work/targets"
-cp config/targets/web.txt "$work/targets/web.txt"
-sed 's/listen = "0.0.0.0:8080"/listen = "127.0.0.1:8080"/' config/ringlb.toml > "$work/ringlb.toml"
-target/release/ringlb check --config "$work/ringlb.toml"
+target/release/ringlb check --config config/demo.toml
+target/release/ringlb run --config config/demo.toml &
+lb=$!
+pids+=("$lb")
+
+# The banner comes once every listener is bound: /healthz answers 200 then.
+healthz() {
+  exec 3<>/dev/tcp/127.0.0.1/9900 || return 1
+  printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3
+  local status
+  read -r _ status _ <&3 || status=""
+  exec 3<&-
+  [ "$status" = 200 ]
+}
+for _ in $(seq 100); do
+  kill -0 "$lb" 2>/dev/null || { echo "ringlb exited; see its log above" >&2; exit 1; }
+  healthz 2>/dev/null && break
+  sleep 0.1
+done
+healthz 2>/dev/null || { echo "ringlb did not become ready in 10 s" >&2; exit 1; }
 
 cat <<MSG
 
-ringlb is starting on http://127.0.0.1:8080 in front of 127.0.0.1:6400-6402. Try:
-  curl -s http://127.0.0.1:8080/api/v1/todos        # run it a few times: served_by rotates
-  curl -s http://127.0.0.1:8080/api/v1/health
-Targets file: $work/targets/web.txt     Ctrl-C to stop.
+ringlb is listening on http://127.0.0.1:8080 in front of 127.0.0.1:6400-6402. Try:
+  curl -s http://127.0.0.1:8080/api/v1/todos     # a few times: served_by rotates
+  curl -s http://127.0.0.1:9900/targets          # admin endpoint: targets and health
+  curl -s http://127.0.0.1:9900/metrics          # Prometheus metrics
+Hot reload: edit $root/config/targets/web.txt
+  (remove a line: that target drains; add it back: it returns after one health check)
+Ctrl-C to stop.
 
 MSG
-target/release/ringlb run --config "$work/ringlb.toml" &
-pids+=($!)
-wait "${pids[-1]}"
+wait "$lb"

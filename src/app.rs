@@ -4,18 +4,18 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::config::{self, Config, ConfigError};
 use crate::control::{BoundInfo, ControlPlane};
-use crate::listener::{self, ListenerError};
-use crate::metrics::ListenerStats;
-use crate::runtime::{self, BoundListener, RuntimeError, WorkerPlan};
+use crate::listener::ListenerError;
+use crate::runtime::{self, RuntimeError, Stop, WorkerPlan};
 use crate::snapshot::{self, SharedSnapshot, Snapshot};
 use crate::targets::{self, Target, TargetsError};
 use crate::{admin, notify};
@@ -53,45 +53,150 @@ pub enum AppError {
 pub struct Loaded {
     pub config: Config,
     pub targets: Vec<Vec<Target>>,
+    /// The text each group's targets were read from, as read.
+    pub texts: Vec<String>,
 }
 
-/// Reads and validates the config and every targets file it names. With
-/// `replacing`, targets files follow the reload rules (no empty or
-/// half-written file replaces a set in service).
-pub fn load(path: &Path, replacing: bool) -> Result<Loaded, LoadError> {
+impl Loaded {
+    /// One warning per group that has no targets (its clients are closed).
+    pub fn warnings(&self) -> Vec<String> {
+        self.config
+            .groups
+            .iter()
+            .zip(&self.targets)
+            .filter(|(_, t)| t.is_empty())
+            .map(|(g, _)| empty_group_warning(&g.name, &g.targets_file))
+            .collect()
+    }
+}
+
+/// The one wording for a group without targets, at start, in check and on reload.
+pub fn empty_group_warning(group: &str, file: &Path) -> String {
+    format!(
+        "target group {group:?} has no targets ({} lists none): its clients will be closed until targets are added",
+        file.display()
+    )
+}
+
+/// Reads and validates the config and every targets file it names, by the
+/// same rules at start-up, in `check` and on SIGHUP. `in_service` gives the
+/// text currently applied from a targets file, if any (see [`targets::load`]).
+pub fn load(
+    path: &Path,
+    in_service: &dyn Fn(&Path) -> Option<String>,
+) -> Result<Loaded, LoadError> {
     let config = config::load(path)?;
-    let targets = config
-        .groups
-        .iter()
-        .map(|g| {
-            targets::load(&g.targets_file, replacing).map_err(|source| LoadError::Targets {
+    let mut targets = Vec::with_capacity(config.groups.len());
+    let mut texts = Vec::with_capacity(config.groups.len());
+    for g in &config.groups {
+        let serving = in_service(&g.targets_file);
+        let (text, t) = targets::load(&g.targets_file, serving.as_deref()).map_err(|source| {
+            LoadError::Targets {
                 group: g.name.clone(),
                 source,
-            })
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Loaded { config, targets })
+            }
+        })?;
+        texts.push(text);
+        targets.push(t);
+    }
+    Ok(Loaded {
+        config,
+        targets,
+        texts,
+    })
 }
 
-/// `ringlb check`: a one-line summary of a good config.
-pub fn check(path: &Path) -> Result<String, LoadError> {
-    let l = load(path, false)?;
+/// `ringlb check`: a one-line summary of a good config, and its warnings.
+pub fn check(path: &Path) -> Result<(String, Vec<String>), LoadError> {
+    let l = load(path, &|_| None)?;
     let targets: usize = l.targets.iter().map(Vec::len).sum();
-    Ok(format!(
+    let summary = format!(
         "{}: ok: {} listener(s), {} target group(s), {} target(s)",
         path.display(),
         l.config.listeners.len(),
         l.config.groups.len(),
         targets
-    ))
+    );
+    Ok((summary, l.warnings()))
 }
 
 /// How often the control plane looks at targets files and drains.
 const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 
+/// The signals ringlb acts on, installed before anything is bound so a
+/// signal sent the moment it is ready is never lost.
+struct Signals {
+    stop: StopSignals,
+    hup: tokio::signal::unix::Signal,
+}
+
+/// SIGTERM and SIGINT: both mean stop.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Result<Signals, AppError> {
+        let sig = |kind| {
+            signal(kind).map_err(|source| AppError::Io {
+                what: "signal handler",
+                source,
+            })
+        };
+        Ok(Signals {
+            stop: StopSignals {
+                term: sig(SignalKind::terminate())?,
+                int: sig(SignalKind::interrupt())?,
+            },
+            hup: sig(SignalKind::hangup())?,
+        })
+    }
+}
+
+impl StopSignals {
+    /// The next SIGTERM or SIGINT, by name.
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+/// Binds the admin endpoint's listener.
+fn bind_admin(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
+    std::net::TcpListener::bind(addr)
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|source| AppError::Admin { addr, source })
+}
+
+/// The admin endpoint, serving on the control plane's runtime.
+struct AdminTask {
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AdminTask {
+    fn start(
+        listener: std::net::TcpListener,
+        asks: tokio::sync::mpsc::Sender<admin::Ask>,
+    ) -> Result<AdminTask, AppError> {
+        let addr = listener.local_addr().map_err(|source| AppError::Admin {
+            addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+            source,
+        })?;
+        let listener = tokio::net::TcpListener::from_std(listener)
+            .map_err(|source| AppError::Admin { addr, source })?;
+        let task = tokio::spawn(admin::serve(listener, asks));
+        info!(%addr, "admin listening");
+        Ok(AdminTask { addr, task })
+    }
+}
+
 /// `ringlb run`: serve until SIGTERM or SIGINT; SIGHUP reloads the config.
 pub fn run(path: &Path) -> Result<(), AppError> {
-    let loaded = load(path, false)?;
+    let loaded = load(path, &|_| None)?;
     raise_nofile_limit();
 
     let control = tokio::runtime::Builder::new_current_thread()
@@ -101,21 +206,9 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             what: "control-plane runtime",
             source,
         })?;
-    // Signal handlers go in before anything is bound, so a signal sent the
-    // moment we are ready is never lost.
-    let (mut term, mut int, mut hup) = {
+    let mut signals = {
         let _in_runtime = control.enter();
-        let sig = |kind| {
-            signal(kind).map_err(|source| AppError::Io {
-                what: "signal handler",
-                source,
-            })
-        };
-        (
-            sig(SignalKind::terminate())?,
-            sig(SignalKind::interrupt())?,
-            sig(SignalKind::hangup())?,
-        )
+        Signals::install()?
     };
 
     let config = &loaded.config;
@@ -133,44 +226,23 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         .collect();
     let mut bound = HashMap::new();
     for l in &config.listeners {
-        let (addr, sockets) = listener::bind_reuseport(l, workers)?;
-        let name: Arc<str> = l.name.as_str().into();
-        let stats = Arc::new(ListenerStats::new(workers));
+        let (info, sockets) = BoundInfo::bind(l, workers, true)?;
         for (plan, socket) in plans.iter_mut().zip(sockets) {
-            plan.listeners.push(BoundListener {
-                name: name.clone(),
-                socket,
-                stats: stats.clone(),
-            });
+            plan.listeners.push(info.for_worker(socket));
         }
         let group = &config.groups[l.group];
-        info!(listener = %l.name, %addr, group = %group.name, "listening");
-        let info = BoundInfo {
-            config: l.clone(),
-            addr,
-            stats,
-        };
+        info!(listener = %l.name, addr = %info.addr, group = %group.name, "listening");
         bound.insert(l.name.clone(), info);
     }
     for (g, t) in config.groups.iter().zip(&loaded.targets) {
         if t.is_empty() {
-            warn!(group = %g.name, file = %g.targets_file.display(), "target group has no targets; its clients will be closed");
+            warn!("{}", empty_group_warning(&g.name, &g.targets_file));
         } else {
-            info!(group = %g.name, targets = %snapshot::describe(t), "targets loaded");
+            info!(group = %g.name, count = t.len(), targets = %snapshot::describe(t), "targets loaded");
         }
     }
-    let grace = config.runtime.shutdown_timeout;
-    let admin_addr = config.admin;
-    let admin = std::net::TcpListener::bind(admin_addr)
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(|source| AppError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
-    let admin_bound = admin.local_addr().map_err(|source| AppError::Admin {
-        addr: admin_addr,
-        source,
-    })?;
+    let admin_listener = bind_admin(config.admin)?;
+    let splice = config.runtime.splice;
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     // Probe tasks are spawned on the control plane's runtime.
@@ -179,17 +251,21 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers)
     };
     let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let workers_handle = runtime::start(plans, shared, events_tx, stop_rx, grace)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let workers_handle = runtime::start(
+        plans,
+        runtime::Shared {
+            snapshot: shared,
+            events: events_tx,
+            stop: stop_rx,
+            stats: cp.worker_stats.clone(),
+            splice,
+        },
+    )?;
 
     control.block_on(async {
         let (ask_tx, mut asks) = tokio::sync::mpsc::channel(64);
-        let admin = tokio::net::TcpListener::from_std(admin).map_err(|source| AppError::Admin {
-            addr: admin_addr,
-            source,
-        })?;
-        let admin_task = tokio::spawn(admin::serve(admin, ask_tx));
-        info!(addr = %admin_bound, "admin listening");
+        let mut admin = AdminTask::start(admin_listener, ask_tx.clone())?;
         info!(workers, pid = std::process::id(), "ready");
         let mut status = cp.status_line();
         notify::ready(&status);
@@ -201,12 +277,12 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
         loop {
             tokio::select! {
-                _ = term.recv() => { info!("SIGTERM: shutting down"); break }
-                _ = int.recv() => { info!("SIGINT: shutting down"); break }
-                _ = hup.recv() => {
+                name = signals.stop.next() => { info!("{name}: shutting down"); break }
+                _ = signals.hup.recv() => {
                     info!("SIGHUP: reloading config");
                     notify::reloading();
                     cp.reload_config(&workers_handle);
+                    move_admin(&mut admin, cp.config().admin, &ask_tx);
                     status = cp.status_line();
                     notify::ready(&status);
                 }
@@ -228,17 +304,56 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             }
         }
         notify::stopping();
-        admin_task.abort();
-        Ok::<(), AppError>(())
-    })?;
-    stop_tx.send_replace(true);
-    for h in workers_handle.threads {
-        if h.join().is_err() {
+        admin.task.abort();
+        let grace = cp.config().runtime.shutdown_timeout;
+        stop_tx.send_replace(Stop::Drain(grace));
+        // Workers drain on their threads; a second SIGTERM or SIGINT cuts
+        // the grace short, as with HAProxy and nginx.
+        let mut joined = tokio::task::spawn_blocking(move || {
+            workers_handle
+                .threads
+                .into_iter()
+                .map(|h| h.join().is_ok())
+                .filter(|ok| !ok)
+                .count()
+        });
+        let panicked = tokio::select! {
+            r = &mut joined => r,
+            name = signals.stop.next() => {
+                warn!("{name} again: closing every connection now");
+                stop_tx.send_replace(Stop::Now);
+                joined.await
+            }
+        };
+        if panicked.map_or(true, |n| n > 0) {
             warn!("a worker panicked during shutdown");
         }
-    }
+        Ok::<(), AppError>(())
+    })?;
     info!("stopped");
     Ok(())
+}
+
+/// Moves the admin endpoint after a SIGHUP changed `[admin] listen`. If the
+/// new address cannot be bound, the old endpoint keeps serving.
+fn move_admin(
+    admin: &mut AdminTask,
+    wanted: SocketAddr,
+    asks: &tokio::sync::mpsc::Sender<admin::Ask>,
+) {
+    let same = wanted == admin.addr || (wanted.port() == 0 && wanted.ip() == admin.addr.ip());
+    if same {
+        return;
+    }
+    match bind_admin(wanted).and_then(|l| AdminTask::start(l, asks.clone())) {
+        Ok(new) => {
+            admin.task.abort();
+            *admin = new;
+        }
+        Err(e) => {
+            error!(error = %e, "admin endpoint not moved; it stays on {}", admin.addr)
+        }
+    }
 }
 
 /// Raises the soft open-files limit to the hard one: each proxied connection

@@ -6,6 +6,7 @@ pub mod balancer;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod files;
 pub mod health;
 pub mod listener;
 pub mod metrics;

@@ -22,9 +22,15 @@ pub struct ListenerError {
 
 /// Binds `count` sockets for one listener, all on the same port (the port the
 /// kernel chose, if the config says 0). Returns the bound address too.
+///
+/// With `exclusive`, a probe first makes sure no other process holds the
+/// port. A reload that moves a listener onto a port ringlb itself holds (a
+/// wildcard address beside a specific one, before the old listener closes)
+/// binds without it.
 pub fn bind_reuseport(
     cfg: &ListenerConfig,
     count: usize,
+    exclusive: bool,
 ) -> Result<(SocketAddr, Vec<TcpListener>), ListenerError> {
     let fail = |step: &'static str, source: io::Error| {
         let hint = match source.raw_os_error() {
@@ -44,26 +50,40 @@ pub fn bind_reuseport(
     // A socket without SO_REUSEPORT cannot join a port that another process
     // holds with SO_REUSEPORT, so this probe turns a silent port share with a
     // second ringlb into a clear EADDRINUSE, and picks the port for `:0`.
-    let probe = new_socket(cfg.addr).map_err(|(s, e)| fail(s, e))?;
-    probe.bind(&cfg.addr.into()).map_err(|e| fail("bind", e))?;
-    let addr = probe
-        .local_addr()
-        .map_err(|e| fail("getsockname", e))?
-        .as_socket()
-        .expect("an inet socket has an inet address");
-    drop(probe);
+    let mut addr = cfg.addr;
+    if exclusive || addr.port() == 0 {
+        let probe = new_socket(cfg.addr).map_err(|(s, e)| fail(s, e))?;
+        probe.bind(&cfg.addr.into()).map_err(|e| fail("bind", e))?;
+        addr = probe
+            .local_addr()
+            .map_err(|e| fail("getsockname", e))?
+            .as_socket()
+            .expect("an inet socket has an inet address");
+    }
 
     let mut out = Vec::with_capacity(count);
     for _ in 0..count {
         let s = new_socket(addr).map_err(|(s, e)| fail(s, e))?;
         s.set_reuse_port(true)
             .map_err(|e| fail("setsockopt(SO_REUSEPORT)", e))?;
+        // Accepted sockets inherit it: a TCP urgent byte stays in the stream,
+        // where the proxy passes it on like any other.
+        s.set_out_of_band_inline(true)
+            .map_err(|e| fail("setsockopt(SO_OOBINLINE)", e))?;
         s.bind(&addr.into()).map_err(|e| fail("bind", e))?;
         s.listen(cfg.backlog as i32)
             .map_err(|e| fail("listen", e))?;
         out.push(s.into());
     }
     Ok((addr, out))
+}
+
+/// Whether binding `a` would collide with a socket bound to `b`: the same
+/// port and family, and the same address or either one the wildcard.
+pub fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.is_ipv4() == b.is_ipv4()
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
 }
 
 fn new_socket(addr: SocketAddr) -> Result<Socket, (&'static str, io::Error)> {
@@ -99,7 +119,7 @@ mod tests {
 
     #[test]
     fn port_zero_gives_every_worker_the_same_port() {
-        let (addr, socks) = bind_reuseport(&cfg("127.0.0.1:0"), 3).unwrap();
+        let (addr, socks) = bind_reuseport(&cfg("127.0.0.1:0"), 3, true).unwrap();
         assert_ne!(addr.port(), 0);
         for s in &socks {
             assert_eq!(s.local_addr().unwrap(), addr);
@@ -108,9 +128,22 @@ mod tests {
 
     #[test]
     fn a_second_instance_on_the_same_port_is_refused() {
-        let (addr, _first) = bind_reuseport(&cfg("127.0.0.1:0"), 2).unwrap();
-        let err = bind_reuseport(&cfg(&addr.to_string()), 2).unwrap_err();
+        let (addr, _first) = bind_reuseport(&cfg("127.0.0.1:0"), 2, true).unwrap();
+        let err = bind_reuseport(&cfg(&addr.to_string()), 2, true).unwrap_err();
         assert_eq!(err.source.raw_os_error(), Some(libc::EADDRINUSE));
         assert!(err.to_string().contains("bind"), "{err}");
+    }
+
+    #[test]
+    fn ringlb_can_bind_a_wildcard_beside_its_own_specific_address() {
+        let (addr, _first) = bind_reuseport(&cfg("127.0.0.1:0"), 2, true).unwrap();
+        let wild: SocketAddr = format!("0.0.0.0:{}", addr.port()).parse().unwrap();
+        assert!(overlaps(wild, addr));
+        assert!(!overlaps(
+            "[::]:1".parse().unwrap(),
+            "0.0.0.0:1".parse().unwrap()
+        ));
+        let (got, socks) = bind_reuseport(&cfg(&wild.to_string()), 2, false).unwrap();
+        assert_eq!((got, socks.len()), (wild, 2));
     }
 }

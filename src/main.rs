@@ -29,7 +29,12 @@ fn main() -> ExitCode {
 
     let result = match &cli.command {
         Command::Check { config } => app::check(config)
-            .map(|summary| println!("{summary}"))
+            .map(|(summary, warnings)| {
+                for w in warnings {
+                    eprintln!("ringlb: warning: {w}");
+                }
+                println!("{summary}");
+            })
             .map_err(app::AppError::from),
         Command::Run { config } => app::run(config),
     };

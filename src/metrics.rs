@@ -1,8 +1,11 @@
 //! Counters and their Prometheus exposition.
 //!
 //! Every counter lives in a per-worker slot (one cache line each) written only
-//! by that worker, with a plain load and store: no contended atomics on the
-//! data path. A scrape sums the slots. Metric names are the constants below.
+//! by that worker, with a plain load and store; a scrape sums the slots.
+//! Metric names are the constants below. The data path's shared atomics are
+//! elsewhere and few: a target's `active` count (least connections and
+//! `max_connections_per_target` need it exact across workers) and a
+//! listener's `open` count (for `max_connections`).
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +82,13 @@ impl ListenerStats {
     pub fn close_one(&self) {
         self.open.fetch_sub(1, Ordering::AcqRel);
     }
+}
+
+/// One worker's own counters, whatever listener a connection came in on.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct WorkerSlot {
+    pub accepted: AtomicU64,
 }
 
 /// One worker's counters for one target.

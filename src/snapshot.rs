@@ -29,6 +29,9 @@ pub struct Snapshot {
     /// Listeners by name. Workers find a connection's group through its
     /// listener's name, so a reload may remap or reorder groups.
     pub listeners: HashMap<Arc<str>, ListenerView>,
+    /// Targets removed from their group (of any group, present or removed)
+    /// whose connections may still run.
+    pub draining: Vec<Draining>,
 }
 
 /// What a worker needs to know about a listener when it accepts.
@@ -58,7 +61,23 @@ impl Snapshot {
             epoch: 0,
             groups: Vec::new(),
             listeners: HashMap::new(),
+            draining: Vec::new(),
         }
+    }
+
+    /// Whether connections of `group` to `addr` may run now: the target is
+    /// listed in the group, or draining from it. A session whose connect
+    /// finished after a newer snapshot was published asks this before it
+    /// proxies, so a target removed while the connect was in flight gets no
+    /// connection the control plane cannot close.
+    pub fn serves(&self, group: &str, addr: SocketAddr) -> bool {
+        self.groups
+            .iter()
+            .any(|g| &*g.name == group && g.targets.iter().any(|t| t.addr == addr))
+            || self
+                .draining
+                .iter()
+                .any(|d| &*d.group == group && d.addr == addr)
     }
 }
 
@@ -78,8 +97,6 @@ pub struct GroupSnapshot {
     pub connect_timeout: Duration,
     pub connect_retries: u32,
     pub idle_timeout: Duration,
-    /// Targets removed from the group whose connections may still run.
-    pub draining: Vec<Draining>,
 }
 
 /// A removed target whose connections continue until they end or `deadline`.
@@ -87,6 +104,8 @@ pub struct GroupSnapshot {
 pub struct Draining {
     pub group: Arc<str>,
     pub addr: SocketAddr,
+    /// Its weight when it was removed (for reports).
+    pub weight: u32,
     pub deadline: tokio::time::Instant,
     pub stats: Arc<TargetStats>,
 }
@@ -314,11 +333,6 @@ pub fn build(
                 connect_timeout: g.connect_timeout,
                 connect_retries: g.connect_retries,
                 idle_timeout: g.idle_timeout,
-                draining: draining
-                    .iter()
-                    .filter(|d| *d.group == *g.name)
-                    .cloned()
-                    .collect(),
             }
         })
         .collect();
@@ -343,18 +357,48 @@ pub fn build(
         epoch,
         groups,
         listeners,
+        draining: draining.to_vec(),
     }
 }
 
 /// Addresses in a group, for logs.
 pub fn describe(targets: &[Target]) -> String {
     let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
-    format!("{addrs:?}")
+    describe_addrs(&addrs)
 }
+
+/// Addresses for one log line: all of a few, the first [`LOG_ADDRS`] of many
+/// with a count of the rest, so 10,000 targets do not make a 200 KB line.
+pub fn describe_addrs(addrs: &[SocketAddr]) -> String {
+    let shown: Vec<String> = addrs
+        .iter()
+        .take(LOG_ADDRS)
+        .map(|a| a.to_string())
+        .collect();
+    match addrs.len().saturating_sub(LOG_ADDRS) {
+        0 => format!("[{}]", shown.join(", ")),
+        more => format!("[{}, ... and {more} more]", shown.join(", ")),
+    }
+}
+
+/// Addresses a log line names before it counts the rest.
+pub const LOG_ADDRS: usize = 8;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_address_lists_are_logged_as_a_few_and_a_count() {
+        let addrs: Vec<SocketAddr> = (1..=10_000)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        let line = describe_addrs(&addrs);
+        assert!(line.ends_with(", ... and 9992 more]"), "{line}");
+        assert!(line.len() < 200, "{} bytes", line.len());
+        assert_eq!(describe_addrs(&addrs[..2]), "[127.0.0.1:1, 127.0.0.1:2]");
+        assert_eq!(describe_addrs(&[]), "[]");
+    }
 
     #[test]
     fn allow_lists_match_ipv4_mapped_clients_and_nothing_else() {

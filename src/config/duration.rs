@@ -10,7 +10,12 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
-/// Parses "250ms", "2s", "5m", "1h". Returns a message fit for a config error.
+/// Longest duration any key takes: 30 days. Longer values are mistakes (and
+/// `now + delay` must never overflow a clock).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Parses "250ms", "2s", "5m", "1h", up to [`MAX_DURATION`]. Returns a message
+/// fit for a config error.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
@@ -19,9 +24,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if digits.is_empty() {
         return Err(format!("invalid duration {text:?}: {hint}"));
     }
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
+    let too_long =
+        || format!("duration {text:?} is longer than the longest allowed, 720h (30 days)");
+    let n: u64 = digits.parse().map_err(|_| too_long())?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
@@ -29,6 +34,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.saturating_mul(3600)),
         _ => return Err(format!("invalid duration {text:?}: {hint}")),
     };
+    if d > MAX_DURATION {
+        return Err(too_long());
+    }
     Ok(d)
 }
 
@@ -59,6 +67,15 @@ mod tests {
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_with_the_bound() {
+        assert_eq!(parse_duration("720h"), Ok(MAX_DURATION));
+        for bad in ["721h", "99999999999999999h", "99999999999999999999999s"] {
+            let err = parse_duration(bad).unwrap_err();
+            assert!(err.contains("longest allowed, 720h"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ pub use duration::{ConfigDuration, parse_duration};
 use raw::{RawConfig, RawHealthCheck, RawPort, RawTargetGroup};
 use toml::Spanned;
 
+/// Largest config file ringlb reads.
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
 /// Largest `connect_retries`: each retry costs a client up to `connect_timeout`.
 pub const MAX_CONNECT_RETRIES: u32 = 10;
 
@@ -34,6 +37,8 @@ pub struct RuntimeConfig {
     /// 0 = one worker per CPU the process may run on.
     pub workers: usize,
     pub shutdown_timeout: Duration,
+    /// Move bytes with splice(2) through pipes (true), or always copy.
+    pub splice: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -76,6 +81,9 @@ pub enum Algorithm {
 pub struct GroupConfig {
     pub name: String,
     pub algorithm: Algorithm,
+    /// The algorithm as the config names it (`weighted_least_connections`
+    /// and `least_connections` are one algorithm under two names).
+    pub algorithm_name: &'static str,
     /// Absolute, or relative to the working directory when the config path was.
     pub targets_file: PathBuf,
     pub connect_timeout: Duration,
@@ -87,6 +95,17 @@ pub struct GroupConfig {
     /// one; 0 = unlimited.
     pub max_connections_per_target: u64,
     pub health: HealthCheckConfig,
+}
+
+impl GroupConfig {
+    /// The algorithm in the config's words: `round_robin`, or `maglev
+    /// (hash_key source_ip)`.
+    pub fn algorithm_label(&self) -> String {
+        match self.algorithm {
+            Algorithm::Maglev(key) => format!("{} (hash_key {})", self.algorithm_name, key.name()),
+            _ => self.algorithm_name.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -113,7 +132,7 @@ pub struct HealthCheckConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
-    #[error("{file}: cannot read config: {message}")]
+    #[error("{file}: {message}")]
     Read { file: PathBuf, message: String },
     #[error("{file}:{line}:{column}: {key}: {message}")]
     Invalid {
@@ -127,9 +146,11 @@ pub enum ConfigError {
 
 /// Reads and validates a config file.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
-        file: path.to_path_buf(),
-        message: e.to_string(),
+    let text = crate::files::read_regular(path, MAX_FILE_BYTES, "config").map_err(|message| {
+        ConfigError::Read {
+            file: path.to_path_buf(),
+            message,
+        }
     })?;
     parse(path, &text)
 }
@@ -377,6 +398,7 @@ impl Validator<'_> {
             runtime: RuntimeConfig {
                 workers: raw.runtime.workers,
                 shutdown_timeout: raw.runtime.shutdown_timeout.0,
+                splice: raw.runtime.splice,
             },
             listeners,
             groups,
@@ -385,24 +407,30 @@ impl Validator<'_> {
 
     fn group(&self, key: &str, g: &RawTargetGroup) -> Result<GroupConfig, ConfigError> {
         let here = g.name.span();
-        let algorithm = match g.algorithm.get_ref().as_str() {
-            "round_robin" => Algorithm::RoundRobin,
-            "least_connections" | "weighted_least_connections" => Algorithm::LeastConnections,
-            "maglev" => Algorithm::Maglev(match &g.hash_key {
-                None => HashKey::SourceIpPort,
-                Some(k) => match k.get_ref().as_str() {
-                    "source_ip_port" => HashKey::SourceIpPort,
-                    "source_ip" => HashKey::SourceIp,
-                    other => {
-                        return Err(self.at(
+        let (algorithm_name, algorithm) = match g.algorithm.get_ref().as_str() {
+            "round_robin" => ("round_robin", Algorithm::RoundRobin),
+            "least_connections" => ("least_connections", Algorithm::LeastConnections),
+            "weighted_least_connections" => {
+                ("weighted_least_connections", Algorithm::LeastConnections)
+            }
+            "maglev" => (
+                "maglev",
+                Algorithm::Maglev(match &g.hash_key {
+                    None => HashKey::SourceIpPort,
+                    Some(k) => match k.get_ref().as_str() {
+                        "source_ip_port" => HashKey::SourceIpPort,
+                        "source_ip" => HashKey::SourceIp,
+                        other => {
+                            return Err(self.at(
                             k,
                             here,
                             format!("{key}.hash_key"),
                             format!("unknown hash_key {other:?} (known: \"source_ip_port\", \"source_ip\")"),
                         ));
-                    }
-                },
-            }),
+                        }
+                    },
+                }),
+            ),
             other => {
                 return Err(self.at(
                     &g.algorithm,
@@ -461,6 +489,7 @@ impl Validator<'_> {
         Ok(GroupConfig {
             name: g.name.get_ref().clone(),
             algorithm,
+            algorithm_name,
             targets_file,
             connect_timeout,
             connect_retries: g.connect_retries,

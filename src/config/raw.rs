@@ -47,6 +47,8 @@ pub struct RawRuntime {
     pub workers: usize,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    #[serde(default = "default_splice")]
+    pub splice: bool,
 }
 
 impl Default for RawRuntime {
@@ -54,8 +56,13 @@ impl Default for RawRuntime {
         RawRuntime {
             workers: 0,
             shutdown_timeout: default_shutdown_timeout(),
+            splice: default_splice(),
         }
     }
+}
+
+fn default_splice() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]

@@ -3,13 +3,21 @@
 //!
 //! Reload = read, unchanged? stop, parse, validate, diff, publish. A bad file
 //! or config keeps the last good state serving, is logged once and counted.
+//!
+//! Ordering rule for taking a target out: the snapshot without it is
+//! published first, and only then are workers told to close its connections,
+//! so a connect that finishes in between sees the new snapshot
+//! ([`Snapshot::serves`](crate::snapshot::Snapshot::serves)) and never
+//! escapes the close.
 
+mod changes;
 mod report;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -18,10 +26,10 @@ use crate::app::{self, Loaded};
 use crate::config::{Config, ListenerConfig};
 use crate::health::schedule::{ProbeResult, Prober};
 use crate::health::{Health, State};
-use crate::listener;
-use crate::metrics::ListenerStats;
+use crate::listener::{self, ListenerError};
+use crate::metrics::{ListenerStats, Slots, WorkerSlot};
 use crate::runtime::{BoundListener, Command, Event, Workers};
-use crate::snapshot::{self, Carry, Draining, SharedSnapshot};
+use crate::snapshot::{self, Carry, Draining, SharedSnapshot, describe_addrs};
 use crate::targets::Target;
 use crate::targets::watch::FileWatch;
 
@@ -31,6 +39,33 @@ pub struct BoundInfo {
     /// The address actually bound (the kernel's port for `:0`).
     pub addr: SocketAddr,
     pub stats: Arc<ListenerStats>,
+}
+
+impl BoundInfo {
+    /// Binds one `SO_REUSEPORT` socket per worker for `config`; see
+    /// [`listener::bind_reuseport`] for `exclusive`.
+    pub fn bind(
+        config: &ListenerConfig,
+        workers: usize,
+        exclusive: bool,
+    ) -> Result<(BoundInfo, Vec<std::net::TcpListener>), ListenerError> {
+        let (addr, sockets) = listener::bind_reuseport(config, workers, exclusive)?;
+        let info = BoundInfo {
+            config: config.clone(),
+            addr,
+            stats: Arc::new(ListenerStats::new(workers)),
+        };
+        Ok((info, sockets))
+    }
+
+    /// What worker `i` gets of this listener: its socket and the shared stats.
+    pub fn for_worker(&self, socket: std::net::TcpListener) -> BoundListener {
+        BoundListener {
+            name: self.config.name.as_str().into(),
+            socket,
+            stats: self.stats.clone(),
+        }
+    }
 }
 
 pub struct ControlPlane {
@@ -45,6 +80,8 @@ pub struct ControlPlane {
     worker_count: usize,
     /// Listeners as bound, by name.
     bound: HashMap<String, BoundInfo>,
+    /// Per-worker counters that outlive any one listener.
+    pub worker_stats: Arc<Slots<WorkerSlot>>,
     /// Health of each listed target, by group name and address.
     health: HashMap<String, HashMap<SocketAddr, Health>>,
     prober: Prober,
@@ -89,6 +126,17 @@ impl Diff {
     }
 }
 
+/// What a SIGHUP does with each listener of the new config.
+enum ListenerPlan {
+    /// Same name, same address: untouched.
+    Keep,
+    /// Same address under a new name: the sockets stay open, so no
+    /// connection is refused and no bind can clash with ringlb itself.
+    Rename { from: String },
+    /// New sockets.
+    Bind(BoundInfo, Vec<std::net::TcpListener>),
+}
+
 impl ControlPlane {
     /// Takes over a loaded config whose listeners are bound; publishes epoch 1.
     /// Probe results arrive on the returned receiver, for [`Self::on_probe`].
@@ -106,7 +154,7 @@ impl ControlPlane {
         let (prober, results) = Prober::new();
         let mut cp = ControlPlane {
             config_path,
-            watches: watches_for(&loaded.config),
+            watches: watches_for(&loaded.config, loaded.texts),
             config: loaded.config,
             targets: loaded.targets,
             draining: Vec::new(),
@@ -115,6 +163,7 @@ impl ControlPlane {
             shared,
             worker_count,
             bound,
+            worker_stats: Arc::new(Slots::new(worker_count)),
             health: HashMap::new(),
             prober,
             reload_errors: 0,
@@ -123,6 +172,10 @@ impl ControlPlane {
         cp.sync_health();
         cp.publish();
         (cp, results)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
     }
 
     fn publish(&mut self) {
@@ -199,12 +252,15 @@ impl ControlPlane {
         let Some(t) = h.record(pass, reason, up, down) else {
             return;
         };
+        // The snapshot that carries the flip: workers placing with an older
+        // epoch may still pick the target (tests and operators match on it).
+        let epoch = self.epoch + 1;
         match t.to {
             State::Healthy => {
-                info!(%group, target = %addr, from = %t.from, to = %t.to, reason, "health changed")
+                info!(%group, target = %addr, from = %t.from, to = %t.to, reason, epoch, "health changed")
             }
             _ => {
-                warn!(%group, target = %addr, from = %t.from, to = %t.to, reason, "health changed")
+                warn!(%group, target = %addr, from = %t.from, to = %t.to, reason, epoch, "health changed")
             }
         }
         let healthy = self
@@ -236,88 +292,127 @@ impl ControlPlane {
                     if diff.is_empty() {
                         continue; // comments or order changed; nothing to publish
                     }
-                    info!(%group, added = ?diff.added, removed = ?diff.removed, reweighted = ?diff.reweighted, "targets reloaded");
-                    self.start_drains(
-                        &group,
-                        &diff,
-                        self.config.groups[g].deregistration_delay,
-                        workers,
-                    );
-                    self.targets[g] = new;
-                    self.sync_health();
+                    info!(%group, count = new.len(), added = %describe_addrs(&diff.added), removed = %describe_addrs(&diff.removed), reweighted = %describe_addrs(&diff.reweighted), "targets reloaded");
+                    let cfg = &self.config.groups[g];
+                    if new.is_empty() {
+                        warn!("{}", app::empty_group_warning(&cfg.name, &cfg.targets_file));
+                    }
+                    let delay = cfg.deregistration_delay;
+                    let old = std::mem::replace(&mut self.targets[g], new);
+                    self.start_drains(&group, &diff.removed, &old, delay);
                     changed = true;
                 }
             }
         }
-        changed |= self.finish_drains(workers);
         if changed {
+            self.sync_health();
+            self.reconcile_drains();
             self.publish();
         }
+        self.finish_drains(workers);
     }
 
-    /// Removed targets stop getting connections now; the ones they have may
-    /// run for `delay`. Re-added ones leave the drain with connections intact.
+    /// Removed targets stop getting connections at the next publication; the
+    /// ones they have may run for `delay` (0: closed at once, by
+    /// [`Self::finish_drains`] after that publication).
     fn start_drains(
         &mut self,
         group: &str,
-        diff: &Diff,
-        delay: std::time::Duration,
-        workers: &Workers,
+        removed: &[SocketAddr],
+        old: &[Target],
+        delay: Duration,
     ) {
-        let readded: Vec<SocketAddr> = diff.added.clone();
-        self.draining.retain(|d| {
-            let back = &*d.group == group && readded.contains(&d.addr);
-            if back {
-                info!(%group, target = %d.addr, "re-added while draining: back in service");
+        for &addr in removed {
+            if self
+                .draining
+                .iter()
+                .any(|d| &*d.group == group && d.addr == addr)
+            {
+                continue; // already draining: its first deadline stands
             }
-            !back
-        });
-        for &addr in &diff.removed {
             let stats = self.carry.stats(addr);
+            let weight = old.iter().find(|t| t.addr == addr).map_or(1, |t| t.weight);
             if delay.is_zero() {
-                let group: Arc<str> = group.into();
-                workers.tell_all(|| Command::CloseTarget {
-                    group: group.clone(),
-                    addr,
-                });
-                info!(%group, target = %addr, "deregistered; deregistration_delay is 0s, closing its connections");
-                continue;
+                info!(%group, target = %addr, active = stats.active(), "deregistered; deregistration_delay is 0s, closing its connections");
+            } else {
+                info!(%group, target = %addr, active = stats.active(), ?delay, "draining");
             }
-            info!(%group, target = %addr, active = stats.active(), ?delay, "draining");
+            let now = Instant::now();
             self.draining.push(Draining {
                 group: group.into(),
                 addr,
-                deadline: Instant::now() + delay,
+                weight,
+                // Durations are bounded at validation; a far deadline is the
+                // honest answer if one ever is not.
+                deadline: now.checked_add(delay).unwrap_or_else(far_future),
                 stats,
             });
         }
     }
 
-    /// Drops drains whose connections are all gone, closes the ones past their
-    /// deadline. Returns whether the drain list changed.
-    fn finish_drains(&mut self, workers: &Workers) -> bool {
+    /// A drained target listed again in its group is back in service, with
+    /// its connections: whichever way it came back (targets file, or a group
+    /// removed and re-added by SIGHUP), it is no longer draining.
+    fn reconcile_drains(&mut self) {
+        let (groups, targets) = (&self.config.groups, &self.targets);
+        self.draining.retain(|d| {
+            let listed = groups
+                .iter()
+                .zip(targets)
+                .any(|(g, t)| *g.name == *d.group && t.iter().any(|t| t.addr == d.addr));
+            if listed {
+                info!(group = %d.group, target = %d.addr, "re-added while draining: back in service");
+            }
+            !listed
+        });
+    }
+
+    /// Drops drains whose connections are all gone and those past their
+    /// deadline; publishes the snapshot without them, then tells workers to
+    /// close what the expired ones still have.
+    fn finish_drains(&mut self, workers: &Workers) {
         let now = Instant::now();
+        let mut expired = Vec::new();
         let before = self.draining.len();
         self.draining.retain(|d| {
-            if d.stats.active() == 0 {
-                info!(group = %d.group, target = %d.addr, "drain finished");
+            let active = d.stats.active();
+            if now >= d.deadline {
+                if active > 0 {
+                    warn!(group = %d.group, target = %d.addr, active, "deregistration_delay over; closing its connections");
+                }
+                expired.push((d.group.clone(), d.addr));
                 return false;
             }
-            if now >= d.deadline {
-                warn!(group = %d.group, target = %d.addr, active = d.stats.active(), "deregistration_delay over; closing its connections");
-                let (group, addr) = (d.group.clone(), d.addr);
-                workers.tell_all(|| Command::CloseTarget { group: group.clone(), addr });
+            if active == 0 {
+                info!(group = %d.group, target = %d.addr, "drain finished");
                 return false;
             }
             true
         });
-        self.draining.len() != before
+        if self.draining.len() == before {
+            return;
+        }
+        self.publish();
+        for (group, addr) in expired {
+            workers.tell_all(|| Command::CloseTarget {
+                group: group.clone(),
+                addr,
+            });
+        }
+    }
+
+    /// The text in service from the targets file at `path`, if any group reads it.
+    fn in_service(&self, path: &Path) -> Option<String> {
+        self.watches
+            .iter()
+            .find(|w| w.path() == path)
+            .map(|w| w.applied().to_string())
     }
 
     /// SIGHUP: reload the whole config. Nothing changes unless all of it is
     /// valid and every new listener could be bound.
     pub fn reload_config(&mut self, workers: &Workers) {
-        let loaded = match app::load(&self.config_path, true) {
+        let loaded = match app::load(&self.config_path, &|p| self.in_service(p)) {
             Ok(l) => l,
             Err(e) => {
                 self.reload_errors += 1;
@@ -325,104 +420,203 @@ impl ControlPlane {
                 return;
             }
         };
-        if loaded.config.runtime.workers != self.config.runtime.workers {
-            warn!("[runtime] workers changes on restart only");
-        }
-        // Bind what is new (or moved) first; a failure leaves everything as it was.
-        let mut fresh: Vec<(ListenerConfig, SocketAddr, Vec<std::net::TcpListener>)> = Vec::new();
-        for l in &loaded.config.listeners {
-            match self.bound.get(&l.name) {
-                Some(old) if old.config.addr == l.addr => {
-                    if old.config.backlog != l.backlog {
-                        warn!(listener = %l.name, "backlog changes on restart only");
-                    }
-                }
-                _ => match listener::bind_reuseport(l, self.worker_count) {
-                    Ok((addr, sockets)) => fresh.push((l.clone(), addr, sockets)),
-                    Err(e) => {
-                        self.reload_errors += 1;
-                        error!(error = %e, "config reload rejected; keeping the running config");
-                        return;
-                    }
-                },
+        let plans = match self.plan_listeners(&loaded.config.listeners) {
+            Ok(p) => p,
+            Err(e) => {
+                self.reload_errors += 1;
+                error!(error = %e, "config reload rejected; keeping the running config");
+                return;
             }
-        }
-        let gone: Vec<String> = self
-            .bound
-            .iter()
-            .filter(|(name, old)| {
-                !loaded
-                    .config
-                    .listeners
-                    .iter()
-                    .any(|l| &l.name == *name && l.addr == old.config.addr)
-            })
-            .map(|(name, _)| name.clone())
-            .collect();
+        };
+        let mut said = changes::describe(&self.config, &loaded.config);
 
         // Targets: diff each group by name; a group that disappeared drains whole.
-        let old_groups = self.config.groups.clone();
-        for (g, old) in old_groups.iter().enumerate() {
+        let old_groups = std::mem::take(&mut self.config.groups);
+        let old_targets = std::mem::take(&mut self.targets);
+        for (old, old_t) in old_groups.iter().zip(&old_targets) {
             let new_idx = loaded.config.groups.iter().position(|n| n.name == old.name);
             let new_targets: &[Target] = new_idx.map_or(&[], |i| &loaded.targets[i]);
             let delay = new_idx.map_or(old.deregistration_delay, |i| {
                 loaded.config.groups[i].deregistration_delay
             });
-            let diff = Diff::between(&self.targets[g], new_targets);
+            let diff = Diff::between(old_t, new_targets);
             if !diff.is_empty() {
-                info!(group = %old.name, added = ?diff.added, removed = ?diff.removed, reweighted = ?diff.reweighted, "targets changed by config reload");
+                said.push(format!(
+                    "group {}: targets added {}, removed {}, reweighted {}",
+                    old.name,
+                    describe_addrs(&diff.added),
+                    describe_addrs(&diff.removed),
+                    describe_addrs(&diff.reweighted)
+                ));
             }
-            let group = old.name.clone();
-            self.start_drains(&group, &diff, delay, workers);
+            self.start_drains(&old.name, &diff.removed, old_t, delay);
+        }
+        for w in loaded.warnings() {
+            warn!("{w}");
         }
         self.config = loaded.config;
         self.targets = loaded.targets;
-        self.watches = watches_for(&self.config);
+        self.watches = watches_for(&self.config, loaded.texts);
         self.sync_health();
+        self.reconcile_drains();
         self.publish();
 
+        said.extend(self.apply_listeners(plans, workers));
+        self.finish_drains(workers);
+        self.reloads += 1;
+        let changes = if said.is_empty() {
+            "none".to_string()
+        } else {
+            said.join("; ")
+        };
+        info!(epoch = self.epoch, %changes, "config reloaded");
+    }
+
+    /// Decides, for each listener of a new config, whether its sockets stay,
+    /// move to another name, or are bound now. Binding happens here, before
+    /// anything changes, so a failure leaves everything as it was.
+    fn plan_listeners(
+        &self,
+        wanted: &[ListenerConfig],
+    ) -> Result<Vec<(ListenerConfig, ListenerPlan)>, ListenerError> {
+        let mut claimed: Vec<&str> = wanted
+            .iter()
+            .filter(|l| {
+                self.bound
+                    .get(&l.name)
+                    .is_some_and(|b| b.config.addr == l.addr)
+            })
+            .map(|l| l.name.as_str())
+            .collect();
+        let mut plans = Vec::with_capacity(wanted.len());
+        for l in wanted {
+            if claimed.contains(&l.name.as_str())
+                && self
+                    .bound
+                    .get(&l.name)
+                    .is_some_and(|b| b.config.addr == l.addr)
+            {
+                if self.bound[&l.name].config.backlog != l.backlog {
+                    warn!(listener = %l.name, "backlog changes on restart only");
+                }
+                plans.push((l.clone(), ListenerPlan::Keep));
+                continue;
+            }
+            let same_addr = self
+                .bound
+                .iter()
+                .find(|(name, b)| b.config.addr == l.addr && !claimed.contains(&name.as_str()));
+            if let Some((from, _)) = same_addr {
+                claimed.push(from);
+                plans.push((l.clone(), ListenerPlan::Rename { from: from.clone() }));
+                continue;
+            }
+            // A port ringlb itself holds (say 127.0.0.1:80 while 0.0.0.0:80
+            // is wanted): no other process can be there, and the old sockets
+            // close only after the new ones accept.
+            let ours = self
+                .bound
+                .values()
+                .any(|b| listener::overlaps(b.addr, l.addr));
+            let (info, sockets) = BoundInfo::bind(l, self.worker_count, !ours)?;
+            plans.push((l.clone(), ListenerPlan::Bind(info, sockets)));
+        }
+        Ok(plans)
+    }
+
+    /// Carries out listener plans on the workers: removals first, then
+    /// renames, then new sockets. Returns what it did, for the log line.
+    fn apply_listeners(
+        &mut self,
+        plans: Vec<(ListenerConfig, ListenerPlan)>,
+        workers: &Workers,
+    ) -> Vec<String> {
+        let mut said = Vec::new();
+        let kept: Vec<&str> = plans
+            .iter()
+            .filter_map(|(l, p)| match p {
+                ListenerPlan::Keep => Some(l.name.as_str()),
+                ListenerPlan::Rename { from } => Some(from.as_str()),
+                ListenerPlan::Bind(..) => None,
+            })
+            .collect();
+        let gone: Vec<String> = self
+            .bound
+            .keys()
+            .filter(|n| !kept.contains(&n.as_str()))
+            .cloned()
+            .collect();
+        let mut renames = Vec::new();
+        let mut fresh = Vec::new();
+        for (l, plan) in plans {
+            match plan {
+                ListenerPlan::Keep => {
+                    if let Some(b) = self.bound.get_mut(&l.name) {
+                        b.config = l;
+                    }
+                }
+                ListenerPlan::Rename { from } => renames.push((from, l)),
+                ListenerPlan::Bind(info, sockets) => fresh.push((info, sockets)),
+            }
+        }
         for name in &gone {
             self.bound.remove(name);
             let name: Arc<str> = name.as_str().into();
             workers.tell_all(|| Command::RemoveListener(name.clone()));
             info!(listener = %name, "listener removed");
+            said.push(format!("listener {name} removed"));
         }
-        for (l, addr, sockets) in fresh {
-            let name: Arc<str> = l.name.as_str().into();
-            let stats = Arc::new(ListenerStats::new(self.worker_count));
+        if !renames.is_empty() {
+            let pairs: Vec<(Arc<str>, Arc<str>)> = renames
+                .iter()
+                .map(|(from, l)| (from.as_str().into(), l.name.as_str().into()))
+                .collect();
+            workers.tell_all(|| Command::RenameListeners(pairs.clone()));
+            let mut moved = Vec::new();
+            for (from, l) in renames {
+                if let Some(mut b) = self.bound.remove(&from) {
+                    info!(listener = %l.name, from = %from, addr = %b.addr, "listener renamed");
+                    said.push(format!("listener {from} renamed {}", l.name));
+                    b.config = l;
+                    moved.push(b);
+                }
+            }
+            for b in moved {
+                self.bound.insert(b.config.name.clone(), b);
+            }
+        }
+        for (info, sockets) in fresh {
             for (tx, socket) in workers.commands.iter().zip(sockets) {
-                let bound = BoundListener {
-                    name: name.clone(),
-                    socket,
-                    stats: stats.clone(),
-                };
-                if tx.send(Command::AddListener(bound)).is_err() {
+                if tx
+                    .send(Command::AddListener(info.for_worker(socket)))
+                    .is_err()
+                {
                     warn!("a worker is gone; listener not delivered");
                 }
             }
-            info!(listener = %name, %addr, "listening");
-            let info = BoundInfo {
-                config: l,
-                addr,
-                stats,
-            };
+            info!(listener = %info.config.name, addr = %info.addr, "listening");
+            said.push(format!(
+                "listener {} added on {}",
+                info.config.name, info.addr
+            ));
             self.bound.insert(info.config.name.clone(), info);
         }
-        self.reloads += 1;
-        info!(epoch = self.epoch, "config reloaded");
+        said
     }
 }
 
-fn watches_for(config: &Config) -> Vec<FileWatch> {
+/// A deadline that never comes in practice (as tokio's own far future).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+/// One watch per group, starting from the text that was loaded and applied.
+fn watches_for(config: &Config, texts: Vec<String>) -> Vec<FileWatch> {
     config
         .groups
         .iter()
-        .map(|g| {
-            FileWatch::new(
-                &g.targets_file,
-                std::fs::read_to_string(&g.targets_file).ok(),
-            )
-        })
+        .zip(texts)
+        .map(|(g, text)| FileWatch::new(&g.targets_file, text))
         .collect()
 }
 

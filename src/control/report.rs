@@ -101,17 +101,11 @@ impl ControlPlane {
             "Connections accepted by a worker, all listeners.",
         );
         for w in 0..self.worker_count {
-            let v: u64 = self
-                .bound
-                .values()
-                .map(|b| {
-                    b.stats
-                        .slots
-                        .get(w)
-                        .accepted
-                        .load(std::sync::atomic::Ordering::Relaxed)
-                })
-                .sum();
+            let v = self
+                .worker_stats
+                .get(w)
+                .accepted
+                .load(std::sync::atomic::Ordering::Relaxed);
             e.sample(m::WORKER_ACCEPTED, &[("worker", &w.to_string())], v);
         }
 
@@ -155,13 +149,13 @@ impl ControlPlane {
                     t.stats.active(),
                 );
             }
-            for d in &g.draining {
-                e.sample(
-                    m::TARGET_ACTIVE,
-                    &[("group", &g.name), ("target", &d.addr.to_string())],
-                    d.stats.active(),
-                );
-            }
+        }
+        for d in &snap.draining {
+            e.sample(
+                m::TARGET_ACTIVE,
+                &[("group", &d.group), ("target", &d.addr.to_string())],
+                d.stats.active(),
+            );
         }
         for (name, kind, help, field) in per_target {
             e.family(name, kind, help);
@@ -202,13 +196,13 @@ impl ControlPlane {
                     0,
                 );
             }
-            for d in &g.draining {
-                e.sample(
-                    m::TARGET_DRAINING,
-                    &[("group", &g.name), ("target", &d.addr.to_string())],
-                    1,
-                );
-            }
+        }
+        for d in &snap.draining {
+            e.sample(
+                m::TARGET_DRAINING,
+                &[("group", &d.group), ("target", &d.addr.to_string())],
+                1,
+            );
         }
         e.family(
             m::TARGETS_RELOADS,
@@ -241,15 +235,34 @@ impl ControlPlane {
         e.finish()
     }
 
+    /// `GET /targets`: the JSON shape the README documents.
     pub fn targets_report(&self) -> serde_json::Value {
         let snap = self.shared.load();
         let now = Instant::now();
-        let groups: Vec<serde_json::Value> = snap
+        let draining = |group: &str| -> Vec<serde_json::Value> {
+            snap.draining
+                .iter()
+                .filter(|d| &*d.group == group)
+                .map(|d| {
+                    json!({
+                        "address": d.addr.to_string(),
+                        "weight": d.weight,
+                        "health": "draining",
+                        "reason": "deregistration in progress",
+                        "ready": false,
+                        "draining": true,
+                        "drain_seconds_left": d.deadline.saturating_duration_since(now).as_secs_f64(),
+                        "active_connections": d.stats.active(),
+                    })
+                })
+                .collect()
+        };
+        let mut groups: Vec<serde_json::Value> = snap
             .groups
             .iter()
             .zip(&self.config.groups)
             .map(|(g, cfg)| {
-                let targets: Vec<serde_json::Value> = g
+                let mut targets: Vec<serde_json::Value> = g
                     .targets
                     .iter()
                     .map(|t| {
@@ -261,26 +274,45 @@ impl ControlPlane {
                             "reason": h.map_or(String::new(), |h| h.reason.clone()),
                             "ready": t.ready,
                             "draining": false,
+                            "drain_seconds_left": null,
                             "active_connections": t.stats.active(),
                         })
                     })
-                    .chain(g.draining.iter().map(|d| {
-                        json!({
-                            "address": d.addr.to_string(),
-                            "draining": true,
-                            "drain_seconds_left": d.deadline.saturating_duration_since(now).as_secs_f64(),
-                            "active_connections": d.stats.active(),
-                        })
-                    }))
                     .collect();
+                targets.extend(draining(&g.name));
+                let hash_key = match cfg.algorithm {
+                    Algorithm::Maglev(key) => json!(key.name()),
+                    _ => serde_json::Value::Null,
+                };
                 json!({
                     "name": &*g.name,
-                    "algorithm": format!("{:?}", cfg.algorithm),
+                    "removed": false,
+                    "algorithm": cfg.algorithm_name,
+                    "hash_key": hash_key,
                     "fail_open": g.fail_open,
                     "targets": targets,
                 })
             })
             .collect();
+        // Groups a SIGHUP removed whose targets still drain.
+        let mut gone: Vec<&str> = snap
+            .draining
+            .iter()
+            .map(|d| &*d.group)
+            .filter(|name| !snap.groups.iter().any(|g| &*g.name == *name))
+            .collect();
+        gone.sort_unstable();
+        gone.dedup();
+        for name in gone {
+            groups.push(json!({
+                "name": name,
+                "removed": true,
+                "algorithm": null,
+                "hash_key": null,
+                "fail_open": false,
+                "targets": draining(name),
+            }));
+        }
         json!({ "epoch": snap.epoch, "groups": groups })
     }
 }

@@ -10,9 +10,23 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 
+use std::sync::Arc;
+
+use crate::metrics::{Slots, WorkerSlot};
 use crate::proxy::pipe::PipePool;
 use crate::snapshot::SharedSnapshot;
 pub use worker::{BoundListener, Command, Event};
+
+/// What the control plane tells every worker about stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Serve.
+    Run,
+    /// Stop accepting; let open connections finish for up to this long.
+    Drain(Duration),
+    /// Close everything now (a second SIGTERM or SIGINT).
+    Now,
+}
 
 /// Pipes one worker may lend at once. Non-root users get about 1,024 full-size
 /// pipes in all (`fs.pipe-user-pages-soft`); past the cap a connection copies.
@@ -37,6 +51,17 @@ pub struct WorkerPlan {
     pub listeners: Vec<BoundListener>,
 }
 
+/// What every worker shares with the control plane.
+#[derive(Clone)]
+pub struct Shared {
+    pub snapshot: SharedSnapshot,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub stop: watch::Receiver<Stop>,
+    pub stats: Arc<Slots<WorkerSlot>>,
+    /// Move bytes with splice(2); false: always copy.
+    pub splice: bool,
+}
+
 /// The control plane's handles on running workers.
 pub struct Workers {
     pub threads: Vec<JoinHandle<()>>,
@@ -56,13 +81,7 @@ impl Workers {
 }
 
 /// Starts the workers and returns once each has its runtime up, or the first error.
-pub fn start(
-    plans: Vec<WorkerPlan>,
-    snapshot: SharedSnapshot,
-    events: mpsc::UnboundedSender<Event>,
-    shutdown: watch::Receiver<bool>,
-    grace: Duration,
-) -> Result<Workers, RuntimeError> {
+pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeError> {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut handles = Vec::new();
     let mut commands = Vec::new();
@@ -71,9 +90,7 @@ pub fn start(
         let id = plan.id;
         let (command_tx, command_rx) = mpsc::unbounded_channel();
         commands.push(command_tx);
-        let snapshot = snapshot.clone();
-        let events = events.clone();
-        let shutdown = shutdown.clone();
+        let shared = shared.clone();
         let ready = ready_tx.clone();
         let handle = std::thread::Builder::new()
             .name(format!("ringlb-w{id}"))
@@ -94,11 +111,13 @@ pub fn start(
                     }
                 };
                 rt.block_on(async move {
-                    let pipes = PipePool::new(PIPES_PER_WORKER, IDLE_PIPES_PER_WORKER);
-                    let w = worker::Worker::new(id, snapshot, pipes, events);
+                    let lend = if shared.splice { PIPES_PER_WORKER } else { 0 };
+                    let pipes = PipePool::new(lend, IDLE_PIPES_PER_WORKER);
+                    let stop = shared.stop.clone();
+                    let w = worker::Worker::new(id, shared, pipes);
                     ready.send(Ok(())).ok();
                     drop(ready);
-                    w.run(plan.listeners, command_rx, shutdown, grace).await;
+                    w.run(plan.listeners, command_rx, stop).await;
                 });
             })
             .map_err(|source| RuntimeError::Spawn { worker: id, source })?;

@@ -16,13 +16,13 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::uring;
+use super::{Shared, Stop, uring};
 use crate::balancer::Tried;
 use crate::config::ProxyProtocol;
 use crate::metrics::{ListenerStats, bump, drop_one};
 use crate::proxy::header;
 use crate::proxy::{self, ProxyError, pipe::PipePool};
-use crate::snapshot::{ActiveGuard, SharedSnapshot, Snapshot};
+use crate::snapshot::{ActiveGuard, Snapshot};
 
 /// How often a worker closes pipes it has not needed since the last look.
 const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -37,6 +37,8 @@ pub enum Command {
     AddListener(BoundListener),
     /// Stop accepting on the listener of this name and close its socket.
     RemoveListener(Arc<str>),
+    /// Listeners that keep their sockets under new names: `(from, to)`.
+    RenameListeners(Vec<(Arc<str>, Arc<str>)>),
     /// Close every connection this worker proxies to `addr` for `group`.
     CloseTarget { group: Arc<str>, addr: SocketAddr },
 }
@@ -61,10 +63,11 @@ pub struct BoundListener {
     pub stats: Arc<ListenerStats>,
 }
 
-/// A running accept loop and the switch that stops it.
+/// A running accept loop and the switch that stops it; it hands its
+/// listener back when it stops.
 struct AcceptLoop {
     stop: watch::Sender<bool>,
-    task: JoinHandle<()>,
+    task: JoinHandle<BoundListener>,
 }
 
 /// A session as the worker tracks it, to close it on command.
@@ -77,9 +80,8 @@ struct SessionEntry {
 
 pub struct Worker {
     pub id: usize,
-    pub snapshot: SharedSnapshot,
+    shared: Shared,
     pub pipes: PipePool,
-    events: mpsc::UnboundedSender<Event>,
     sessions: RefCell<Slab<SessionEntry>>,
     /// Woken when the last session ends.
     drained: Notify,
@@ -89,17 +91,11 @@ pub struct Worker {
 }
 
 impl Worker {
-    pub fn new(
-        id: usize,
-        snapshot: SharedSnapshot,
-        pipes: PipePool,
-        events: mpsc::UnboundedSender<Event>,
-    ) -> Rc<Worker> {
+    pub fn new(id: usize, shared: Shared, pipes: PipePool) -> Rc<Worker> {
         Rc::new(Worker {
             id,
-            snapshot,
+            shared,
             pipes,
-            events,
             sessions: RefCell::new(Slab::new()),
             drained: Notify::new(),
             listeners: RefCell::new(HashMap::new()),
@@ -107,15 +103,15 @@ impl Worker {
         })
     }
 
-    /// Runs until `shutdown` turns true, then stops accepting and waits up to
-    /// `grace` for open sessions; sessions still open after it are closed when
-    /// the runtime is dropped.
+    /// Runs until `stop` leaves [`Stop::Run`], then stops accepting and waits
+    /// up to the grace it names for open sessions (none for [`Stop::Now`],
+    /// which also cuts a grace short); sessions still open after it are
+    /// closed when the runtime is dropped.
     pub async fn run(
         self: Rc<Self>,
         listeners: Vec<BoundListener>,
         mut commands: mpsc::UnboundedReceiver<Command>,
-        mut shutdown: watch::Receiver<bool>,
-        grace: Duration,
+        mut stop: watch::Receiver<Stop>,
     ) {
         for l in listeners {
             self.add_listener(l);
@@ -131,9 +127,13 @@ impl Worker {
                 }
                 Some(cmd) = commands.recv() => self.obey(cmd).await,
                 // Ok or Err (sender gone): either way it is time to stop.
-                _ = shutdown.wait_for(|&stop| stop) => break,
+                _ = stop.wait_for(|s| *s != Stop::Run) => break,
             }
         }
+        let grace = match *stop.borrow() {
+            Stop::Drain(d) => d,
+            Stop::Run | Stop::Now => Duration::ZERO,
+        };
         self.accepting.set(false);
         let names: Vec<Arc<str>> = self.listeners.borrow().keys().cloned().collect();
         for name in names {
@@ -152,12 +152,15 @@ impl Worker {
                     self.drained.notified().await;
                 }
             };
-            if tokio::time::timeout(grace, wait).await.is_err() {
-                warn!(
-                    worker = self.id,
-                    open = self.sessions.borrow().len(),
-                    "shutdown_timeout reached; closing connections"
-                );
+            let cut = async {
+                tokio::select! {
+                    () = tokio::time::sleep(grace) => "shutdown_timeout reached; closing connections",
+                    _ = stop.wait_for(|s| *s == Stop::Now) => "told to stop now; closing connections",
+                }
+            };
+            tokio::select! {
+                () = wait => {}
+                why = cut => warn!(worker = self.id, open = self.sessions.borrow().len(), "{why}"),
             }
         }
     }
@@ -165,7 +168,20 @@ impl Worker {
     async fn obey(self: &Rc<Self>, cmd: Command) {
         match cmd {
             Command::AddListener(l) => self.add_listener(l),
-            Command::RemoveListener(name) => self.remove_listener(&name).await,
+            Command::RemoveListener(name) => drop(self.remove_listener(&name).await),
+            Command::RenameListeners(pairs) => {
+                // All stop first, so a swap of two names finds each free.
+                let mut moved = Vec::new();
+                for (from, to) in pairs {
+                    if let Some(mut l) = self.remove_listener(&from).await {
+                        l.name = to;
+                        moved.push(l);
+                    }
+                }
+                for l in moved {
+                    self.add_listener(l);
+                }
+            }
             Command::CloseTarget { group, addr } => {
                 let doomed: Vec<AbortHandle> = self
                     .sessions
@@ -205,18 +221,27 @@ impl Worker {
         }
     }
 
-    async fn remove_listener(&self, name: &str) {
-        let Some(l) = self.listeners.borrow_mut().remove(name) else {
-            return;
-        };
+    /// Stops the accept loop of `name` and hands back its listener; the
+    /// socket stays open (the kernel keeps queueing connections) until the
+    /// caller drops it.
+    async fn remove_listener(&self, name: &str) -> Option<BoundListener> {
+        let l = self.listeners.borrow_mut().remove(name)?;
         l.stop.send_replace(true);
-        if let Err(e) = l.task.await {
-            warn!(worker = self.id, listener = %name, error = %e, "accept loop ended abnormally");
+        match l.task.await {
+            Ok(listener) => Some(listener),
+            Err(e) => {
+                warn!(worker = self.id, listener = %name, error = %e, "accept loop ended abnormally");
+                None
+            }
         }
     }
 }
 
-async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<bool>) {
+async fn accept_loop(
+    w: Rc<Worker>,
+    l: BoundListener,
+    mut stop: watch::Receiver<bool>,
+) -> BoundListener {
     let fd = l.socket.as_raw_fd();
     let mut backoff = Duration::ZERO;
     loop {
@@ -233,7 +258,7 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                     drop(late); // accepted as we stopped: closed, not served
                 }
                 debug!(worker = w.id, listener = %l.name, "stopped accepting");
-                return;
+                return l;
             }
         };
         match accepted {
@@ -245,11 +270,12 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                 let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
                 let slot = l.stats.slots.get(w.id);
                 bump(&slot.accepted, 1);
+                bump(&w.shared.stats.get(w.id).accepted, 1);
                 // Guard rails, before any target is contacted: a refused client
                 // is closed at once and never holds up the others.
                 // The snapshot is read once per connection, here; the session
                 // places the connection with the same one, then lets it go.
-                let snap = w.snapshot.load_full();
+                let snap = w.shared.snapshot.load_full();
                 let Some(view) = snap.listeners.get(&*l.name) else {
                     bump(&slot.refused_no_target, 1);
                     debug!(%peer, listener = %l.name, "listener no longer configured; closed");
@@ -295,7 +321,7 @@ async fn accept_loop(w: Rc<Worker>, l: BoundListener, mut stop: watch::Receiver<
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
                     () = tokio::time::sleep(backoff) => {}
-                    _ = stop.wait_for(|&stop| stop) => return,
+                    _ = stop.wait_for(|&stop| stop) => return l,
                 }
             }
         }
@@ -370,15 +396,21 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
                     placed = Some((fd, t.addr, active));
                     break;
                 }
-                Err(e) => {
+                Err(ConnectError::Local(e)) => {
+                    // Out of fds or local ports: no target is at fault, and
+                    // another would fail the same way.
+                    debug!(%peer, target = %t.addr, error = %e, "cannot connect: local resources");
+                    break;
+                }
+                Err(ConnectError::Target(e)) => {
                     bump(&t.stats.slots.get(w.id).connect_failures, 1);
-                    debug!(%peer, target = %t.addr, error = %e, "connect failed");
+                    debug!(%peer, target = %t.addr, error = %e, epoch = snapshot.epoch, "connect failed");
                     let failed = Event::ConnectFailed {
                         group: g.name.clone(),
                         addr: t.addr,
                         error: e.to_string(),
                     };
-                    if w.events.send(failed).is_err() {
+                    if w.shared.events.send(failed).is_err() {
                         debug!("control plane gone; connect failure not reported");
                     }
                 }
@@ -389,10 +421,18 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
             debug!(%peer, group = %g.name, tried = tried.len(), "no target could take the connection; closing client");
             return;
         };
+        // The connect took a while: if the target was taken out meanwhile
+        // (and its close command may already have passed), do not proxy.
+        let now = w.shared.snapshot.load();
+        if now.epoch != snapshot.epoch && !now.serves(&g.name, addr) {
+            bump(&registered.listener.slots.get(w.id).refused_no_target, 1);
+            debug!(%peer, group = %g.name, target = %addr, "target removed while connecting; closing client");
+            return;
+        }
         if let Some(entry) = registered.worker.sessions.borrow_mut().get_mut(key) {
             entry.target = Some((g.name.clone(), addr));
         }
-        debug!(worker = w.id, %peer, target = %addr, "placed");
+        debug!(worker = w.id, %peer, target = %addr, epoch = snapshot.epoch, "placed");
         (fd, addr, g.idle_timeout, active)
     };
     if proxy_protocol != ProxyProtocol::Off
@@ -434,15 +474,39 @@ fn send_proxy_header(
     Ok(())
 }
 
+/// Why a connect failed: on this machine (out of fds, memory or local ports;
+/// no fault of the target), or at the target.
+#[derive(Debug)]
+enum ConnectError {
+    Local(io::Error),
+    Target(io::Error),
+}
+
+impl ConnectError {
+    fn classify(e: io::Error) -> ConnectError {
+        match e.raw_os_error() {
+            Some(
+                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL,
+            ) => ConnectError::Local(e),
+            _ => ConnectError::Target(e),
+        }
+    }
+}
+
 /// Connects to `addr`, giving up after `timeout`. On timeout the kernel connect
 /// is cancelled and reaped before the socket is closed.
-async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<OwnedFd> {
+async fn connect(addr: SocketAddr, timeout: Duration) -> Result<OwnedFd, ConnectError> {
+    let local = ConnectError::Local;
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         Some(Protocol::TCP),
-    )?;
-    socket.set_tcp_nodelay(true)?;
+    )
+    .map_err(local)?;
+    socket.set_tcp_nodelay(true).map_err(local)?;
+    // A TCP urgent byte from the target stays in the stream (the client's
+    // socket inherits the same from its listener).
+    socket.set_out_of_band_inline(true).map_err(local)?;
     let socket: OwnedFd = socket.into();
     let raw = socket.as_raw_fd();
     let mut op = uring::connect(socket, addr);
@@ -461,5 +525,5 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<OwnedFd> {
             }
         }
     };
-    result.map(|()| socket)
+    result.map(|()| socket).map_err(ConnectError::classify)
 }

@@ -10,6 +10,9 @@ pub mod watch;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::files;
 
 /// Largest weight a target may have. Weights are relative, so this only bounds
 /// the size of the schedules built from them.
@@ -21,8 +24,7 @@ pub struct Target {
     pub weight: u32,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{file}:{line}: {message}")]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TargetsError {
     pub file: PathBuf,
     /// 1-based line; 0 when the error is about the whole file (it cannot be read).
@@ -30,34 +32,101 @@ pub struct TargetsError {
     pub message: String,
 }
 
-/// Reads and parses a targets file. With `replacing` (a reload, where a set is
-/// already in service) the stricter [`watch::parse_reload`] rules apply.
-pub fn load(path: &Path, replacing: bool) -> Result<Vec<Target>, TargetsError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TargetsError {
+impl std::fmt::Display for TargetsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.line {
+            0 => write!(f, "{}: {}", self.file.display(), self.message),
+            n => write!(f, "{}:{n}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for TargetsError {}
+
+/// Largest targets file ringlb reads (a million targets fit in far less).
+pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// How long a host name in a targets file may take to resolve.
+pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads and checks a targets file by the one rule set ([`parse_checked`]).
+/// `in_service` is the text currently applied from this file, if any: content
+/// that differs from it is changing, and may be caught mid-write. Returns the
+/// text read (what the watcher will compare against) and its targets.
+pub fn load(path: &Path, in_service: Option<&str>) -> Result<(String, Vec<Target>), TargetsError> {
+    let text = read(path)?;
+    let changing = in_service.is_some_and(|old| old != text);
+    let targets =
+        parse_checked(&text, changing, resolve).map_err(|(line, message)| TargetsError {
+            file: path.to_path_buf(),
+            line,
+            message,
+        })?;
+    Ok((text, targets))
+}
+
+/// Reads a targets file without ever blocking the caller on what is at the
+/// path: only a regular file of at most [`MAX_FILE_BYTES`] is read (a FIFO,
+/// a device such as /dev/zero, or a folder is an error).
+pub fn read(path: &Path) -> Result<String, TargetsError> {
+    files::read_regular(path, MAX_FILE_BYTES, "targets file").map_err(|message| TargetsError {
         file: path.to_path_buf(),
         line: 0,
-        message: format!("cannot read targets file: {e}"),
-    })?;
-    let parsed = if replacing {
-        watch::parse_reload(&text)
-    } else {
-        parse(&text, resolve)
-    };
-    parsed.map_err(|(line, message)| TargetsError {
-        file: path.to_path_buf(),
-        line,
         message,
     })
 }
 
+/// The one rule set for a targets file, the same at start-up, in `ringlb
+/// check`, on SIGHUP and when the file changes under a running ringlb: every
+/// line must parse, and content that is `changing` (differs from the set in
+/// service) must end with a newline, since a file caught mid-write usually
+/// does not. An empty set is allowed (the caller warns: its group's clients
+/// are closed until targets come).
+pub fn parse_checked(
+    text: &str,
+    changing: bool,
+    resolve: impl Fn(&str) -> Result<SocketAddr, String>,
+) -> Result<Vec<Target>, (usize, String)> {
+    if changing && !text.is_empty() && !text.ends_with('\n') {
+        return Err((
+            text.lines().count(),
+            "last line has no newline: the file looks half-written (write a temp file and rename it)"
+                .into(),
+        ));
+    }
+    parse(text, resolve)
+}
+
 /// Resolves `HOST:PORT` where HOST is a name (e.g. `localhost`): first address.
+/// A resolver that does not answer within [`RESOLVE_TIMEOUT`] is an error; the
+/// lookup runs on a thread of its own so the caller never waits longer.
 pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, String> {
-    let mut addrs = host_port
-        .to_socket_addrs()
-        .map_err(|e| format!("cannot resolve {host_port:?}: {e}"))?;
-    addrs
-        .next()
-        .ok_or_else(|| format!("{host_port:?} resolves to no address"))
+    let (tx, rx) = std::sync::mpsc::channel();
+    let name = host_port.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("ringlb-resolve".into())
+        .spawn(move || {
+            let result = name
+                .to_socket_addrs()
+                .map_err(|e| format!("cannot resolve {name:?}: {e}"))
+                .and_then(|mut addrs| {
+                    addrs
+                        .next()
+                        .ok_or_else(|| format!("{name:?} resolves to no address"))
+                });
+            // The caller may have given up waiting; then nobody needs the answer.
+            let _caller_gone = tx.send(result);
+        });
+    if let Err(e) = spawned {
+        return Err(format!(
+            "cannot resolve {host_port:?}: no thread for the lookup: {e}"
+        ));
+    }
+    rx.recv_timeout(RESOLVE_TIMEOUT).unwrap_or_else(|_| {
+        Err(format!(
+            "cannot resolve {host_port:?}: no answer within {RESOLVE_TIMEOUT:?}"
+        ))
+    })
 }
 
 /// Parses targets text. `resolve` is called only for names that are not IP
@@ -217,10 +286,11 @@ mod tests {
 
     #[test]
     fn load_names_the_file() {
-        let err = load(Path::new("/nonexistent/targets.txt"), false).unwrap_err();
+        let err = load(Path::new("/nonexistent/targets.txt"), None).unwrap_err();
         assert!(
             err.to_string()
-                .starts_with("/nonexistent/targets.txt:0: cannot read")
+                .starts_with("/nonexistent/targets.txt: cannot read targets file"),
+            "no line number when there is no line: {err}"
         );
     }
 }

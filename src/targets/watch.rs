@@ -1,75 +1,74 @@
 //! Following a targets file that an autoscaler rewrites, by rename or in place.
 //!
-//! The file is read on every tick (they are small). New content is handled
-//! only once two consecutive reads agree, so a file caught mid-write is not
-//! applied; content already handled (good or bad) is not handled again, so an
-//! unchanged file is a no-op and a bad one is reported once.
+//! The file is read on every tick (they are small; see [`super::read`] for
+//! what is refused without blocking). New content is handled only once two
+//! consecutive reads agree, so a file caught mid-write is not applied; content
+//! already handled (good or bad) is not handled again, so an unchanged file is
+//! a no-op and a bad one is reported once.
 
 use std::path::{Path, PathBuf};
 
-use super::{Target, TargetsError, parse, resolve};
+use super::{Target, TargetsError, parse_checked, read, resolve};
 
 #[derive(Debug)]
 pub struct FileWatch {
     path: PathBuf,
     /// What the last tick read (or the read error), to see it settle.
-    last_read: Option<Result<String, String>>,
-    /// Content last handed to the caller.
-    handled: Option<Result<String, String>>,
+    last_read: Option<Result<String, TargetsError>>,
+    /// Content last handed to the caller, good or bad.
+    handled: Option<Result<String, TargetsError>>,
+    /// Content of the set in service.
+    applied: String,
 }
 
 impl FileWatch {
-    /// Watches `path`, whose current content `applied` is already in service.
-    pub fn new(path: &Path, applied: Option<String>) -> Self {
-        let applied = applied.map(Ok);
+    /// Watches `path`, whose content `applied` is in service: the text that
+    /// was read and applied, not a fresh read, so a change written between
+    /// the load and this call is still seen as a change.
+    pub fn new(path: &Path, applied: String) -> Self {
         FileWatch {
             path: path.to_path_buf(),
-            last_read: applied.clone(),
-            handled: applied,
+            last_read: Some(Ok(applied.clone())),
+            handled: Some(Ok(applied.clone())),
+            applied,
         }
     }
 
-    /// Reads the file; returns a settled, not yet handled change.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The text of the set in service.
+    pub fn applied(&self) -> &str {
+        &self.applied
+    }
+
+    /// Reads the file; returns a settled, not yet handled change. An `Ok` is
+    /// taken as applied.
     pub fn poll(&mut self) -> Option<Result<Vec<Target>, TargetsError>> {
-        let now = std::fs::read_to_string(&self.path).map_err(|e| e.to_string());
+        let now = read(&self.path);
         let settled = self.last_read.as_ref() == Some(&now);
         self.last_read = Some(now.clone());
         if !settled || self.handled.as_ref() == Some(&now) {
             return None;
         }
         self.handled = Some(now.clone());
-        let err = |line, message| TargetsError {
-            file: self.path.clone(),
-            line,
-            message,
+        let text = match now {
+            Err(e) => return Some(Err(e)),
+            Ok(text) => text,
         };
-        Some(match now {
-            Err(e) => Err(err(0, format!("cannot read targets file: {e}"))),
-            Ok(text) => parse_reload(&text).map_err(|(line, m)| err(line, m)),
-        })
+        let changing = text != self.applied;
+        let parsed =
+            parse_checked(&text, changing, resolve).map_err(|(line, message)| TargetsError {
+                file: self.path.clone(),
+                line,
+                message,
+            });
+        if parsed.is_ok() {
+            self.applied = text;
+        }
+        Some(parsed)
     }
-}
-
-/// The stricter rules for a file that replaces a set already in service: it
-/// must list at least one target and end with a newline (a file cut short
-/// mid-write usually does not).
-pub fn parse_reload(text: &str) -> Result<Vec<Target>, (usize, String)> {
-    let lines = text.lines().count();
-    if !text.is_empty() && !text.ends_with('\n') {
-        return Err((
-            lines,
-            "last line has no newline: the file looks half-written (write a temp file and rename it)".into(),
-        ));
-    }
-    let targets = parse(text, resolve)?;
-    if targets.is_empty() {
-        return Err((
-            lines.max(1),
-            "no targets: an empty file would take every target out of service, so it is refused"
-                .into(),
-        ));
-    }
-    Ok(targets)
 }
 
 #[cfg(test)]
@@ -81,7 +80,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.txt");
         std::fs::write(&path, "127.0.0.1:1\n").unwrap();
-        let mut w = FileWatch::new(&path, Some("127.0.0.1:1\n".into()));
+        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
         assert!(w.poll().is_none(), "unchanged file is a no-op");
         std::fs::write(&path, "127.0.0.1:2\n").unwrap();
         assert!(
@@ -90,18 +89,29 @@ mod tests {
         );
         let t = w.poll().unwrap().unwrap();
         assert_eq!(t[0].addr.port(), 2);
+        assert_eq!(w.applied(), "127.0.0.1:2\n");
         assert!(w.poll().is_none(), "handled content is not handled again");
+    }
+
+    #[test]
+    fn a_change_made_before_the_watch_started_is_still_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        // Loaded "port 1", then the file changed before the watch was made.
+        std::fs::write(&path, "127.0.0.1:2\n").unwrap();
+        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
+        w.poll();
+        let t = w.poll().expect("the change is seen").unwrap();
+        assert_eq!(t[0].addr.port(), 2);
     }
 
     #[test]
     fn bad_files_are_reported_once_and_name_the_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.txt");
-        let mut w = FileWatch::new(&path, None);
+        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
         for (text, line, words) in [
             ("127.0.0.1:1\n127.0.0.1:2", 2, "half-written"),
-            ("# nothing\n", 1, "no targets"),
-            ("", 1, "no targets"),
             ("127.0.0.1:1\ngarbage here\n", 2, "not HOST:PORT"),
         ] {
             std::fs::write(&path, text).unwrap();
@@ -111,21 +121,28 @@ mod tests {
             assert!(e.message.contains(words), "{text:?}: {e}");
             assert!(w.poll().is_none(), "reported once");
         }
+        assert_eq!(w.applied(), "127.0.0.1:1\n", "the last good set stays");
+    }
+
+    #[test]
+    fn an_empty_file_is_an_empty_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
+        std::fs::write(&path, "# scaled to zero\n").unwrap();
+        w.poll();
+        assert_eq!(w.poll().unwrap().unwrap(), vec![]);
     }
 
     #[test]
     fn a_missing_file_is_an_error_then_recovers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.txt");
-        let mut w = FileWatch::new(&path, Some("127.0.0.1:1\n".into()));
+        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
         w.poll();
-        assert!(
-            w.poll()
-                .unwrap()
-                .unwrap_err()
-                .message
-                .contains("cannot read")
-        );
+        let e = w.poll().unwrap().unwrap_err();
+        assert!(e.message.contains("cannot read"), "{e}");
+        assert_eq!(e.line, 0);
         std::fs::write(&path, "127.0.0.1:3\n").unwrap();
         w.poll();
         assert_eq!(w.poll().unwrap().unwrap()[0].addr.port(), 3);

@@ -151,11 +151,22 @@ targets_file = "targets/web.txt"
 impl Ringlb {
     /// ringlb with `workers` workers in front of `targets` ([`simple_config`]
     /// with `group_extra` lines in the target group).
+    /// Returns once every target has passed its first health check, so no
+    /// test depends on how fast the start-up probes come back.
     pub fn in_front_of(workers: usize, group_extra: &str, targets_: &[SocketAddr]) -> Ringlb {
-        Self::start(write_config(
+        let lb = Self::start(write_config(
             &simple_config(workers, group_extra),
             &[("targets/web.txt", targets(targets_))],
-        ))
+        ));
+        lb.wait_healthy(targets_.len());
+        lb
+    }
+
+    /// Waits until `n` targets have gone from `initial` to `healthy`.
+    pub fn wait_healthy(&self, n: usize) {
+        wait_until(Duration::from_secs(20), "start-up probes to pass", || {
+            self.count_log("from=initial to=healthy") >= n
+        });
     }
 
     /// Starts ringlb on `dir/ringlb.toml` and waits until it says it is ready.

@@ -7,44 +7,69 @@
 //!   POST /admin/recover   -> health answers 200 again
 //!   POST /admin/exit      -> the process exits (an instance going away)
 //!
-//! Keep-alive by default; `Connection: close` is honoured.
-//! Usage: cargo run --release --example demo_backend -- 127.0.0.1:6400 [name]
+//! Keep-alive by default; `Connection: close` is honoured. One thread, like
+//! one small app server: `--work-us` burns that much CPU per `/api/v1/todos`
+//! request, so CPU-based scaling can be watched on one machine.
+//!
+//!   demo-backend --port 6400 [--name todo-6400] [--work-us 0]
+//!   demo-backend --listen [::1]:6400
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use clap::Parser;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+#[derive(Debug, Parser)]
+#[command(name = "demo-backend", version, about = "The todo API demo backend")]
+struct Args {
+    /// Port to listen on, on 127.0.0.1.
+    #[arg(long, conflicts_with = "listen")]
+    port: Option<u16>,
+    /// Address to listen on instead of 127.0.0.1:PORT.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Name in answers and the `x-backend` header (default todo-PORT).
+    #[arg(long)]
+    name: Option<String>,
+    /// CPU time, in microseconds, burned per /api/v1/todos request.
+    #[arg(long, default_value_t = 0)]
+    work_us: u64,
+}
 
 const MAX_HEAD: usize = 16 * 1024;
 
 struct State {
     name: String,
     failing: AtomicBool,
+    work: Duration,
 }
 
-#[tokio::main(flavor = "multi_thread")]
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let mut args = std::env::args().skip(1);
-    let addr: SocketAddr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:6400".into())
-        .parse()
-        .expect("usage: demo_backend IP:PORT [name]");
-    let name = args
-        .next()
-        .unwrap_or_else(|| format!("backend-{}", addr.port()));
-    let listener = TcpListener::bind(addr)
-        .await
-        .unwrap_or_else(|e| panic!("bind {addr}: {e}"));
+    let args = Args::parse();
+    let addr = args
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], args.port.unwrap_or(6400))));
+    let name = args.name.unwrap_or_else(|| format!("todo-{}", addr.port()));
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("demo-backend: cannot listen on {addr}: {e}");
+            std::process::exit(1);
+        }
+    };
     eprintln!(
-        "demo_backend {name} listening on {}",
+        "demo-backend {name} listening on {}",
         listener.local_addr().unwrap()
     );
     let state = Arc::new(State {
         name,
         failing: AtomicBool::new(false),
+        work: Duration::from_micros(args.work_us),
     });
     loop {
         let (s, _) = match listener.accept().await {
@@ -115,13 +140,16 @@ async fn serve(mut s: TcpStream, state: &State) -> std::io::Result<()> {
 
 fn route(method: &str, path: &str, state: &State) -> (&'static str, String) {
     match (method, path) {
-        ("GET", "/api/v1/todos") => (
-            "200 OK",
-            format!(
-                r#"[{{"id":1,"title":"scale out","completed":false,"served_by":"{0}"}},{{"id":2,"title":"add a health check","completed":true,"served_by":"{0}"}}]"#,
-                state.name
-            ),
-        ),
+        ("GET", "/api/v1/todos") => {
+            burn(state.work);
+            (
+                "200 OK",
+                format!(
+                    r#"[{{"id":1,"title":"scale out","completed":false,"served_by":"{0}"}},{{"id":2,"title":"add a health check","completed":true,"served_by":"{0}"}}]"#,
+                    state.name
+                ),
+            )
+        }
         ("GET", "/api/v1/health") if state.failing.load(Ordering::Relaxed) => {
             ("503 Service Unavailable", r#"{"status":"failing"}"#.into())
         }
@@ -143,5 +171,13 @@ fn route(method: &str, path: &str, state: &State) -> (&'static str, String) {
             ("200 OK", r#"{"exiting":true}"#.into())
         }
         _ => ("404 Not Found", r#"{"error":"not found"}"#.into()),
+    }
+}
+
+/// Keeps the CPU busy for `d` (the work a real request would do).
+fn burn(d: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < d {
+        std::hint::spin_loop();
     }
 }
