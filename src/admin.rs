@@ -15,12 +15,24 @@ use tracing::debug;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to read the answer.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Admin connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Metrics,
     Targets,
     Healthz,
+}
+
+/// A request the control loop answers: where, and whether the body is wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    pub route: Route,
+    /// HEAD: the head only.
+    pub head_only: bool,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -47,8 +59,9 @@ pub struct Ask {
     pub reply: oneshot::Sender<Response>,
 }
 
-/// What a request head says: a route, or the error response to send.
-pub fn parse_request(buf: &[u8]) -> Result<Option<Route>, Response> {
+/// What a request head says: a request, `None` while incomplete, or the
+/// error response to send.
+pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Response> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(buf) {
@@ -71,20 +84,31 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Route>, Response> {
                     ));
                 }
             };
-            if req.method != Some("GET") && req.method != Some("HEAD") {
-                return Err(Response::text(405, "only GET\n"));
-            }
-            Ok(Some(route))
+            let head_only = match req.method {
+                Some("GET") => false,
+                Some("HEAD") => true,
+                _ => return Err(Response::text(405, "only GET and HEAD\n")),
+            };
+            Ok(Some(Request { route, head_only }))
         }
     }
 }
 
-/// Accepts admin connections until the task is dropped.
+/// Accepts admin connections until the task is dropped, at most
+/// [`MAX_CONNECTIONS`] at once: the rest wait in the backlog, holding no fd.
 pub async fn serve(listener: TcpListener, asks: mpsc::Sender<Ask>) {
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         match listener.accept().await {
             Ok((s, _)) => {
-                tokio::spawn(handle(s, asks.clone()));
+                let asks = asks.clone();
+                tokio::spawn(async move {
+                    handle(s, asks).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 debug!(error = %e, "admin accept failed");
@@ -95,16 +119,21 @@ pub async fn serve(listener: TcpListener, asks: mpsc::Sender<Ask>) {
 }
 
 async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>) {
-    let route = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut s)).await {
+    let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut s)).await {
         Err(_) => Err(Response::text(408, "request timeout\n")),
         Ok(None) => return, // closed before a full request
         Ok(Some(r)) => r,
     };
-    let response = match route {
+    let head_only = request.as_ref().is_ok_and(|r| r.head_only);
+    let response = match request {
         Err(resp) => resp,
-        Ok(route) => {
+        Ok(request) => {
             let (tx, rx) = oneshot::channel();
-            if asks.send(Ask { route, reply: tx }).await.is_err() {
+            let ask = Ask {
+                route: request.route,
+                reply: tx,
+            };
+            if asks.send(ask).await.is_err() {
                 return; // shutting down
             }
             match rx.await {
@@ -128,15 +157,23 @@ async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>) {
         response.content_type,
         response.body.len()
     );
-    if s.write_all(head.as_bytes()).await.is_ok()
-        && s.write_all(response.body.as_bytes()).await.is_ok()
-    {
-        let _peer_may_be_gone = s.shutdown().await;
+    let body = if head_only { "" } else { &response.body };
+    let write = async {
+        s.write_all(head.as_bytes()).await?;
+        s.write_all(body.as_bytes()).await?;
+        s.shutdown().await
+    };
+    match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => debug!(error = %e, "admin client went away"),
+        Err(_) => debug!("admin client did not read its answer in time; closed"),
     }
 }
 
-/// Reads one request head. `None` if the client went away first.
-async fn read_request(s: &mut TcpStream) -> Option<Result<Route, Response>> {
+/// Reads one request head. `None` if the client went away first. The head
+/// is parsed once its blank line has arrived (or it is too large), so a
+/// client sending a byte at a time costs one scan of the new bytes per read.
+async fn read_request(s: &mut TcpStream) -> Option<Result<Request, Response>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
@@ -144,10 +181,15 @@ async fn read_request(s: &mut TcpStream) -> Option<Result<Route, Response>> {
         if n == 0 {
             return None;
         }
+        let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
+        let ended = buf[from..].windows(4).any(|w| w == b"\r\n\r\n");
+        if !ended && buf.len() < MAX_REQUEST {
+            continue;
+        }
         match parse_request(&buf) {
             Ok(None) => continue,
-            Ok(Some(route)) => return Some(Ok(route)),
+            Ok(Some(request)) => return Some(Ok(request)),
             Err(resp) => return Some(Err(resp)),
         }
     }
@@ -161,11 +203,17 @@ mod tests {
     fn routes_and_errors() {
         assert_eq!(
             parse_request(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
-            Ok(Some(Route::Metrics))
+            Ok(Some(Request {
+                route: Route::Metrics,
+                head_only: false
+            }))
         );
         assert_eq!(
-            parse_request(b"GET /targets?pretty HTTP/1.0\r\n\r\n"),
-            Ok(Some(Route::Targets))
+            parse_request(b"HEAD /targets?pretty HTTP/1.0\r\n\r\n"),
+            Ok(Some(Request {
+                route: Route::Targets,
+                head_only: true
+            }))
         );
         assert_eq!(
             parse_request(b"GET /healthz HTTP/1.1\r\n"),

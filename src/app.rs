@@ -70,6 +70,24 @@ impl Loaded {
     }
 }
 
+/// Whether a group's algorithm can take this many targets: a Maglev table
+/// has [`TABLE_SIZE`](crate::balancer::maglev::TABLE_SIZE) slots, one target
+/// each at the least. Checked at start, in check, on SIGHUP and on reload.
+pub fn fits(group: &config::GroupConfig, targets: &[Target]) -> Result<(), TargetsError> {
+    use crate::balancer::maglev::TABLE_SIZE;
+    if matches!(group.algorithm, config::Algorithm::Maglev(_)) && targets.len() > TABLE_SIZE {
+        return Err(TargetsError {
+            file: group.targets_file.clone(),
+            line: 0,
+            message: format!(
+                "{} targets: a maglev group takes at most {TABLE_SIZE} (one per table slot)",
+                targets.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The one wording for a group without targets, at start, in check and on reload.
 pub fn empty_group_warning(group: &str, file: &Path) -> String {
     format!(
@@ -95,6 +113,10 @@ pub fn load(
                 group: g.name.clone(),
                 source,
             }
+        })?;
+        fits(g, &t).map_err(|source| LoadError::Targets {
+            group: g.name.clone(),
+            source,
         })?;
         texts.push(text);
         targets.push(t);

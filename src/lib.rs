@@ -11,6 +11,7 @@ pub mod health;
 pub mod listener;
 pub mod metrics;
 pub mod notify;
+pub mod oserror;
 pub mod proxy;
 pub mod runtime;
 pub mod snapshot;

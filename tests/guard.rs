@@ -39,13 +39,6 @@ async fn tag_or_closed(s: &mut TcpStream) -> Result<u8, ()> {
     }
 }
 
-async fn metric(lb: &Ringlb, series: &str) -> u64 {
-    let (_, body) = admin_get(lb.admin, "/metrics").await;
-    body.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_outside_the_allow_list_are_closed_before_any_target_is_contacted() {
     let backend = Backend::tagged(1).await;

@@ -93,6 +93,12 @@ async fn at_the_fd_limit_ringlb_stays_up_calm_and_recovers() {
         lb.log().contains("accept failed; backing off"),
         "EMFILE was hit and handled"
     );
+    // Running out of fds is ringlb's own trouble, not the target's.
+    assert!(
+        !lb.log().contains("to=unhealthy"),
+        "a local EMFILE marked the target unhealthy:\n{}",
+        lb.log()
+    );
     // Connections already placed keep flowing.
     let placed = backend.open();
     let mut first = clients.remove(0);

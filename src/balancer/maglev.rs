@@ -37,12 +37,18 @@ impl HashKey {
     }
 }
 
+/// Slots a pick steps over before it looks at the targets one by one.
+pub const STEPS: usize = 64;
+
 #[derive(Debug)]
 pub struct Maglev {
     /// Target index (into the group's target list) for every slot; empty when
     /// the group has no targets.
     table: Vec<u32>,
     key: HashKey,
+    /// Target indices in address order, and each index's place in it.
+    by_addr: Vec<usize>,
+    rank: Vec<usize>,
 }
 
 fn addr_bytes(addr: &SocketAddr, with_port: bool, out: &mut [u8; 18]) -> usize {
@@ -89,22 +95,41 @@ pub fn hash_client(addr: &SocketAddr, key: HashKey) -> u32 {
 impl Maglev {
     /// Builds the table for `targets` (address, weight), in any order.
     pub fn new(targets: &[(SocketAddr, u32)], key: HashKey) -> Maglev {
+        let mut by_addr: Vec<usize> = (0..targets.len()).collect();
+        by_addr.sort_by_key(|&i| targets[i].0);
+        let mut rank = vec![0; targets.len()];
+        for (place, &i) in by_addr.iter().enumerate() {
+            rank[i] = place;
+        }
         Maglev {
             table: build_table(targets, TABLE_SIZE),
             key,
+            by_addr,
+            rank,
         }
     }
 
     /// The target for `client`, stepping past slots whose target `usable`
-    /// rejects. `None` when no target is usable.
+    /// rejects: up to [`STEPS`] slots, then each target once, in address
+    /// order from the one in the client's slot (deterministic, so every
+    /// instance still agrees). `None` when no target is usable; never more
+    /// than `STEPS + targets` looks.
     pub fn pick(&self, client: &SocketAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }
-        let start = hash_client(client, self.key) as usize % self.table.len();
         let len = self.table.len();
-        (0..len)
+        let start = hash_client(client, self.key) as usize % len;
+        if let Some(i) = (0..STEPS.min(len))
             .map(|step| self.table[(start + step) % len] as usize)
+            .find(|&i| usable(i))
+        {
+            return Some(i);
+        }
+        let n = self.by_addr.len();
+        let first = self.rank[self.table[start] as usize];
+        (1..n)
+            .map(|d| self.by_addr[(first + d) % n])
             .find(|&i| usable(i))
     }
 
@@ -117,7 +142,6 @@ impl Maglev {
         counts
     }
 
-    /// Slots whose target address differs between two tables over `a` and `b`.
     /// Slots whose target address differs between two tables over `a` and `b`
     /// (all of them when either table is empty).
     pub fn slots_moved(
@@ -162,7 +186,13 @@ pub fn build_table(targets: &[(SocketAddr, u32)], size: usize) -> Vec<u32> {
         .unwrap_or(1)
         .max(1) as u64;
     let mut next = vec![0usize; order.len()]; // position in each target's permutation
-    let mut credit = vec![0u64; order.len()];
+    // Every target starts one turn short of a slot, so the first round gives
+    // each its first slot: a target whose weight share is under one slot is
+    // still reachable (when it is the only usable one, say).
+    let mut credit: Vec<u64> = order
+        .iter()
+        .map(|&i| max_weight - u64::from(targets[i].1).min(max_weight))
+        .collect();
     let mut table = vec![u32::MAX; size];
     let mut filled = 0;
     while filled < size {

@@ -7,7 +7,7 @@ mod round_robin;
 
 pub use least_connections::LeastConnections;
 pub use maglev::{HashKey, Maglev};
-pub use round_robin::{RoundRobin, smooth_schedule};
+pub use round_robin::RoundRobin;
 
 /// Targets a pick must not return: the ones already tried for this client.
 /// A retry loop tries at most `connect_retries + 1` targets, so a few slots do.

@@ -280,6 +280,8 @@ impl ControlPlane {
             let Some(result) = self.watches[g].poll() else {
                 continue;
             };
+            let cfg = &self.config.groups[g];
+            let result = result.and_then(|t| app::fits(cfg, &t).map(|()| t));
             let group = self.config.groups[g].name.clone();
             match result {
                 Err(e) => {
@@ -502,10 +504,9 @@ impl ControlPlane {
                 plans.push((l.clone(), ListenerPlan::Keep));
                 continue;
             }
-            let same_addr = self
-                .bound
-                .iter()
-                .find(|(name, b)| b.config.addr == l.addr && !claimed.contains(&name.as_str()));
+            let same_addr = self.bound.iter().find(|(name, b)| {
+                (b.config.addr == l.addr || b.addr == l.addr) && !claimed.contains(&name.as_str())
+            });
             if let Some((from, _)) = same_addr {
                 claimed.push(from);
                 plans.push((l.clone(), ListenerPlan::Rename { from: from.clone() }));

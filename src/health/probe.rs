@@ -42,19 +42,47 @@ pub fn request(path: &str, target: SocketAddr) -> String {
     )
 }
 
-/// Probes `target` once. Ok(reason) on a pass, Err(reason) on a failure.
-pub async fn check(cfg: &HealthCheckConfig, target: SocketAddr) -> Result<String, String> {
+/// What one probe says.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pass(String),
+    Fail(String),
+    /// The probe could not be made for a reason of this machine's own (out
+    /// of fds or local ports): it says nothing about the target.
+    Inconclusive(String),
+}
+
+/// Probes `target` once.
+pub async fn check(cfg: &HealthCheckConfig, target: SocketAddr) -> Outcome {
     let addr = SocketAddr::new(target.ip(), cfg.port.unwrap_or(target.port()));
     match tokio::time::timeout(cfg.timeout, run(cfg, addr)).await {
-        Ok(r) => r,
-        Err(_) => Err(format!("timed out after {:?}", cfg.timeout)),
+        Ok(Ok(reason)) => Outcome::Pass(reason),
+        Ok(Err(Failed::Target(reason))) => Outcome::Fail(reason),
+        Ok(Err(Failed::Local(reason))) => Outcome::Inconclusive(reason),
+        Err(_) => Outcome::Fail(format!("timed out after {:?}", cfg.timeout)),
     }
 }
 
-async fn run(cfg: &HealthCheckConfig, addr: SocketAddr) -> Result<String, String> {
-    let mut s = TcpStream::connect(addr)
-        .await
-        .map_err(|e| format!("connect {addr}: {e}"))?;
+enum Failed {
+    Target(String),
+    Local(String),
+}
+
+impl From<String> for Failed {
+    fn from(reason: String) -> Failed {
+        Failed::Target(reason)
+    }
+}
+
+async fn run(cfg: &HealthCheckConfig, addr: SocketAddr) -> Result<String, Failed> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| {
+        let reason = format!("connect {addr}: {e}");
+        if crate::oserror::is_local(&e) {
+            Failed::Local(reason)
+        } else {
+            Failed::Target(reason)
+        }
+    })?;
     if cfg.proxy_protocol {
         s.write_all(&crate::proxy::header::v2_local())
             .await
@@ -74,7 +102,9 @@ async fn run(cfg: &HealthCheckConfig, addr: SocketAddr) -> Result<String, String
             .await
             .map_err(|e| format!("receive: {e}"))?;
         if n == 0 {
-            return Err("connection closed before a complete response".into());
+            return Err(Failed::Target(
+                "connection closed before a complete response".into(),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         if let Status::Code(code) = parse_status(&buf)? {
@@ -85,7 +115,7 @@ async fn run(cfg: &HealthCheckConfig, addr: SocketAddr) -> Result<String, String
             {
                 Ok(format!("status {code}"))
             } else {
-                Err(format!("status {code}"))
+                Err(Failed::Target(format!("status {code}")))
             };
         }
     }

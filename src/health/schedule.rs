@@ -114,14 +114,24 @@ async fn probe_loop(
     loop {
         let outcome = probe::check(&config, addr).await;
         tracing::debug!(%group, target = %addr, generation, ?outcome, "probe done");
-        let result = ProbeResult {
-            group: group.clone(),
-            addr,
-            generation,
-            outcome,
+        let outcome = match outcome {
+            probe::Outcome::Pass(reason) => Some(Ok(reason)),
+            probe::Outcome::Fail(reason) => Some(Err(reason)),
+            probe::Outcome::Inconclusive(reason) => {
+                tracing::warn!(%group, target = %addr, %reason, "probe not made for lack of local resources; not counted");
+                None
+            }
         };
-        if results.send(result).is_err() {
-            return; // the control plane is gone
+        if let Some(outcome) = outcome {
+            let result = ProbeResult {
+                group: group.clone(),
+                addr,
+                generation,
+                outcome,
+            };
+            if results.send(result).is_err() {
+                return; // the control plane is gone
+            }
         }
         tokio::time::sleep_until(next_slot(Instant::now(), phase, config.interval)).await;
     }

@@ -86,6 +86,7 @@ pub async fn run(
         target,
         up: Direction::new(pipes, &counters.bytes_sent),
         down: Direction::new(pipes, &counters.bytes_received),
+        upload_refused: None,
         idle,
         last_active: Instant::now(),
         timer: tokio::time::sleep(idle),
@@ -110,6 +111,10 @@ pin_project_lite::pin_project! {
         target: AsyncFd<OwnedFd>,
         up: Direction<'a>,
         down: Direction<'a>,
+        // The target stopped taking the client's bytes (it answered early
+        // and reset, say): the client's side is dropped, and what the target
+        // already sent still goes to the client before the session ends.
+        upload_refused: Option<ProxyError>,
         idle: Duration,
         last_active: Instant,
         #[pin]
@@ -123,11 +128,20 @@ impl Future for Proxy<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let (client, target) = (&*this.client, &*this.target);
-        if let Poll::Ready(Err(e)) =
-            this.up
-                .poll(cx, client, target, Side::Client, this.last_active)
+        match this
+            .up
+            .poll(cx, client, target, Side::Client, this.last_active)
         {
-            return Poll::Ready(Err(e));
+            Poll::Ready(Err(
+                e @ ProxyError::Io {
+                    side: Side::Target, ..
+                },
+            )) => {
+                this.up.abandon();
+                *this.upload_refused = Some(e);
+            }
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            _ => {}
         }
         if let Poll::Ready(Err(e)) =
             this.down
@@ -136,10 +150,13 @@ impl Future for Proxy<'_> {
             return Poll::Ready(Err(e));
         }
         if this.up.done && this.down.done {
-            return Poll::Ready(Ok(Transferred {
-                client_to_target: this.up.moved,
-                target_to_client: this.down.moved,
-            }));
+            return Poll::Ready(match this.upload_refused.take() {
+                Some(e) => Err(e),
+                None => Ok(Transferred {
+                    client_to_target: this.up.moved,
+                    target_to_client: this.down.moved,
+                }),
+            });
         }
         // The timer is moved forward lazily: only when it fires early.
         while this.timer.as_mut().poll(cx).is_ready() {
@@ -170,6 +187,13 @@ impl<'a> Direction<'a> {
             counter,
             done: false,
         }
+    }
+
+    /// Gives up on this direction: no more reads, its pipe goes back (closed
+    /// if it still holds bytes).
+    fn abandon(&mut self) {
+        self.loan.end();
+        self.done = true;
     }
 
     /// Moves bytes until a socket would block (Pending, waker registered),

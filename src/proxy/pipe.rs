@@ -46,8 +46,42 @@ impl Pipe {
             self.pending, 0,
             "fill only an empty pipe: EAGAIN must mean the socket is dry"
         );
-        let n = splice(src, self.write.as_raw_fd(), self.capacity)?;
+        let n = match splice(src, self.write.as_raw_fd(), self.capacity) {
+            // splice(2) never reads past a TCP urgent mark (tcp_read_sock
+            // stops there), so at the mark it says EAGAIN however much data
+            // waits: read past it with recv (SO_OOBINLINE keeps the urgent
+            // byte in the stream) and write that into the pipe.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && at_urgent_mark(src) => {
+                self.fill_past_mark(src)?
+            }
+            other => other?,
+        };
         self.pending += n;
+        Ok(n)
+    }
+
+    /// One recv through a small buffer, into the (empty) pipe: a pipe of at
+    /// least 4 KiB takes up to 4 KiB in one non-blocking write.
+    fn fill_past_mark(&mut self, src: RawFd) -> io::Result<usize> {
+        let mut buf = [0u8; 4096];
+        let want = buf.len().min(self.capacity);
+        // SAFETY: recv into our own stack buffer of `want` bytes.
+        let n = unsafe { libc::recv(src, buf.as_mut_ptr().cast(), want, 0) };
+        if n <= 0 {
+            return if n == 0 {
+                Ok(0)
+            } else {
+                Err(io::Error::last_os_error())
+            };
+        }
+        let n = n as usize;
+        // SAFETY: write from our own buffer into the pipe we own.
+        let w = unsafe { libc::write(self.write.as_raw_fd(), buf.as_ptr().cast(), n) };
+        if w < 0 || w as usize != n {
+            return Err(io::Error::other(
+                "could not stage bytes read past a TCP urgent mark",
+            ));
+        }
         Ok(n)
     }
 
@@ -57,6 +91,17 @@ impl Pipe {
         self.pending -= n;
         Ok(n)
     }
+}
+
+/// `SIOCATMARK` from Linux's `asm-generic/sockios.h` (the libc crate lacks it).
+const SIOCATMARK: libc::c_ulong = 0x8905;
+
+/// Whether the next byte to read from socket `fd` is a TCP urgent byte.
+fn at_urgent_mark(fd: RawFd) -> bool {
+    let mut at: libc::c_int = 0;
+    // SAFETY: SIOCATMARK writes one int into `at`, which we own.
+    let rc = unsafe { libc::ioctl(fd, SIOCATMARK, &mut at) };
+    rc == 0 && at != 0
 }
 
 fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {

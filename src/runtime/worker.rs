@@ -484,11 +484,10 @@ enum ConnectError {
 
 impl ConnectError {
     fn classify(e: io::Error) -> ConnectError {
-        match e.raw_os_error() {
-            Some(
-                libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL,
-            ) => ConnectError::Local(e),
-            _ => ConnectError::Target(e),
+        if crate::oserror::is_local(&e) {
+            ConnectError::Local(e)
+        } else {
+            ConnectError::Target(e)
         }
     }
 }

@@ -189,6 +189,15 @@ impl Ringlb {
         Self::spawn(dir, "info", &[], Some(nofile))
     }
 
+    /// As [`Ringlb::start_with_fd_limit`], with a log filter.
+    pub fn start_with_fd_limit_logging(
+        dir: tempfile::TempDir,
+        nofile: u64,
+        filter: &str,
+    ) -> Ringlb {
+        Self::spawn(dir, filter, &[], Some(nofile))
+    }
+
     fn spawn(
         dir: tempfile::TempDir,
         filter: &str,
@@ -570,6 +579,14 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
         format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(),
     )
     .await
+}
+
+/// The value of one series (name with labels) in ringlb's `/metrics`.
+pub async fn metric(lb: &Ringlb, series: &str) -> u64 {
+    let (_, body) = admin_get(lb.admin, "/metrics").await;
+    body.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }
 
 /// Sends raw bytes to the admin endpoint: (status, body).

@@ -164,3 +164,48 @@ fn maglev_golden_picks_for_a_fixed_targets_list() {
 const GOLDEN: [u16; 16] = [
     6402, 6404, 6403, 6401, 6403, 6403, 6401, 6400, 6400, 6400, 6404, 6403, 6402, 6403, 6404, 6401,
 ];
+
+#[test]
+fn maglev_a_target_under_one_slot_of_weight_still_owns_a_slot_and_is_picked_alone() {
+    // 1,000 targets of weight 1,000 and one of weight 1: its share is 1/10^6
+    // of the table, under one slot.
+    let mut t: Vec<(SocketAddr, u32)> = (0..1000u32)
+        .map(|i| {
+            (
+                SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 6400)),
+                1000,
+            )
+        })
+        .collect();
+    let light = SocketAddr::from(([10, 2, 0, 1], 6400));
+    t.push((light, 1));
+    let m = Maglev::new(&t, HashKey::SourceIpPort);
+    assert!(
+        m.slot_counts(t.len())[1000] >= 1,
+        "the light target owns a slot"
+    );
+    for c in clients().take(1000) {
+        assert_eq!(m.pick(&c, |i| i == 1000), Some(1000), "only usable one");
+    }
+}
+
+#[test]
+fn maglev_pick_with_nothing_usable_is_bounded_by_the_target_count() {
+    let t = targets(50);
+    let m = Maglev::new(&t, HashKey::SourceIpPort);
+    let looks = std::cell::Cell::new(0);
+    let c = clients().next().unwrap();
+    assert_eq!(
+        m.pick(&c, |_| {
+            looks.set(looks.get() + 1);
+            false
+        }),
+        None
+    );
+    assert!(looks.get() <= STEPS + 50, "{} looks", looks.get());
+    // With most targets unusable, every instance still picks the same one.
+    let again = Maglev::new(&t, HashKey::SourceIpPort);
+    for c in clients().take(1000) {
+        assert_eq!(m.pick(&c, |i| i % 17 == 3), again.pick(&c, |i| i % 17 == 3));
+    }
+}
