@@ -1,8 +1,25 @@
 """Helpers shared by the bench scripts: build, start ringlb pinned, read /proc."""
-import os, re, shutil, subprocess, sys, time
+import atexit, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _exit_on_signal(signum, _frame):
+    # SIGTERM or SIGHUP unwinds like Ctrl-C, so every `finally` and atexit
+    # cleanup runs (children stopped, temp folders removed).
+    raise SystemExit(128 + signum)
+
+
+signal.signal(signal.SIGTERM, _exit_on_signal)
+signal.signal(signal.SIGHUP, _exit_on_signal)
+
+
+def workdir(prefix):
+    """A temp folder removed when the script exits, however it exits."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    atexit.register(shutil.rmtree, path, True)
+    return path
 
 
 def ensure(debian_packages, build_backend=False):

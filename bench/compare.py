@@ -14,7 +14,7 @@ bench/results/compare.png (ratios to HAProxy).
 import argparse, json, os, re, resource, shutil, socket, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, TICK, ensure, start_ringlb, stop  # noqa: E402
+from common import ROOT, TICK, ensure, start_ringlb, stop, workdir  # noqa: E402
 
 PROXIES = ["direct", "ringlb", "haproxy", "nginx"]
 IPERF_PORT, HOLD_PORT = 25201, 27400
@@ -227,7 +227,7 @@ def main():
         plan += [("scaling", "ringlb", w) for w in (1, 2)]
     est = {"bulk": secs, "keepalive": secs, "close": secs, "idle": 8, "k6": secs + 3, "scaling": secs}
 
-    work = tempfile.mkdtemp(prefix="ringlb-compare-")
+    work = workdir("ringlb-compare-")
     lua = f"{work}/report.lua"
     with open(lua, "w") as f:
         f.write(WRK_LUA)

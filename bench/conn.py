@@ -11,7 +11,7 @@ and through ringlb.
 import argparse, os, re, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, cpu_seconds, ensure, start_ringlb, stop  # noqa: E402
+from common import ROOT, cpu_seconds, ensure, start_ringlb, stop, workdir  # noqa: E402
 
 LUA = """
 done = function(summary, latency, requests)
@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--connections", type=int, default=50)
     args = ap.parse_args()
     ensure(["wrk"], build_backend=True)
-    work = tempfile.mkdtemp(prefix="ringlb-conn-")
+    work = workdir("ringlb-conn-")
     script = f"{work}/report.lua"
     with open(script, "w") as f:
         f.write(LUA)

@@ -7,7 +7,7 @@ worker on CPU 0) to a backend that accepts and waits, and read ringlb's RSS.
 import argparse, os, resource, selectors, socket, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ensure, rss_kib, start_ringlb, stop  # noqa: E402
+from common import ensure, rss_kib, start_ringlb, stop, workdir  # noqa: E402
 
 
 def main():
@@ -26,7 +26,7 @@ def main():
     backend.listen(4096)
     backend.setblocking(False)
     held = []
-    work = tempfile.mkdtemp(prefix="ringlb-idle-")
+    work = workdir("ringlb-idle-")
     lb, port = start_ringlb(work, [f"127.0.0.1:{backend.getsockname()[1]}"])
     try:
         time.sleep(0.5)

