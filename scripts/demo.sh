@@ -13,6 +13,7 @@ cargo build --release --bin ringlb --bin demo-backend
 
 pids=()
 cleanup() {
+  trap '' INT TERM # a second Ctrl-C must not cut the clean-up short
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
 }
