@@ -47,8 +47,9 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
-def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group=""):
-    """Starts ringlb (listening on 127.0.0.1, kernel-chosen port); returns (proc, port)."""
+def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group="", binary=None):
+    """Starts ringlb (listening on 127.0.0.1, kernel-chosen port); returns (proc, port).
+    `binary` runs another build (A/B runs); default target/release/ringlb."""
     os.makedirs(f"{workdir}/targets", exist_ok=True)
     with open(f"{workdir}/targets/t.txt", "w") as f:
         f.write("".join(f"{t}\n" for t in targets))
@@ -59,7 +60,7 @@ def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group=""):
         )
     log = open(f"{workdir}/ringlb.log", "w+")
     proc = subprocess.Popen(
-        ["taskset", "-c", cpus, f"{ROOT}/target/release/ringlb", "run", "--config", f"{workdir}/ringlb.toml"],
+        ["taskset", "-c", cpus, binary or f"{ROOT}/target/release/ringlb", "run", "--config", f"{workdir}/ringlb.toml"],
         stderr=log, stdout=subprocess.DEVNULL,
     )
     deadline = time.time() + 10

