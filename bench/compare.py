@@ -80,6 +80,22 @@ def free_port():
     return port
 
 
+def nginx_conf(work, name, workers, body):
+    """An nginx config in `work` (pid and error log named after `name`) around `body`."""
+    conf = f"{work}/{name}.conf"
+    with open(conf, "w") as f:
+        f.write(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+worker_processes {workers};
+worker_rlimit_nofile 20000;
+daemon off;
+pid {work}/{name}.pid;
+error_log {work}/{name}-error.log;
+events {{ worker_connections 10000; }}
+{body}
+""")
+    return conf
+
+
 def wait_port(port, deadline=10):
     end = time.time() + deadline
     while time.time() < end:
@@ -125,20 +141,10 @@ backend b
 """)
             cmd = ["haproxy", "-f", conf, "-db"]
         else:
-            conf = f"{work}/nginx.conf"
-            with open(conf, "w") as f:
-                f.write(f"""load_module /usr/lib/nginx/modules/ngx_stream_module.so;
-worker_processes {workers};
-worker_rlimit_nofile 20000;
-daemon off;
-pid {work}/nginx.pid;
-error_log {work}/nginx-error.log;
-events {{ worker_connections 10000; }}
-stream {{
+            conf = nginx_conf(work, "nginx", workers, f"""stream {{
   upstream b {{ server 127.0.0.1:{backend}; }}
   server {{ listen 127.0.0.1:{self.port}; proxy_pass b; proxy_timeout 350s; }}
-}}
-""")
+}}""")
             cmd = ["nginx", "-c", conf, "-p", work]
         self.proc = subprocess.Popen(["taskset", "-c", cpus, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
@@ -207,23 +213,14 @@ def k6(port, seconds, rate, work):
 def http_backend(work):
     """nginx answering the todo list on a fresh port, pinned to CPU 1; (proc, port)."""
     port = free_port()
-    conf = f"{work}/backend.conf"
-    with open(conf, "w") as f:
-        f.write(f"""worker_processes 1;
-worker_rlimit_nofile 20000;
-daemon off;
-pid {work}/backend.pid;
-error_log {work}/backend-error.log;
-events {{ worker_connections 10000; }}
-http {{
+    conf = nginx_conf(work, "backend", 1, f"""http {{
   access_log off;
   keepalive_requests 1000000;
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{ default_type application/json; return 200 '{TODOS}'; }}
   }}
-}}
-""")
+}}""")
     proc = subprocess.Popen(["taskset", "-c", "1", "nginx", "-c", conf, "-p", work],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wait_port(port)

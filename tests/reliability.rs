@@ -101,11 +101,7 @@ fn an_absurd_duration_is_refused_by_check_with_key_and_line() {
 /// must get all of it and echo it back.
 async fn urgent_byte_passes(config: String) {
     let a = Backend::tagged(1).await;
-    let lb = Ringlb::start(write_config(
-        &config,
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
-    lb.wait_healthy(1);
+    let lb = Ringlb::with_config(&config, &[a.addr]);
     let (s, _) = connect_tagged(lb.addr()).await;
     let std = s.into_std().unwrap();
     std.set_nonblocking(false).unwrap();
@@ -360,11 +356,7 @@ async fn sighup_applies_shutdown_timeout_and_moves_the_admin_endpoint() {
     let a = Backend::tagged(1).await;
     let config =
         simple_config(1, "").replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"60s\"");
-    let mut lb = Ringlb::start(write_config(
-        &config,
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
-    lb.wait_healthy(1);
+    let mut lb = Ringlb::with_config(&config, &[a.addr]);
     let new_admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let new_addr = new_admin.local_addr().unwrap();
     drop(new_admin);
@@ -426,11 +418,7 @@ async fn early_answer_reaches_the_client(copy: bool) {
     });
     let config = simple_config(1, "");
     let config = if copy { copying(&config) } else { config };
-    let lb = Ringlb::start(write_config(
-        &config,
-        &[("targets/web.txt", targets(&[target]))],
-    ));
-    lb.wait_healthy(1);
+    let lb = Ringlb::with_config(&config, &[target]);
     let mut s = TcpStream::connect(lb.addr()).await.unwrap();
     let (mut r, mut w) = s.split();
     let upload = async {
@@ -480,11 +468,7 @@ async fn a_second_sigterm_during_the_grace_period_ends_at_once() {
     let a = Backend::tagged(1).await;
     let config =
         simple_config(1, "").replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"120s\"");
-    let mut lb = Ringlb::start(write_config(
-        &config,
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
-    lb.wait_healthy(1);
+    let mut lb = Ringlb::with_config(&config, &[a.addr]);
     let (mut held, _) = connect_tagged(lb.addr()).await;
     lb.signal(libc::SIGTERM);
     lb.wait_log("waiting for open connections", Duration::from_secs(10));
@@ -508,11 +492,7 @@ async fn worker_accepted_counter_does_not_drop_when_a_listener_is_removed() {
     let a = Backend::tagged(1).await;
     let two = simple_config(1, "")
         + "\n[[listener]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\ntarget_group = \"web\"\n";
-    let lb = Ringlb::start(write_config(
-        &two,
-        &[("targets/web.txt", targets(&[a.addr]))],
-    ));
-    lb.wait_healthy(1);
+    let lb = Ringlb::with_config(&two, &[a.addr]);
     for _ in 0..5 {
         connect_tagged(lb.listeners["api"]).await;
     }

@@ -162,6 +162,17 @@ impl Ringlb {
         lb
     }
 
+    /// ringlb on `config` (with targets in targets/web.txt) in front of
+    /// `targets_`, once each has passed its first health check.
+    pub fn with_config(config: &str, targets_: &[SocketAddr]) -> Ringlb {
+        let lb = Self::start(write_config(
+            config,
+            &[("targets/web.txt", targets(targets_))],
+        ));
+        lb.wait_healthy(targets_.len());
+        lb
+    }
+
     /// Waits until `n` targets have gone from `initial` to `healthy`.
     pub fn wait_healthy(&self, n: usize) {
         wait_until(Duration::from_secs(20), "start-up probes to pass", || {
