@@ -603,3 +603,26 @@ async fn running_out_of_fds_never_marks_the_target_unhealthy() {
     drop(held);
     assert!(lb.stop().success());
 }
+
+// 13. More targets than a Maglev table has slots is a clear error.
+#[test]
+fn a_maglev_group_with_more_targets_than_slots_is_refused_by_check() {
+    let list: String = (0..65_538u32)
+        .map(|i| format!("127.{}.{}.{}:80\n", 1 + (i >> 16), (i >> 8) & 255, i & 255))
+        .collect();
+    let dir = write_config(
+        &simple_config(1, "algorithm = \"maglev\""),
+        &[("targets/web.txt", list)],
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(dir.path().join("ringlb.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("targets/web.txt: 65538 targets: a maglev group takes at most 65537"),
+        "{stderr}"
+    );
+}
