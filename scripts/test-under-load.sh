@@ -27,7 +27,7 @@ for i in $(seq "$runs"); do
   else
     verdict=FAILED
     failed=$((failed + 1))
-    grep -E "^test .* FAILED$|panicked at" "$log" | sed 's/^/    /'
+    grep -A1 -E "^test .* FAILED$|panicked at" "$log" | grep -v "^--$" | sed 's/^/    /'
   fi
   tests=$(grep -E "^test result:" "$log" | awk '{p+=$4; f+=$6} END {print p" passed, "f" failed"}')
   echo "run $i/$runs: $verdict ($tests) in $(( $(date +%s) - start )) s"

@@ -71,9 +71,9 @@ async fn no_fd_or_thread_leaks_after_thousands_of_connections() {
     }
     assert_eq!(backend.accepted(), 2000);
     wait_until(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "fd count back to its start after 2,000 connections",
-        || lb.fd_count() == base_fds,
+        || lb.fd_count() <= base_fds,
     );
 
     // 2,000 idle proxied connections open at once.
@@ -102,9 +102,9 @@ async fn no_fd_or_thread_leaks_after_thousands_of_connections() {
     );
     drop(idle);
     wait_until(
-        Duration::from_secs(10),
+        Duration::from_secs(30),
         "fd count back to its start",
-        || lb.fd_count() == base_fds,
+        || lb.fd_count() <= base_fds,
     );
     assert!(lb.stop().success());
 }
