@@ -6,7 +6,7 @@ against echo targets in this process: keep-alive request/response, one
 exchange per connection with a half-close, bulk both ways, slow readers,
 TCP urgent bytes, long-idle connections, and clients of a PROXY-protocol
 listener. Meanwhile the targets file churns every 2 s (deregistration_delay
-5 s), a target stops accepting for 2 s every 7 s (health flips), a SIGHUP
+5 s), a target's health port closes for 2 s every 7 s (health flips), a SIGHUP
 every 15 s adds or removes the PROXY-protocol listener, and once a bad
 targets file is written on purpose.
 
@@ -29,9 +29,7 @@ import argparse, asyncio, os, random, re, signal, socket, statistics, struct, su
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, ensure, rss_kib, workdir  # noqa: E402
 
-# deregistration_delay, seconds: longer than connect_timeout (2 s) plus a
-# target's 2 s pause, so no connect can outlive the drain of its target.
-DRAIN = 5.0
+DRAIN = 5.0  # deregistration_delay, seconds
 V2_SIG = b"\r\n\r\n\x00\r\nQUIT\n"
 
 
@@ -61,49 +59,65 @@ STATS = Stats()
 
 
 class Echo:
-    """An echo target. With `proxy`, every connection must start with a PROXY
-    header (v1 or v2), which is checked and stripped. `pause()` stops
-    accepting without closing the listening socket, as an overloaded or hung
-    server does: probes time out and the target turns unhealthy, while
-    connections already in its accept queue wait and are served on
-    `resume()` (closing the socket would reset them, a failure no proxy can
-    hide)."""
+    """An echo target on its own loopback address. With `proxy`, every
+    connection must start with a PROXY header (v1 or v2), which is checked and
+    stripped. With `health_port`, a second listener on that port answers the
+    health checks: `sicken()` closes it and `heal()` opens it again, so a
+    health flip never touches the traffic port (and no client connection)."""
 
-    def __init__(self, proxy=False):
-        self.proxy = proxy
+    def __init__(self, ip, proxy=False, health_port=None):
+        self.ip, self.proxy = ip, proxy
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
+        self.sock.bind((ip, 0))
+        self.sock.listen(1024)
         self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
-        self.task = None
-        self.serving = set()
+        self.health_port = health_port
+        self.health = None
+        self.tasks = set()
 
-    def resume(self):
-        if self.task is None:
-            self.accepting = asyncio.Event()
-            self.task = asyncio.create_task(self.accept_loop())
-        self.accepting.set()
+    def spawn(self, coro):
+        # asyncio holds tasks weakly: keep each until it ends.
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
 
-    def pause(self):
-        self.accepting.clear()
+    def start(self):
+        self.spawn(self.accept_loop(self.sock, self.serve))
+        if self.health_port:
+            self.heal()
+
+    def heal(self):
+        h = socket.socket()
+        h.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        h.bind((self.ip, self.health_port))
+        h.listen(64)
+        h.setblocking(False)
+        self.health = (h, self.spawn(self.accept_loop(h, None)))
+
+    def sicken(self):
+        h, task = self.health
+        task.cancel()
+        h.close()
+        self.health = None
 
     def close(self):
-        if self.task:
-            self.task.cancel()
+        for t in list(self.tasks):
+            t.cancel()
         self.sock.close()
+        if self.health:
+            self.health[0].close()
 
-    async def accept_loop(self):
+    async def accept_loop(self, sock, serve):
         loop = asyncio.get_running_loop()
         while True:
-            await self.accepting.wait()
-            conn, _ = await loop.sock_accept(self.sock)
-            await self.accepting.wait()  # accepted as it paused: held, not dropped
+            conn, _ = await loop.sock_accept(sock)
+            if serve is None:
+                conn.close()  # a health probe: the connect was the check
+                continue
             r, w = await asyncio.open_connection(sock=conn)
-            # asyncio holds tasks weakly: keep each until it ends.
-            task = asyncio.create_task(self.serve(r, w))
-            self.serving.add(task)
-            task.add_done_callback(self.serving.discard)
+            self.spawn(serve(r, w))
 
     async def serve(self, r, w):
         sock = w.get_extra_info("socket")
@@ -257,16 +271,17 @@ def clients(deadline, ports):
     return [loop(deadline, kind, body) for kind, body, n in mix for _ in range(n)]
 
 
-def config(with_pp):
+def config(with_pp, health_port):
     pp = ('[[listener]]\nname = "pp"\nlisten = "127.0.0.1:0"\ntarget_group = "pp"\nproxy_protocol = "v2"\n'
           if with_pp else "")
     health = ('[target_group.health_check]\nprotocol = "tcp"\ninterval = "500ms"\ntimeout = "300ms"\n'
               'healthy_threshold = 2\nunhealthy_threshold = 2\n')
+    echo_health = health + f"port = {health_port}\n"
     return (f'[runtime]\nworkers = 2\nshutdown_timeout = "5s"\n[admin]\nlisten = "127.0.0.1:0"\n'
             f'[[listener]]\nname = "plain"\nlisten = "127.0.0.1:0"\ntarget_group = "echo"\n'
             f'[[listener]]\nname = "stable"\nlisten = "127.0.0.1:0"\ntarget_group = "stable"\n{pp}'
             f'[[target_group]]\nname = "echo"\ntargets_file = "echo.txt"\nderegistration_delay = "{int(DRAIN)}s"\n'
-            f'connect_retries = 3\nidle_timeout = "30s"\n{health}'
+            f'connect_retries = 3\nidle_timeout = "30s"\n{echo_health}'
             f'[[target_group]]\nname = "stable"\ntargets_file = "stable.txt"\nidle_timeout = "120s"\n{health}'
             f'[[target_group]]\nname = "pp"\ntargets_file = "pp.txt"\n{health}')
 
@@ -285,16 +300,20 @@ def sample(pid):
 
 
 async def main_async(args, work):
-    echo = [Echo() for _ in range(4)]
-    stable = [Echo() for _ in range(2)]
-    pp = [Echo(proxy=True) for _ in range(2)]
+    probe = socket.socket()
+    probe.bind(("127.0.0.1", 0))
+    health_port = probe.getsockname()[1]  # free on 127.0.0.1; the targets use 127.0.1.x
+    probe.close()
+    echo = [Echo(f"127.0.1.{i + 1}", health_port=health_port) for i in range(4)]
+    stable = [Echo(f"127.0.2.{i + 1}") for i in range(2)]
+    pp = [Echo(f"127.0.3.{i + 1}", proxy=True) for i in range(2)]
     for e in echo + stable + pp:
-        e.resume()
-    targets = lambda group: "".join(f"127.0.0.1:{e.port}\n" for e in group)  # noqa: E731
+        e.start()
+    targets = lambda group: "".join(f"{e.ip}:{e.port}\n" for e in group)  # noqa: E731
     write(f"{work}/echo.txt", targets(echo))
     write(f"{work}/stable.txt", targets(stable))
     write(f"{work}/pp.txt", targets(pp))
-    write(f"{work}/ringlb.toml", config(True))
+    write(f"{work}/ringlb.toml", config(True, health_port))
     log = open(f"{work}/ringlb.log", "w+")
     lb = subprocess.Popen([f"{ROOT}/target/release/ringlb", "run", "--config", f"{work}/ringlb.toml"],
                           stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": os.environ.get("SOAK_RUST_LOG", "info")})
@@ -329,18 +348,18 @@ async def main_async(args, work):
             if step % 2 == 0:  # churn: drop one echo target, rotating
                 keep = [e for i, e in enumerate(echo) if i != (step // 2) % len(echo)]
                 write(f"{work}/echo.txt", targets(keep))
-            if step % 7 == 0 and down is None:  # health flip: stop accepting for 2 s
+            if step % 7 == 0 and down is None:  # health flip: health port closed for 2 s
                 down = echo[(step // 7) % len(echo)]
-                down.pause()
+                down.sicken()
                 down_until = t + 2
             if down is not None and t >= down_until:
-                down.resume()
+                down.heal()
                 down = None
             if step % 15 == 0:  # SIGHUP: the PROXY-protocol listener comes or goes
                 with_pp = not with_pp
                 if not with_pp:
                     ports.pop("pp", None)  # clients stop using it before it goes
-                write(f"{work}/ringlb.toml", config(with_pp))
+                write(f"{work}/ringlb.toml", config(with_pp, health_port))
                 lb.send_signal(signal.SIGHUP)
                 await asyncio.sleep(0.5)
                 learn()
@@ -350,7 +369,7 @@ async def main_async(args, work):
             if step % 5 == 0:
                 samples.append((time.monotonic() - t0, *sample(lb.pid)))
         if down is not None:
-            down.resume()
+            down.heal()
         write(f"{work}/echo.txt", targets(echo))
 
     async def progress():
