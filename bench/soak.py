@@ -443,7 +443,9 @@ def main():
         print(f"| {name} | {value} | {'ok' if ok else 'FAILED'} |")
     for e in STATS.examples + errors[:5]:
         print(f"  {e}")
-    sys.exit(0 if all(ok for _, _, ok in checks) else 1)
+    passed = sum(1 for _, _, ok in checks if ok)
+    print(f"soak: {passed} passed, {len(checks) - passed} failed")
+    sys.exit(0 if passed == len(checks) else 1)
 
 
 if __name__ == "__main__":

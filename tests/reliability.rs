@@ -214,7 +214,14 @@ async fn a_connect_in_flight_to_a_target_removed_with_no_delay_is_not_proxied() 
     let mut b = [0u8];
     let n = std::io::Read::read(&mut late, &mut b);
     assert!(matches!(n, Ok(0) | Err(_)), "target side still open: {n:?}");
-    assert!(lb.log().contains("target removed while connecting"));
+    // Closed by the check after the connect, or, if the connect finished
+    // before the removal was published, by the close command that follows.
+    let log = lb.log();
+    assert!(
+        log.contains("target removed while connecting")
+            || log.contains("closing connections of a deregistered target"),
+        "{log}"
+    );
     assert!(lb.stop().success());
 }
 
