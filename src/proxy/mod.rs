@@ -128,10 +128,15 @@ impl Future for Proxy<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let (client, target) = (&*this.client, &*this.target);
-        match this
-            .up
-            .poll(cx, client, target, Side::Client, this.last_active)
-        {
+        let down_done = this.down.done;
+        match this.up.poll(
+            cx,
+            client,
+            target,
+            Side::Client,
+            down_done,
+            this.last_active,
+        ) {
             Poll::Ready(Err(
                 e @ ProxyError::Io {
                     side: Side::Target, ..
@@ -143,9 +148,10 @@ impl Future for Proxy<'_> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             _ => {}
         }
+        let up_done = this.up.done;
         if let Poll::Ready(Err(e)) =
             this.down
-                .poll(cx, target, client, Side::Target, this.last_active)
+                .poll(cx, target, client, Side::Target, up_done, this.last_active)
         {
             return Poll::Ready(Err(e));
         }
@@ -197,14 +203,16 @@ impl<'a> Direction<'a> {
     }
 
     /// Moves bytes until a socket would block (Pending, waker registered),
-    /// end of stream has been passed on as a half-close (Ready(Ok)), or an
-    /// error (Ready(Err)).
+    /// end of stream has been passed on as a half-close (Ready(Ok); no
+    /// half-close when the `other_done` direction has ended too, as the
+    /// session then closes both sockets), or an error (Ready(Err)).
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
         src: &AsyncFd<OwnedFd>,
         dst: &AsyncFd<OwnedFd>,
         src_side: Side,
+        other_done: bool,
         last_active: &mut Instant,
     ) -> Poll<Result<(), ProxyError>> {
         if self.done {
@@ -240,6 +248,13 @@ impl<'a> Direction<'a> {
                     self.loan.end();
                 }
                 Ok(Err(e)) => return Poll::Ready(Err(src_err(e))),
+                Ok(Ok(0)) if other_done => {
+                    // Both directions have ended: the session closes both
+                    // sockets now, and close() sends the FIN a shutdown would.
+                    self.loan.end();
+                    self.done = true;
+                    return Poll::Ready(Ok(()));
+                }
                 Ok(Ok(0)) => {
                     self.loan.end();
                     self.done = true;

@@ -365,10 +365,7 @@ struct Placement {
 async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, placement: Placement) {
     let proxy_protocol = placement.proxy_protocol;
     let (w, key) = (registered.worker.clone(), registered.key);
-    if let Err(e) = SockRef::from(&client).set_tcp_nodelay(true) {
-        debug!(%peer, error = %e, "client gone before setup");
-        return;
-    }
+    // TCP_NODELAY and SO_OOBINLINE come from the listener (inherited on accept).
     // Keep the snapshot only while placing the connection (an Arc, not a
     // Guard: the connect awaits); it is dropped at the end of this block.
     let (target, addr, idle, active) = {
