@@ -26,9 +26,10 @@ pub struct Snapshot {
     pub epoch: u64,
     /// Indexed like `Config::groups`.
     pub groups: Vec<GroupSnapshot>,
-    /// Listeners by name. Workers find a connection's group through its
-    /// listener's name, so a reload may remap or reorder groups.
-    pub listeners: HashMap<Arc<str>, ListenerView>,
+    /// Listeners by id (fixed when its sockets are bound; a rename keeps
+    /// it). Workers find a connection's group through its listener, so a
+    /// reload may rename listeners and remap or reorder groups.
+    pub listeners: HashMap<u64, ListenerView>,
     /// Targets removed from their group (of any group, present or removed)
     /// whose connections may still run.
     pub draining: Vec<Draining>,
@@ -299,8 +300,8 @@ impl Carry {
 }
 
 /// Builds a snapshot from a validated config, each group's targets, the
-/// targets still draining (of any group, present or gone), and which targets
-/// are healthy.
+/// targets still draining (of any group, present or gone), which targets are
+/// healthy, and the id of each listener by name.
 pub fn build(
     epoch: u64,
     config: &Config,
@@ -308,6 +309,7 @@ pub fn build(
     draining: &[Draining],
     healthy: &dyn Fn(&str, SocketAddr) -> bool,
     carry: &mut Carry,
+    listener_ids: &HashMap<String, u64>,
 ) -> Snapshot {
     let groups = config
         .groups
@@ -343,14 +345,14 @@ pub fn build(
     let listeners = config
         .listeners
         .iter()
-        .map(|l| {
+        .filter_map(|l| {
             let view = ListenerView {
                 group: l.group,
                 allow: l.allow.clone(),
                 max_connections: l.max_connections,
                 proxy_protocol: l.proxy_protocol,
             };
-            (l.name.as_str().into(), view)
+            Some((*listener_ids.get(&l.name)?, view))
         })
         .collect();
     Snapshot {

@@ -43,6 +43,7 @@ async fn least_connections_keeps_open_counts_within_one_across_workers() {
         ),
         "info,ringlb=debug",
     );
+    lb.wait_healthy(3);
     // Long-lived connections from many source ports, so the kernel hands
     // them to both workers' listening sockets.
     let mut held: Vec<(TcpStream, u8)> = Vec::new();
@@ -91,6 +92,7 @@ async fn weighted_least_connections_follows_weights_within_one() {
         &simple_config(2, &group("weighted_least_connections")),
         &[("targets/web.txt", file)],
     ));
+    lb.wait_healthy(3);
     let mut held = Vec::new();
     for n in 1..=60 {
         held.push(connect_tagged(lb.addr()).await);
@@ -140,6 +142,8 @@ async fn maglev_source_ip_keeps_a_client_on_one_target_and_two_processes_agree()
         &config,
         &[("targets/web.txt", targets(&reversed))],
     ));
+    a.wait_healthy(addrs.len());
+    b.wait_healthy(addrs.len());
 
     // One client address, 100 new connections (new source ports): one target.
     let client = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7));

@@ -43,6 +43,8 @@ async fn weights_from_the_targets_file_apply_to_round_robin() {
         &simple_config(1, ""),
         &[("targets/web.txt", file)],
     ));
+    // Both in service first: until its probe passes, a target gets nothing.
+    lb.wait_healthy(2);
     let mut counts = [0usize; 2];
     for _ in 0..40 {
         let (_s, tag) = connect_tagged(lb.addr()).await;

@@ -181,7 +181,7 @@ async fn a_connect_in_flight_to_a_target_removed_with_no_delay_is_not_proxied() 
         write_config(
             &simple_config(
                 1,
-                "deregistration_delay = \"0s\"\nconnect_timeout = \"20s\"\nconnect_retries = 0",
+                "deregistration_delay = \"0s\"\nconnect_timeout = \"120s\"\nconnect_retries = 0",
             ),
             &[("targets/web.txt", targets(&[target]))],
         ),
@@ -200,16 +200,16 @@ async fn a_connect_in_flight_to_a_target_removed_with_no_delay_is_not_proxied() 
     lb.wait_log("deregistration_delay is 0s", Duration::from_secs(10));
     // Make room: ringlb's SYN retransmit now completes the connect.
     listener
-        .set_read_timeout(Some(Duration::from_secs(20)))
+        .set_read_timeout(Some(Duration::from_secs(90)))
         .unwrap();
     let (_first, _) = listener.accept().unwrap();
     drop(filler);
     let (late, _) = listener.accept().expect("ringlb's connect completes");
     // ringlb closes both sides instead of proxying to the removed target.
-    let got = read_all(&mut client, Duration::from_secs(10)).await;
+    let got = read_all(&mut client, Duration::from_secs(30)).await;
     assert!(got.is_empty(), "the client was proxied: {got:?}");
     let mut late: std::net::TcpStream = late.into();
-    late.set_read_timeout(Some(Duration::from_secs(10)))
+    late.set_read_timeout(Some(Duration::from_secs(30)))
         .unwrap();
     let mut b = [0u8];
     let n = std::io::Read::read(&mut late, &mut b);

@@ -35,6 +35,8 @@ use crate::targets::watch::FileWatch;
 
 /// A listener as the control plane knows it.
 pub struct BoundInfo {
+    /// Fixed when its sockets are bound; the snapshot's key for it.
+    pub id: u64,
     pub config: ListenerConfig,
     /// The address actually bound (the kernel's port for `:0`).
     pub addr: SocketAddr,
@@ -49,8 +51,10 @@ impl BoundInfo {
         workers: usize,
         exclusive: bool,
     ) -> Result<(BoundInfo, Vec<std::net::TcpListener>), ListenerError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let (addr, sockets) = listener::bind_reuseport(config, workers, exclusive)?;
         let info = BoundInfo {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config: config.clone(),
             addr,
             stats: Arc::new(ListenerStats::new(workers)),
@@ -61,6 +65,7 @@ impl BoundInfo {
     /// What worker `i` gets of this listener: its socket and the shared stats.
     pub fn for_worker(&self, socket: std::net::TcpListener) -> BoundListener {
         BoundListener {
+            id: self.id,
             name: self.config.name.as_str().into(),
             socket,
             stats: self.stats.clone(),
@@ -80,6 +85,9 @@ pub struct ControlPlane {
     worker_count: usize,
     /// Listeners as bound, by name.
     bound: HashMap<String, BoundInfo>,
+    /// Listener ids by name, as the snapshot keys them: during a reload
+    /// these are the new config's, published before workers rename or add.
+    listener_ids: HashMap<String, u64>,
     /// Per-worker counters that outlive any one listener.
     pub worker_stats: Arc<Slots<WorkerSlot>>,
     /// Health of each listed target, by group name and address.
@@ -162,6 +170,7 @@ impl ControlPlane {
             epoch: 0,
             shared,
             worker_count,
+            listener_ids: bound.iter().map(|(n, b)| (n.clone(), b.id)).collect(),
             bound,
             worker_stats: Arc::new(Slots::new(worker_count)),
             health: HashMap::new(),
@@ -194,6 +203,7 @@ impl ControlPlane {
             &self.draining,
             &healthy,
             &mut self.carry,
+            &self.listener_ids,
         );
         self.shared.store(Arc::new(snap));
     }
@@ -456,6 +466,17 @@ impl ControlPlane {
         for w in loaded.warnings() {
             warn!("{w}");
         }
+        self.listener_ids = plans
+            .iter()
+            .filter_map(|(l, plan)| {
+                let id = match plan {
+                    ListenerPlan::Keep => self.bound.get(&l.name)?.id,
+                    ListenerPlan::Rename { from } => self.bound.get(from)?.id,
+                    ListenerPlan::Bind(info, _) => info.id,
+                };
+                Some((l.name.clone(), id))
+            })
+            .collect();
         self.config = loaded.config;
         self.targets = loaded.targets;
         self.watches = watches_for(&self.config, loaded.texts);

@@ -57,6 +57,9 @@ pub enum Event {
 /// One listener as a worker holds it.
 #[derive(Debug)]
 pub struct BoundListener {
+    /// Its key in the snapshot's listeners; a rename keeps it.
+    pub id: u64,
+    /// For logs; a rename changes it.
     pub name: Arc<str>,
     pub socket: TcpListener,
     /// Counters, one slot per worker; the same for every worker's socket.
@@ -276,7 +279,7 @@ async fn accept_loop(
                 // The snapshot is read once per connection, here; the session
                 // places the connection with the same one, then lets it go.
                 let snap = w.shared.snapshot.load_full();
-                let Some(view) = snap.listeners.get(&*l.name) else {
+                let Some(view) = snap.listeners.get(&l.id) else {
                     bump(&slot.refused_no_target, 1);
                     debug!(%peer, listener = %l.name, "listener no longer configured; closed");
                     continue;
