@@ -89,10 +89,8 @@ async fn at_the_fd_limit_ringlb_stays_up_calm_and_recovers() {
     tokio::time::sleep(Duration::from_secs(2)).await; // measuring an interval, not syncing
     let cpu = lb.cpu_seconds() - cpu_before;
     assert!(cpu < 0.5, "{cpu:.2} CPU-s in 2 s at the fd limit: spinning");
-    assert!(
-        lb.log().contains("accept failed; backing off"),
-        "EMFILE was hit and handled"
-    );
+    // EMFILE was hit and handled.
+    lb.wait_log("accept failed; backing off", Duration::from_secs(10));
     // Running out of fds is ringlb's own trouble, not the target's.
     assert!(
         !lb.log().contains("to=unhealthy"),
