@@ -82,11 +82,7 @@ fn an_absurd_duration_is_refused_by_check_with_key_and_line() {
         &simple_config(1, "deregistration_delay = \"99999999999999999h\""),
         &[("targets/web.txt", "127.0.0.1:9\n".into())],
     );
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.path().join("ringlb.toml"))
-        .output()
-        .unwrap();
+    let out = run_check(&dir.path().join("ringlb.toml"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -147,11 +143,7 @@ async fn a_targets_file_without_a_final_newline_passes_start_check_and_sighup() 
         &[("targets/web.txt", a.addr.to_string())],
     );
     let lb = Ringlb::start(dir);
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(lb.config_path())
-        .output()
-        .unwrap();
+    let out = run_check(&lb.config_path());
     assert!(out.status.success());
     // A SIGHUP that only adds a listener is applied.
     let config = simple_config(1, "")
@@ -621,11 +613,7 @@ fn a_maglev_group_with_more_targets_than_slots_is_refused_by_check() {
         &simple_config(1, "algorithm = \"maglev\""),
         &[("targets/web.txt", list)],
     );
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(dir.path().join("ringlb.toml"))
-        .output()
-        .unwrap();
+    let out = run_check(&dir.path().join("ringlb.toml"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(

@@ -254,11 +254,7 @@ async fn an_empty_targets_file_empties_the_group_with_one_warning_everywhere() {
     // ...while the removed target's connection drains.
     echo(&mut held, b"still draining").await.unwrap();
     // `check` says the same, and passes.
-    let out = std::process::Command::new(BIN)
-        .args(["check", "--config"])
-        .arg(lb.config_path())
-        .output()
-        .unwrap();
+    let out = run_check(&lb.config_path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(

@@ -592,6 +592,15 @@ pub async fn admin_get(admin: SocketAddr, path: &str) -> (u16, String) {
     .await
 }
 
+/// Runs `ringlb check --config <path>` and returns its output.
+pub fn run_check(config: &Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "--config"])
+        .arg(config)
+        .output()
+        .expect("run ringlb check")
+}
+
 /// The value of one series (name with labels) in ringlb's `/metrics`.
 pub async fn metric(lb: &Ringlb, series: &str) -> u64 {
     let (_, body) = admin_get(lb.admin, "/metrics").await;
