@@ -287,11 +287,10 @@ impl ControlPlane {
     pub fn tick(&mut self, workers: &Workers) {
         let mut changed = false;
         for g in 0..self.watches.len() {
-            let Some(result) = self.watches[g].poll() else {
+            let cfg = &self.config.groups[g];
+            let Some(result) = self.watches[g].poll(|t| app::fits(cfg, t)) else {
                 continue;
             };
-            let cfg = &self.config.groups[g];
-            let result = result.and_then(|t| app::fits(cfg, &t).map(|()| t));
             let group = self.config.groups[g].name.clone();
             match result {
                 Err(e) => {

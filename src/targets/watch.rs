@@ -43,9 +43,12 @@ impl FileWatch {
         &self.applied
     }
 
-    /// Reads the file; returns a settled, not yet handled change. An `Ok` is
-    /// taken as applied.
-    pub fn poll(&mut self) -> Option<Result<Vec<Target>, TargetsError>> {
+    /// Reads the file; returns a settled, not yet handled change that also
+    /// passes `fits` (the group's own limits). An `Ok` is taken as applied.
+    pub fn poll(
+        &mut self,
+        fits: impl Fn(&[Target]) -> Result<(), TargetsError>,
+    ) -> Option<Result<Vec<Target>, TargetsError>> {
         let now = read(&self.path);
         let settled = self.last_read.as_ref() == Some(&now);
         self.last_read = Some(now.clone());
@@ -58,12 +61,13 @@ impl FileWatch {
             Ok(text) => text,
         };
         let changing = text != self.applied;
-        let parsed =
-            parse_checked(&text, changing, resolve).map_err(|(line, message)| TargetsError {
+        let parsed = parse_checked(&text, changing, resolve)
+            .map_err(|(line, message)| TargetsError {
                 file: self.path.clone(),
                 line,
                 message,
-            });
+            })
+            .and_then(|t| fits(&t).map(|()| t));
         if parsed.is_ok() {
             self.applied = text;
         }
@@ -81,16 +85,19 @@ mod tests {
         let path = dir.path().join("t.txt");
         std::fs::write(&path, "127.0.0.1:1\n").unwrap();
         let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
-        assert!(w.poll().is_none(), "unchanged file is a no-op");
+        assert!(w.poll(|_| Ok(())).is_none(), "unchanged file is a no-op");
         std::fs::write(&path, "127.0.0.1:2\n").unwrap();
         assert!(
-            w.poll().is_none(),
+            w.poll(|_| Ok(())).is_none(),
             "first sight of new content waits one tick"
         );
-        let t = w.poll().unwrap().unwrap();
+        let t = w.poll(|_| Ok(())).unwrap().unwrap();
         assert_eq!(t[0].addr.port(), 2);
         assert_eq!(w.applied(), "127.0.0.1:2\n");
-        assert!(w.poll().is_none(), "handled content is not handled again");
+        assert!(
+            w.poll(|_| Ok(())).is_none(),
+            "handled content is not handled again"
+        );
     }
 
     #[test]
@@ -100,8 +107,8 @@ mod tests {
         // Loaded "port 1", then the file changed before the watch was made.
         std::fs::write(&path, "127.0.0.1:2\n").unwrap();
         let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
-        w.poll();
-        let t = w.poll().expect("the change is seen").unwrap();
+        w.poll(|_| Ok(()));
+        let t = w.poll(|_| Ok(())).expect("the change is seen").unwrap();
         assert_eq!(t[0].addr.port(), 2);
     }
 
@@ -115,11 +122,11 @@ mod tests {
             ("127.0.0.1:1\ngarbage here\n", 2, "not HOST:PORT"),
         ] {
             std::fs::write(&path, text).unwrap();
-            w.poll();
-            let e = w.poll().unwrap().unwrap_err();
+            w.poll(|_| Ok(()));
+            let e = w.poll(|_| Ok(())).unwrap().unwrap_err();
             assert_eq!(e.line, line, "{text:?}: {e}");
             assert!(e.message.contains(words), "{text:?}: {e}");
-            assert!(w.poll().is_none(), "reported once");
+            assert!(w.poll(|_| Ok(())).is_none(), "reported once");
         }
         assert_eq!(w.applied(), "127.0.0.1:1\n", "the last good set stays");
     }
@@ -130,8 +137,8 @@ mod tests {
         let path = dir.path().join("t.txt");
         let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
         std::fs::write(&path, "# scaled to zero\n").unwrap();
-        w.poll();
-        assert_eq!(w.poll().unwrap().unwrap(), vec![]);
+        w.poll(|_| Ok(()));
+        assert_eq!(w.poll(|_| Ok(())).unwrap().unwrap(), vec![]);
     }
 
     #[test]
@@ -139,12 +146,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.txt");
         let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into());
-        w.poll();
-        let e = w.poll().unwrap().unwrap_err();
+        w.poll(|_| Ok(()));
+        let e = w.poll(|_| Ok(())).unwrap().unwrap_err();
         assert!(e.message.contains("cannot read"), "{e}");
         assert_eq!(e.line, 0);
         std::fs::write(&path, "127.0.0.1:3\n").unwrap();
-        w.poll();
-        assert_eq!(w.poll().unwrap().unwrap()[0].addr.port(), 3);
+        w.poll(|_| Ok(()));
+        assert_eq!(w.poll(|_| Ok(())).unwrap().unwrap()[0].addr.port(), 3);
     }
 }
