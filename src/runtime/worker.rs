@@ -257,8 +257,10 @@ async fn accept_loop(
                 if let Err(e) = uring::cancel_fd(fd).await {
                     warn!(listener = %l.name, error = %e, "cancelling accept failed");
                 }
-                if let Ok((late, _)) = op.await {
-                    drop(late); // accepted as we stopped: closed, not served
+                // A connection the kernel handed over as we stopped is
+                // served, not closed: a rename or removal drops nothing.
+                if let Ok((late, peer)) = op.await {
+                    serve(&w, &l, late, peer);
                 }
                 debug!(worker = w.id, listener = %l.name, "stopped accepting");
                 return l;
@@ -270,47 +272,7 @@ async fn accept_loop(
                     info!(worker = w.id, listener = %l.name, "accepting again");
                     backoff = Duration::ZERO;
                 }
-                let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
-                let slot = l.stats.slots.get(w.id);
-                bump(&slot.accepted, 1);
-                bump(&w.shared.stats.get(w.id).accepted, 1);
-                // Guard rails, before any target is contacted: a refused client
-                // is closed at once and never holds up the others.
-                // The snapshot is read once per connection, here; the session
-                // places the connection with the same one, then lets it go.
-                let snap = w.shared.snapshot.load_full();
-                let Some(view) = snap.listeners.get(&l.id) else {
-                    bump(&slot.refused_no_target, 1);
-                    debug!(%peer, listener = %l.name, "listener no longer configured; closed");
-                    continue;
-                };
-                let (group, proxy_protocol) = (view.group, view.proxy_protocol);
-                if !view.allows(peer.ip()) {
-                    bump(&slot.refused_not_allowed, 1);
-                    debug!(%peer, listener = %l.name, "client not in the allow list; closed");
-                    continue;
-                }
-                if !l.stats.try_open(view.max_connections) {
-                    bump(&slot.refused_limit, 1);
-                    debug!(%peer, listener = %l.name, "max_connections reached; closed");
-                    continue;
-                }
-                bump(&slot.active, 1);
-                let key = w.sessions.borrow_mut().insert(SessionEntry::default());
-                let registered = Registered {
-                    worker: w.clone(),
-                    key,
-                    listener: l.stats.clone(),
-                };
-                let placement = Placement {
-                    snapshot: snap,
-                    group,
-                    proxy_protocol,
-                };
-                let task = tokio_uring::spawn(session(registered, client, peer, placement));
-                if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
-                    entry.task = Some(task.abort_handle());
-                }
+                serve(&w, &l, client, peer);
             }
             Err(e) if is_transient(&e) => {
                 debug!(listener = %l.name, error = %e, "accept: connection gone before accept")
@@ -328,6 +290,52 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// Places one accepted connection: checks the guard rails against the
+/// current snapshot and spawns its session, or closes it.
+fn serve(w: &Rc<Worker>, l: &BoundListener, client: OwnedFd, peer: Option<SocketAddr>) {
+    let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let slot = l.stats.slots.get(w.id);
+    bump(&slot.accepted, 1);
+    bump(&w.shared.stats.get(w.id).accepted, 1);
+    // Guard rails, before any target is contacted: a refused client
+    // is closed at once and never holds up the others.
+    // The snapshot is read once per connection, here; the session
+    // places the connection with the same one, then lets it go.
+    let snap = w.shared.snapshot.load_full();
+    let Some(view) = snap.listeners.get(&l.id) else {
+        bump(&slot.refused_no_target, 1);
+        debug!(%peer, listener = %l.name, "listener no longer configured; closed");
+        return;
+    };
+    let (group, proxy_protocol) = (view.group, view.proxy_protocol);
+    if !view.allows(peer.ip()) {
+        bump(&slot.refused_not_allowed, 1);
+        debug!(%peer, listener = %l.name, "client not in the allow list; closed");
+        return;
+    }
+    if !l.stats.try_open(view.max_connections) {
+        bump(&slot.refused_limit, 1);
+        debug!(%peer, listener = %l.name, "max_connections reached; closed");
+        return;
+    }
+    bump(&slot.active, 1);
+    let key = w.sessions.borrow_mut().insert(SessionEntry::default());
+    let registered = Registered {
+        worker: w.clone(),
+        key,
+        listener: l.stats.clone(),
+    };
+    let placement = Placement {
+        snapshot: snap,
+        group,
+        proxy_protocol,
+    };
+    let task = tokio_uring::spawn(session(registered, client, peer, placement));
+    if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
+        entry.task = Some(task.abort_handle());
     }
 }
 
