@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub const DEFAULT_CONFIG: &str = "/etc/ringlb/ringlb.toml";
+pub const DEFAULT_AUTOSCALE_CONFIG: &str = "/etc/ringlb/autoscale.toml";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -26,6 +27,16 @@ pub enum Command {
     Run {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+    },
+    /// Run the reference autoscaler: it starts and stops targets and
+    /// rewrites their targets file, from CPU or ringlb's connection counts.
+    Autoscale {
+        #[arg(long, short, default_value = DEFAULT_AUTOSCALE_CONFIG)]
+        config: PathBuf,
+        /// On SIGTERM/SIGINT, deregister the targets, wait for their drain,
+        /// and stop them (default: leave them running for a restart to adopt).
+        #[arg(long)]
+        stop_targets_on_exit: bool,
     },
     /// Validate the config and its targets files; exit 0 if good, 1 if not.
     Check {

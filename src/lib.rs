@@ -2,6 +2,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod autoscale;
 pub mod balancer;
 pub mod cli;
 pub mod config;

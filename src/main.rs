@@ -35,8 +35,12 @@ fn main() -> ExitCode {
                 }
                 println!("{summary}");
             })
-            .map_err(app::AppError::from),
-        Command::Run { config } => app::run(config),
+            .map_err(|e| e.to_string()),
+        Command::Run { config } => app::run(config).map_err(|e| e.to_string()),
+        Command::Autoscale {
+            config,
+            stop_targets_on_exit,
+        } => ringlb::autoscale::run(config, *stop_targets_on_exit).map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,8 +2,8 @@
 //! domain [`Config`]. The same `load` runs at start-up, on reload and in
 //! `ringlb check`. Every error names the file, the key and the line.
 
-mod duration;
-mod raw;
+pub mod duration;
+pub mod raw;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -158,17 +158,55 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validates config text as if read from `path` (used for messages and to
 /// resolve relative `targets_file` paths).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-    let v = Validator { file: path, text };
-    let de = toml::de::Deserializer::parse(text).map_err(|e| v.toml_error("", e))?;
-    let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
+    let raw: RawConfig = from_toml(path, text)?;
+    Validator { file: path, text }.validate(raw)
+}
+
+/// Deserializes TOML read from `path` into a raw serde shape; errors name the
+/// file, line, column and key (`ringlb autoscale` uses it for its own file).
+pub fn from_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let toml_error = |key: &str, e: toml::de::Error| {
+        let key = if key.is_empty() || key == "." {
+            "(syntax)"
+        } else {
+            key
+        };
+        let message = e.message().trim_end().to_string();
+        error_at(path, text, e.span().unwrap_or(0..0), key, message)
+    };
+    let de = toml::de::Deserializer::parse(text).map_err(|e| toml_error("", e))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
         // toml::Spanned shows up in the path as a private field: hide it.
         let key = e
             .path()
             .to_string()
             .replace(".$__serde_spanned_private_value", "");
-        v.toml_error(&key, e.into_inner())
-    })?;
-    v.validate(raw)
+        toml_error(&key, e.into_inner())
+    })
+}
+
+/// An error about `key` at byte `span` of `text`, the content of `file`.
+pub fn error_at(
+    file: &Path,
+    text: &str,
+    span: Range<usize>,
+    key: impl Into<String>,
+    message: impl Into<String>,
+) -> ConfigError {
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        line,
+        column,
+        key: key.into(),
+        message: message.into(),
+    }
 }
 
 struct Validator<'a> {
@@ -177,28 +215,8 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn toml_error(&self, key: &str, e: toml::de::Error) -> ConfigError {
-        let key = if key.is_empty() || key == "." {
-            "(syntax)"
-        } else {
-            key
-        };
-        let message = e.message().trim_end().to_string();
-        self.error(e.span().unwrap_or(0..0), key.to_string(), message)
-    }
-
     fn error(&self, span: Range<usize>, key: String, message: String) -> ConfigError {
-        let start = span.start.min(self.text.len());
-        let before = &self.text[..start];
-        let line = before.matches('\n').count() + 1;
-        let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
-        ConfigError::Invalid {
-            file: self.file.to_path_buf(),
-            line,
-            column,
-            key,
-            message,
-        }
+        error_at(self.file, self.text, span, key, message)
     }
 
     /// An error at `spanned`, or at `fallback` when `spanned` is a default with no

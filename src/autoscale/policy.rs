@@ -1,0 +1,390 @@
+//! Scaling policies as pure functions of what was observed: no I/O, no clock
+//! of their own (the caller passes `now`), so every rule is unit-tested.
+
+use std::time::{Duration, Instant};
+
+use super::config::{Metric, Policy};
+
+/// What the policy remembers between periods.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyState {
+    /// Consecutive periods that asked for more / for fewer.
+    above: u32,
+    below: u32,
+    last_out: Option<Instant>,
+    last_in: Option<Instant>,
+}
+
+/// A decision, with the reason a log line gives.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub desired: u32,
+    pub why: String,
+}
+
+/// One period's evaluation. `current` counts targets in service or starting;
+/// `value` is the metric over the period (None when nothing was measurable,
+/// e.g. no target in service yet). Min and max always hold, whatever the
+/// metric says.
+#[allow(clippy::too_many_arguments)]
+pub fn decide(
+    policy: &Policy,
+    metric: Metric,
+    state: &mut PolicyState,
+    current: u32,
+    value: Option<f64>,
+    (min, max): (u32, u32),
+    now: Instant,
+) -> Decision {
+    if current < min {
+        return Decision {
+            desired: min,
+            why: format!("below min {min}"),
+        };
+    }
+    if current > max {
+        return Decision {
+            desired: max,
+            why: format!("above max {max}"),
+        };
+    }
+    let hold = |why: String| Decision {
+        desired: current,
+        why,
+    };
+    let Some(value) = value else {
+        state.above = 0;
+        state.below = 0;
+        return hold("no figure yet".into());
+    };
+    let shown = metric.show(value);
+    let since = |at: Option<Instant>, cooldown: Duration| at.is_some_and(|t| now < t + cooldown);
+    match *policy {
+        Policy::TargetTracking {
+            target,
+            scale_out_periods,
+            scale_in_periods,
+            scale_out_cooldown,
+            scale_in_cooldown,
+        } => {
+            // desired = ceil(current x metric / target); with nothing in
+            // service (current 0) there is no figure, handled above.
+            let want = ((f64::from(current) * value / target) - 1e-9)
+                .ceil()
+                .max(0.0);
+            let want = (want.min(f64::from(max)) as u32).max(min);
+            if want > current {
+                state.below = 0;
+                state.above += 1;
+                if state.above < scale_out_periods {
+                    return hold(format!(
+                        "{shown} > target {target}: {}/{scale_out_periods} periods",
+                        state.above
+                    ));
+                }
+                if since(state.last_out, scale_out_cooldown) {
+                    return hold(format!("{shown} > target {target}: in scale-out cooldown"));
+                }
+                state.above = 0;
+                state.last_out = Some(now);
+                Decision {
+                    desired: want,
+                    why: format!("{shown} > target {target}"),
+                }
+            } else if want < current {
+                state.above = 0;
+                state.below += 1;
+                if state.below < scale_in_periods {
+                    return hold(format!(
+                        "{shown} < target {target}: {}/{scale_in_periods} periods",
+                        state.below
+                    ));
+                }
+                // Scale-in is the cautious side: after any scaling, wait the
+                // scale-in cooldown, and remove one target at a time.
+                if since(state.last_out, scale_in_cooldown)
+                    || since(state.last_in, scale_in_cooldown)
+                {
+                    return hold(format!("{shown} < target {target}: in scale-in cooldown"));
+                }
+                state.below = 0;
+                state.last_in = Some(now);
+                Decision {
+                    desired: current - 1,
+                    why: format!("{shown} < target {target}"),
+                }
+            } else {
+                state.above = 0;
+                state.below = 0;
+                hold(format!("{shown} near target {target}"))
+            }
+        }
+        Policy::Step {
+            scale_out_threshold,
+            scale_in_threshold,
+            evaluation_periods,
+            scale_out_adjustment,
+            scale_in_adjustment,
+            cooldown,
+        } => {
+            if value >= scale_out_threshold {
+                state.below = 0;
+                state.above += 1;
+            } else if value <= scale_in_threshold {
+                state.above = 0;
+                state.below += 1;
+            } else {
+                state.above = 0;
+                state.below = 0;
+                return hold(format!("{shown} between thresholds"));
+            }
+            let in_cooldown = since(state.last_out, cooldown) || since(state.last_in, cooldown);
+            if state.above > 0 {
+                let why = format!("{shown} >= {scale_out_threshold}");
+                if state.above < evaluation_periods {
+                    return hold(format!(
+                        "{why}: {}/{evaluation_periods} periods",
+                        state.above
+                    ));
+                }
+                if in_cooldown || current >= max {
+                    return hold(format!("{why}: in cooldown or at max"));
+                }
+                state.above = 0;
+                state.last_out = Some(now);
+                Decision {
+                    desired: (current + scale_out_adjustment).min(max),
+                    why,
+                }
+            } else {
+                let why = format!("{shown} <= {scale_in_threshold}");
+                if state.below < evaluation_periods {
+                    return hold(format!(
+                        "{why}: {}/{evaluation_periods} periods",
+                        state.below
+                    ));
+                }
+                if in_cooldown || current <= min {
+                    return hold(format!("{why}: in cooldown or at min"));
+                }
+                state.below = 0;
+                state.last_in = Some(now);
+                Decision {
+                    desired: current.saturating_sub(scale_in_adjustment).max(min),
+                    why,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tracking(out: u32, inn: u32) -> Policy {
+        Policy::TargetTracking {
+            target: 20.0,
+            scale_out_periods: out,
+            scale_in_periods: inn,
+            scale_out_cooldown: Duration::from_secs(60),
+            scale_in_cooldown: Duration::from_secs(300),
+        }
+    }
+
+    fn step() -> Policy {
+        Policy::Step {
+            scale_out_threshold: 20.0,
+            scale_in_threshold: 10.0,
+            evaluation_periods: 2,
+            scale_out_adjustment: 1,
+            scale_in_adjustment: 1,
+            cooldown: Duration::from_secs(120),
+        }
+    }
+
+    #[test]
+    fn target_tracking_scales_out_in_proportion() {
+        let mut s = PolicyState::default();
+        let t0 = Instant::now();
+        let d = decide(
+            &tracking(1, 1),
+            Metric::Cpu,
+            &mut s,
+            2,
+            Some(41.0),
+            (1, 10),
+            t0,
+        );
+        assert_eq!(d.desired, 5, "ceil(2 x 41 / 20)");
+        assert_eq!(d.why, "cpu 41% > target 20");
+        // Within the scale-out cooldown: held.
+        let d = decide(
+            &tracking(1, 1),
+            Metric::Cpu,
+            &mut s,
+            5,
+            Some(80.0),
+            (1, 10),
+            t0 + Duration::from_secs(30),
+        );
+        assert_eq!(d.desired, 5, "{}", d.why);
+        // Clamped to max.
+        let d = decide(
+            &tracking(1, 1),
+            Metric::Cpu,
+            &mut s,
+            5,
+            Some(80.0),
+            (1, 10),
+            t0 + Duration::from_secs(61),
+        );
+        assert_eq!(d.desired, 10);
+    }
+
+    #[test]
+    fn target_tracking_scale_in_is_slower_and_one_at_a_time() {
+        let mut s = PolicyState::default();
+        let t0 = Instant::now();
+        let p = tracking(1, 3);
+        for i in 0..2 {
+            let d = decide(
+                &p,
+                Metric::Cpu,
+                &mut s,
+                4,
+                Some(1.0),
+                (1, 10),
+                t0 + Duration::from_secs(i),
+            );
+            assert_eq!(d.desired, 4, "period {i}: {}", d.why);
+        }
+        let d = decide(
+            &p,
+            Metric::Cpu,
+            &mut s,
+            4,
+            Some(1.0),
+            (1, 10),
+            t0 + Duration::from_secs(2),
+        );
+        assert_eq!(d.desired, 3, "one at a time, though 1 would do: {}", d.why);
+        // The scale-in cooldown holds the next one.
+        for i in 3..6 {
+            let d = decide(
+                &p,
+                Metric::Cpu,
+                &mut s,
+                3,
+                Some(1.0),
+                (1, 10),
+                t0 + Duration::from_secs(i),
+            );
+            assert_eq!(d.desired, 3, "{}", d.why);
+        }
+        let d = decide(
+            &p,
+            Metric::Cpu,
+            &mut s,
+            3,
+            Some(1.0),
+            (1, 10),
+            t0 + Duration::from_secs(303),
+        );
+        assert_eq!(d.desired, 2, "{}", d.why);
+    }
+
+    #[test]
+    fn a_period_near_target_resets_the_count() {
+        let mut s = PolicyState::default();
+        let t0 = Instant::now();
+        let p = tracking(2, 2);
+        assert_eq!(
+            decide(&p, Metric::Cpu, &mut s, 2, Some(30.0), (1, 4), t0).desired,
+            2
+        );
+        assert_eq!(
+            decide(&p, Metric::Cpu, &mut s, 2, Some(20.0), (1, 4), t0).desired,
+            2
+        );
+        assert_eq!(
+            decide(&p, Metric::Cpu, &mut s, 2, Some(30.0), (1, 4), t0).desired,
+            2
+        );
+        assert_eq!(
+            decide(&p, Metric::Cpu, &mut s, 2, Some(30.0), (1, 4), t0).desired,
+            3
+        );
+    }
+
+    #[test]
+    fn step_scaling_is_the_courses_ec2_policy() {
+        let mut s = PolicyState::default();
+        let t0 = Instant::now();
+        let at = |secs| t0 + Duration::from_secs(secs);
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 1, Some(25.0), (1, 4), at(0)).desired,
+            1
+        );
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 1, Some(20.0), (1, 4), at(120)).desired,
+            2,
+            ">= 20 twice"
+        );
+        // Cooldown 120 s after it, whatever the figure.
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 2, Some(90.0), (1, 4), at(180)).desired,
+            2
+        );
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 2, Some(90.0), (1, 4), at(200)).desired,
+            2,
+            "in cooldown"
+        );
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 2, Some(90.0), (1, 4), at(241)).desired,
+            3
+        );
+        // Between the thresholds: nothing, and the count restarts.
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 3, Some(15.0), (1, 4), at(400)).desired,
+            3
+        );
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 3, Some(10.0), (1, 4), at(520)).desired,
+            3
+        );
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 3, Some(5.0), (1, 4), at(640)).desired,
+            2,
+            "<= 10 twice"
+        );
+        // Never below min.
+        let mut s = PolicyState::default();
+        decide(&step(), Metric::Cpu, &mut s, 1, Some(0.0), (1, 4), at(0));
+        assert_eq!(
+            decide(&step(), Metric::Cpu, &mut s, 1, Some(0.0), (1, 4), at(500)).desired,
+            1
+        );
+    }
+
+    #[test]
+    fn min_and_max_hold_without_a_figure() {
+        let mut s = PolicyState::default();
+        let now = Instant::now();
+        let d = decide(&tracking(1, 1), Metric::Cpu, &mut s, 0, None, (2, 4), now);
+        assert_eq!((d.desired, d.why.as_str()), (2, "below min 2"));
+        let d = decide(
+            &tracking(1, 1),
+            Metric::Cpu,
+            &mut s,
+            5,
+            Some(100.0),
+            (1, 4),
+            now,
+        );
+        assert_eq!(d.desired, 4);
+        let d = decide(&tracking(1, 1), Metric::Cpu, &mut s, 3, None, (1, 4), now);
+        assert_eq!(d.desired, 3);
+    }
+}
