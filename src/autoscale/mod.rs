@@ -241,44 +241,52 @@ impl Group {
         let replaced = self.follow(&view, now);
         self.finish_removals(&view).await;
         let current = self.count(State::Starting) + self.count(State::InService);
-        let mut desired = current + replaced;
-        if decide {
+        // Replacements keep the capacity the group had: the policy decides
+        // from it, and min and max hold between periods too.
+        let capacity = current + replaced;
+        let decision = if decide {
             let value = self.measure(&view, now);
             self.stats.metric = value;
-            let d = policy::decide(
+            policy::decide(
                 &self.cfg.policy,
                 self.cfg.metric,
                 &mut self.policy,
-                current,
+                capacity,
                 value,
                 (self.cfg.min, self.cfg.max),
                 now,
-            );
-            if d.desired != current {
-                let way = if d.desired > current { "out" } else { "in" };
-                info!(
-                    group = %self.cfg.name,
-                    "scale {way} {} {current} -> {}: {}",
-                    self.cfg.name,
-                    d.desired,
-                    d.why
-                );
-                if d.desired > current {
-                    self.stats.scale_out += 1;
-                } else {
-                    self.stats.scale_in += 1;
-                }
-                self.stats.last_decision = format!("{way} {current} -> {}: {}", d.desired, d.why);
-                self.stats.last_decision_unix = SystemTime::now()
-                    .duration_since(SystemTime::UNIX_EPOCH)
-                    .map_or(0.0, |d| d.as_secs_f64());
-                desired = d.desired;
-            } else {
-                debug!(group = %self.cfg.name, current, "hold: {}", d.why);
-                desired = desired.max(current);
+            )
+        } else if capacity < self.cfg.min {
+            policy::Decision {
+                desired: self.cfg.min,
+                why: format!("below min {}", self.cfg.min),
             }
+        } else {
+            policy::Decision {
+                desired: capacity.min(self.cfg.max),
+                why: format!("above max {}", self.cfg.max),
+            }
+        };
+        let desired = decision.desired;
+        if desired != capacity {
+            let way = if desired > capacity { "out" } else { "in" };
+            let said = format!(
+                "scale {way} {} {capacity} -> {desired}: {}",
+                self.cfg.name, decision.why
+            );
+            info!("{said}");
+            if desired > capacity {
+                self.stats.scale_out += 1;
+            } else {
+                self.stats.scale_in += 1;
+            }
+            self.stats.last_decision = said;
+            self.stats.last_decision_unix = SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0.0, |d| d.as_secs_f64());
+        } else if decide {
+            debug!(group = %self.cfg.name, capacity, "hold: {}", decision.why);
         }
-        desired = desired.clamp(self.cfg.min, self.cfg.max);
         if desired > current {
             self.start(desired - current, now).await;
         } else if desired < current {
