@@ -42,6 +42,49 @@ fn the_unit_verifies_cleanly_and_has_what_a_daemon_needs() {
     );
 }
 
+/// `systemd-analyze verify` on a copy of `unit` with its binaries replaced.
+fn verify(name: &str, unit: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(name);
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is needed (Debian package systemd; .ci/run installs it)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stderr.trim().is_empty(),
+        "systemd-analyze verify {name}: {stderr}"
+    );
+}
+
+#[test]
+fn the_autoscaler_unit_and_the_app_template_verify() {
+    let unit = std::fs::read_to_string(repo_path("scripts/ringlb-autoscale.service")).unwrap();
+    assert!(
+        unit.lines().any(|l| l
+            == "ExecStart=/usr/local/bin/ringlb autoscale --config /etc/ringlb/autoscale.toml")
+    );
+    assert!(
+        unit.lines().any(|l| l == "KillMode=process"),
+        "targets must outlive a restart"
+    );
+    verify(
+        "ringlb-autoscale.service",
+        &unit.replace("/usr/local/bin/ringlb", BIN),
+    );
+    let template = std::fs::read_to_string(repo_path("scripts/todo@.service")).unwrap();
+    assert!(template.contains("--port %i"));
+    verify(
+        "todo@6400.service",
+        &template.replace(
+            "/usr/local/bin/demo-backend",
+            env!("CARGO_BIN_EXE_demo-backend"),
+        ),
+    );
+}
+
 #[test]
 fn the_install_script_parses() {
     let out = Command::new("bash")
