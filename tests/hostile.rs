@@ -262,6 +262,8 @@ async fn a_resetting_target_and_a_silent_target_cost_only_their_own_clients() {
             targets(&[reset_addr, mute_addr, good.addr]),
         )],
     ));
+    // All three in service first: a target still `initial` would shift the rotation.
+    lb.wait_healthy(3);
     // Round robin visits each once per three clients.
     let mut outcomes = Vec::new();
     for _ in 0..6 {
