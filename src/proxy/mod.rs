@@ -1,12 +1,16 @@
 //! One proxied connection: a client socket and a target socket, bytes moved both
 //! ways until both directions have ended.
 //!
-//! Bytes move on readiness (the epoll reactor inside the worker's tokio-uring
-//! runtime) with non-blocking splice(2) through a pipe borrowed from the worker's
-//! pool, or through a buffer when no pipe can be had. Nothing here leaves a
-//! kernel operation in flight, so dropping a session (idle timeout, shutdown,
-//! an error on the other direction) loses no bytes that were already moved and
-//! leaks nothing.
+//! Bytes move on readiness with non-blocking splice(2) through a pipe borrowed
+//! from the worker's pool, or through a buffer when no pipe can be had.
+//! Readiness comes from one-shot io_uring polls (`IORING_OP_POLL_ADD`), armed
+//! only when a socket is known to be dry (a read came back short or would
+//! block) or full, and reaped in batches with every other completion of the
+//! worker: no epoll registration per connection, and no read made only to
+//! learn that a socket is empty. A poll in flight when a session is dropped
+//! (idle timeout, shutdown, an error on the other direction) is completed by
+//! `shutdown(2)` on its socket, so the socket closes and nothing leaks; no
+//! byte already moved is lost.
 
 pub mod header;
 pub mod pipe;
@@ -20,11 +24,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
 use tokio::time::Instant;
 
 use pipe::{Pipe, PipePool};
+
+use crate::runtime::uring::{self, PollOp};
 
 use crate::metrics::{TargetSlot, bump};
 use std::sync::atomic::AtomicU64;
@@ -73,19 +77,11 @@ pub async fn run(
     idle: Duration,
     counters: &TargetSlot,
 ) -> Result<Transferred, ProxyError> {
-    let client = register(client).map_err(|source| ProxyError::Io {
-        side: Side::Client,
-        source,
-    })?;
-    let target = register(target).map_err(|source| ProxyError::Io {
-        side: Side::Target,
-        source,
-    })?;
     Proxy {
-        client,
-        target,
         up: Direction::new(pipes, &counters.bytes_sent),
         down: Direction::new(pipes, &counters.bytes_received),
+        client,
+        target,
         upload_refused: None,
         idle,
         last_active: Instant::now(),
@@ -94,23 +90,18 @@ pub async fn run(
     .await
 }
 
-fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd is open and refers to the same socket until it is
-    // dropped, which happens only when the AsyncFd owning it is dropped.
-    Ok(unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE | Interest::WRITABLE) }?)
-}
-
 pin_project_lite::pin_project! {
-    /// Both directions of one connection as one hand-written future. Wakers
-    /// live in each socket's read and write slots (the client's read slot
-    /// serves `up`, its write slot `down`, and the reverse for the target), so
-    /// an idle connection costs this struct and two reactor registrations,
-    /// not a stack of nested futures.
+    /// Both directions of one connection as one hand-written future. Each
+    /// direction waits on at most one poll (its source readable, or its
+    /// destination writable), so an idle connection costs this struct and
+    /// two armed polls, not a stack of nested futures.
     struct Proxy<'a> {
-        client: AsyncFd<OwnedFd>,
-        target: AsyncFd<OwnedFd>,
+        // Declared before the sockets: fields drop in order, and a poll still
+        // in flight must shut its socket down while the fd is open.
         up: Direction<'a>,
         down: Direction<'a>,
+        client: OwnedFd,
+        target: OwnedFd,
         // The target stopped taking the client's bytes (it answered early
         // and reset, say): the client's side is dropped, and what the target
         // already sent still goes to the client before the session ends.
@@ -127,7 +118,7 @@ impl Future for Proxy<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let (client, target) = (&*this.client, &*this.target);
+        let (client, target) = (this.client.as_raw_fd(), this.target.as_raw_fd());
         let down_done = this.down.done;
         match this.up.poll(
             cx,
@@ -183,6 +174,40 @@ struct Direction<'a> {
     /// The worker's byte counter for this direction.
     counter: &'a AtomicU64,
     done: bool,
+    /// The poll this direction waits on, if any.
+    wait: Option<Wait>,
+    /// The source may hold more bytes: its last read filled the stage, or a
+    /// poll said it is readable. When false, a poll comes before the next read.
+    src_ready: bool,
+}
+
+/// A poll in flight on `fd`. Dropped before it completes, it shuts the
+/// socket down so the poll completes and releases the socket.
+struct Wait {
+    op: Option<PollOp>,
+    fd: RawFd,
+    side: Side,
+}
+
+impl Wait {
+    fn arm(fd: RawFd, events: libc::c_short, side: Side) -> Wait {
+        Wait {
+            op: Some(uring::poll(fd, events as u32)),
+            fd,
+            side,
+        }
+    }
+}
+
+impl Drop for Wait {
+    fn drop(&mut self) {
+        if self.op.is_some() {
+            // SAFETY: `fd` belongs to the Proxy that owns this Wait, and the
+            // Proxy's sockets are declared after its directions, so they are
+            // still open here.
+            unsafe { libc::shutdown(self.fd, libc::SHUT_RDWR) };
+        }
+    }
 }
 
 impl<'a> Direction<'a> {
@@ -192,6 +217,8 @@ impl<'a> Direction<'a> {
             moved: 0,
             counter,
             done: false,
+            wait: None,
+            src_ready: false,
         }
     }
 
@@ -209,8 +236,8 @@ impl<'a> Direction<'a> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: &AsyncFd<OwnedFd>,
-        dst: &AsyncFd<OwnedFd>,
+        src: RawFd,
+        dst: RawFd,
         src_side: Side,
         other_done: bool,
         last_active: &mut Instant,
@@ -228,38 +255,65 @@ impl<'a> Direction<'a> {
             source,
         };
         loop {
+            if let Some(wait) = self.wait.as_mut() {
+                let op = wait.op.as_mut().expect("a Wait in place is in flight");
+                let result = ready!(Pin::new(op).poll(cx));
+                wait.op = None;
+                let side = wait.side;
+                self.wait = None;
+                if let Err(e) = result {
+                    return Poll::Ready(Err(ProxyError::Io { side, source: e }));
+                }
+                if side == src_side {
+                    self.src_ready = true;
+                }
+            }
             // Pass on what is staged before reading more.
             if let Some(stage) = self.loan.stage.as_mut()
                 && stage.pending() > 0
             {
-                let mut ready = ready!(dst.poll_write_ready(cx)).map_err(dst_err)?;
-                match ready.try_io(|fd| stage.drain(fd.as_raw_fd())) {
-                    Err(_would_block) => continue,
-                    Ok(Err(e)) => return Poll::Ready(Err(dst_err(e))),
-                    Ok(Ok(_)) => *last_active = Instant::now(),
+                let before = stage.pending();
+                match stage.drain(dst) {
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        self.wait = Some(Wait::arm(dst, libc::POLLOUT, dst_side));
+                    }
+                    Err(e) => return Poll::Ready(Err(dst_err(e))),
+                    Ok(n) => {
+                        *last_active = Instant::now();
+                        if n < before {
+                            // The socket's send buffer is full: wait for room.
+                            self.wait = Some(Wait::arm(dst, libc::POLLOUT, dst_side));
+                        }
+                    }
                 }
                 continue;
             }
-            let mut ready = ready!(src.poll_read_ready(cx)).map_err(src_err)?;
+            if !self.src_ready {
+                // The stage is empty and the source may be dry: the pipe goes
+                // back until data comes.
+                self.loan.end();
+                self.wait = Some(Wait::arm(src, libc::POLLIN, src_side));
+                continue;
+            }
             let stage = self.loan.get();
-            match ready.try_io(|fd| stage.fill(fd.as_raw_fd())) {
-                Err(_would_block) => {
-                    // The socket is dry: the (empty) pipe goes back until data comes.
-                    self.loan.end();
+            let room = stage.room();
+            match stage.fill(src) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.src_ready = false;
                 }
-                Ok(Err(e)) => return Poll::Ready(Err(src_err(e))),
-                Ok(Ok(0)) if other_done => {
+                Err(e) => return Poll::Ready(Err(src_err(e))),
+                Ok(0) if other_done => {
                     // Both directions have ended: the session closes both
                     // sockets now, and close() sends the FIN a shutdown would.
                     self.loan.end();
                     self.done = true;
                     return Poll::Ready(Ok(()));
                 }
-                Ok(Ok(0)) => {
+                Ok(0) => {
                     self.loan.end();
                     self.done = true;
                     return Poll::Ready(
-                        match SockRef::from(dst.get_ref()).shutdown(Shutdown::Write) {
+                        match SockRef::from(&BorrowedSocket(dst)).shutdown(Shutdown::Write) {
                             Ok(()) => Ok(()),
                             // The peer is already gone; the other direction will see it.
                             Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
@@ -267,13 +321,32 @@ impl<'a> Direction<'a> {
                         },
                     );
                 }
-                Ok(Ok(n)) => {
+                Ok(n) => {
                     self.moved += n as u64;
                     bump(self.counter, n as u64);
                     *last_active = Instant::now();
+                    // A short read drained the socket (or stopped at an
+                    // urgent mark): the poll finds out which, without a read.
+                    self.src_ready = n >= room;
                 }
             }
         }
+    }
+}
+
+/// A raw socket descriptor borrowed for one socket2 call.
+struct BorrowedSocket(RawFd);
+
+impl AsRawFd for BorrowedSocket {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0
+    }
+}
+
+impl std::os::fd::AsFd for BorrowedSocket {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: the descriptor belongs to the Proxy, open for the whole call.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
     }
 }
 
@@ -292,6 +365,14 @@ impl Stage {
         match self {
             Stage::Pipe(p) => p.pending,
             Stage::Buffer { start, end, .. } => end - start,
+        }
+    }
+
+    /// How much one fill can take (fills happen only when empty).
+    fn room(&self) -> usize {
+        match self {
+            Stage::Pipe(p) => p.capacity,
+            Stage::Buffer { buf, .. } => buf.len(),
         }
     }
 

@@ -1,4 +1,4 @@
-//! The io_uring operations ringlb submits itself: accept, connect and cancel.
+//! The io_uring operations ringlb submits itself: accept, connect, poll and cancel.
 //!
 //! tokio-uring 0.5 does not cancel an operation whose future is dropped: the
 //! kernel op keeps running and its result is thrown away (an accepted fd would
@@ -127,4 +127,28 @@ pub async fn cancel_fd(fd: RawFd) -> io::Result<u32> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
         other => other,
     }
+}
+
+pub struct PollTransform;
+
+impl OneshotOutputTransform for PollTransform {
+    type Output = io::Result<u32>;
+    type StoredData = ();
+
+    fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> Self::Output {
+        cqe_result(&cqe)
+    }
+}
+
+pub type PollOp = InFlightOneshot<(), PollTransform>;
+
+/// Submits a one-shot poll of `fd` for `events` (`POLLIN`, `POLLOUT`);
+/// completes with the events that are ready. Readiness is checked when the
+/// kernel takes the SQE, so bytes already waiting complete it at once: no
+/// edge is ever missed. The kernel holds a reference to the socket while
+/// the poll is armed: whoever drops one in flight must make it complete
+/// (`shutdown(2)` does) or the socket outlives its close.
+pub fn poll(fd: RawFd, events: u32) -> PollOp {
+    let sqe = opcode::PollAdd::new(types::Fd(fd), events).build();
+    UnsubmittedOneshot::new((), PollTransform, sqe).submit()
 }
