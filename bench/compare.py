@@ -17,7 +17,9 @@ the io_uring_enter that submits them). All traffic is on 127.0.0.1.
                  [--syscalls] [--ab OLD_RINGLB_BINARY]
 
 --ab runs a second ringlb build ("ringlb-old") beside the current one in the
-same rounds, for A/B comparisons of a change.
+same rounds, for A/B comparisons of a change. --runtime / --old-runtime add
+lines to each one's [runtime] table: an A/B of a setting runs the same binary
+twice, e.g. --ab target/release/ringlb --runtime 'pipe_size = "1MiB"'.
 
 Writes bench/results/compare.json, bench/results/compare.md and
 bench/results/compare.png (ratios to HAProxy).
@@ -110,14 +112,15 @@ def wait_port(port, deadline=10):
 class Proxy:
     """One proxy in front of one backend port; `port` is where clients go."""
 
-    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None):
+    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None, runtimes=None):
         self.kind, self.proc = kind, None
         if kind == "direct":
             self.port = backend
             return
         if kind.startswith("ringlb"):
             self.proc, self.port = start_ringlb(work, [f"127.0.0.1:{backend}"], workers=workers, cpus=cpus,
-                                                binary=(binaries or {}).get(kind))
+                                                binary=(binaries or {}).get(kind),
+                                                extra_runtime=(runtimes or {}).get(kind, ""))
             return
         self.port = free_port()
         if kind == "haproxy":
@@ -276,6 +279,10 @@ def main():
     ap.add_argument("--k6-rate", type=int, default=2000)
     ap.add_argument("--syscalls", action="store_true", help="count system calls per request with strace")
     ap.add_argument("--ab", metavar="OLD_BINARY", help="run this ringlb build too, as ringlb-old")
+    ap.add_argument("--runtime", default="", metavar="TOML",
+                    help="lines for ringlb's [runtime], e.g. 'pipe_size = \"1MiB\"'")
+    ap.add_argument("--old-runtime", default="", metavar="TOML",
+                    help="the same for ringlb-old (A/B of a setting: --ab target/release/ringlb)")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 20 or not 1 <= args.seconds <= 120:
         sys.exit("--rounds must be 1-20 and --seconds 1-120")
@@ -292,6 +299,7 @@ def main():
     if args.ab:
         binaries["ringlb-old"] = os.path.abspath(args.ab)
         proxies.insert(2, "ringlb-old")
+    runtimes = {"ringlb": args.runtime.replace("\\n", "\n"), "ringlb-old": args.old_runtime.replace("\\n", "\n")}
 
     secs = args.seconds
     scenarios = []
@@ -331,9 +339,9 @@ def main():
             else:
                 backend = {"bulk": IPERF_PORT, "idle": HOLD_PORT}[sc]
             if sc == "scaling":
-                proxy = Proxy("ringlb", backend, pdir, workers=arg, cpus="0,1")
+                proxy = Proxy("ringlb", backend, pdir, workers=arg, cpus="0,1", runtimes=runtimes)
             else:
-                proxy = Proxy(kind, backend, pdir, binaries=binaries)
+                proxy = Proxy(kind, backend, pdir, binaries=binaries, runtimes=runtimes)
             try:
                 row = {"round": rnd + 1, "scenario": sc, "proxy": kind}
                 c0 = proxy.cpu()

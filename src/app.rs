@@ -264,7 +264,7 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         }
     }
     let admin_listener = bind_admin(config.admin)?;
-    let splice = config.runtime.splice;
+    let (splice, pipe_size) = (config.runtime.splice, config.runtime.pipe_size);
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     // Probe tasks are spawned on the control plane's runtime.
@@ -282,6 +282,7 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             stop: stop_rx,
             stats: cp.worker_stats.clone(),
             splice,
+            pipe_size,
         },
     )?;
 

@@ -39,6 +39,8 @@ pub struct RuntimeConfig {
     pub shutdown_timeout: Duration,
     /// Move bytes with splice(2) through pipes (true), or always copy.
     pub splice: bool,
+    /// Bytes each pipe is asked to hold (`F_SETPIPE_SZ`).
+    pub pipe_size: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -417,6 +419,9 @@ impl Validator<'_> {
                 workers: raw.runtime.workers,
                 shutdown_timeout: raw.runtime.shutdown_timeout.0,
                 splice: raw.runtime.splice,
+                pipe_size: parse_pipe_size(raw.runtime.pipe_size.get_ref()).map_err(|m| {
+                    self.at(&raw.runtime.pipe_size, 0..0, "runtime.pipe_size".into(), m)
+                })?,
             },
             listeners,
             groups,
@@ -631,6 +636,27 @@ impl Validator<'_> {
 }
 
 /// Parses an HTTP matcher: "200", "200-399", "200,204,300-399".
+/// `[runtime] pipe_size`: "64KiB" to "1MiB" (Linux's default pipe size up
+/// to the largest an unprivileged process may ask for, `fs.pipe-max-size`).
+pub fn parse_pipe_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let hint = "write a size from \"64KiB\" to \"1MiB\", e.g. \"256KiB\"";
+    let n: usize = digits
+        .parse()
+        .map_err(|_| format!("invalid size {text:?}: {hint}"))?;
+    let bytes = match unit {
+        "KiB" => n.checked_mul(1024),
+        "MiB" => n.checked_mul(1024 * 1024),
+        _ => return Err(format!("invalid size {text:?}: {hint}")),
+    };
+    match bytes {
+        Some(b) if (64 * 1024..=1024 * 1024).contains(&b) => Ok(b),
+        _ => Err(format!("pipe size {text:?} is out of range: {hint}")),
+    }
+}
+
 pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut out = Vec::new();
     for part in text.split(',') {

@@ -49,6 +49,8 @@ pub struct RawRuntime {
     pub shutdown_timeout: ConfigDuration,
     #[serde(default = "default_splice")]
     pub splice: bool,
+    #[serde(default = "default_pipe_size")]
+    pub pipe_size: Spanned<String>,
 }
 
 impl Default for RawRuntime {
@@ -57,12 +59,19 @@ impl Default for RawRuntime {
             workers: 0,
             shutdown_timeout: default_shutdown_timeout(),
             splice: default_splice(),
+            pipe_size: default_pipe_size(),
         }
     }
 }
 
 fn default_splice() -> bool {
     true
+}
+
+/// Linux's own pipe size; see `[runtime] pipe_size` in the README.
+pub const DEFAULT_PIPE_SIZE: &str = "64KiB";
+fn default_pipe_size() -> Spanned<String> {
+    unspanned(DEFAULT_PIPE_SIZE.to_string())
 }
 
 #[derive(Debug, Deserialize)]

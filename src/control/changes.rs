@@ -33,6 +33,12 @@ pub fn describe(old: &Config, new: &Config) -> Vec<String> {
         &new.runtime.splice,
         " (on restart only)",
     );
+    diff(
+        "[runtime] pipe_size".into(),
+        &old.runtime.pipe_size,
+        &new.runtime.pipe_size,
+        " (on restart only)",
+    );
     diff("[admin] listen".into(), &old.admin, &new.admin, "");
     for l in &new.listeners {
         if let Some(o) = old.listeners.iter().find(|o| o.name == l.name) {

@@ -462,7 +462,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (b, _) = l.accept().unwrap();
-            let pool = PipePool::new(1, 1);
+            let pool = PipePool::new(1, 1, pipe::DEFAULT_PIPE_SIZE);
             let counters = TargetSlot::default();
             let fut = run(&pool, a.into(), b.into(), Duration::from_secs(1), &counters);
             let size = std::mem::size_of_val(&fut);

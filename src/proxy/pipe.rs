@@ -6,9 +6,8 @@ use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Bytes a pipe is asked to hold. 64 KiB is Linux's default, needs no
-/// privilege and counts as 16 pages against `fs.pipe-user-pages-soft`.
-pub const PIPE_SIZE: usize = 64 * 1024;
+/// Linux's default pipe size: 16 pages against `fs.pipe-user-pages-soft`.
+pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Pipe {
@@ -20,7 +19,10 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// A non-blocking pipe asked to hold `size` bytes. When the kernel will
+    /// not grow it (over the user's pipe pages, say), it keeps the size it
+    /// has and `capacity` says so.
+    fn new(size: usize) -> io::Result<Pipe> {
         let mut fds = [0; 2];
         // SAFETY: `fds` has room for the two descriptors pipe2 writes.
         let rc = unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_NONBLOCK | libc::O_CLOEXEC) };
@@ -29,8 +31,14 @@ impl Pipe {
         }
         // SAFETY: pipe2 succeeded, so both are fresh descriptors owned by nobody else.
         let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        // SAFETY: fcntl on a descriptor we own; failure just leaves the default size.
-        let got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        let size = libc::c_int::try_from(size).unwrap_or(libc::c_int::MAX);
+        // SAFETY: fcntl on a descriptor we own; it returns the new size, or
+        // fails and leaves the pipe as it was.
+        let mut got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, size) };
+        if got <= 0 {
+            // SAFETY: as above; reads the size the pipe has.
+            got = unsafe { libc::fcntl(write.as_raw_fd(), libc::F_GETPIPE_SZ) };
+        }
         Ok(Pipe {
             read,
             write,
@@ -132,6 +140,8 @@ pub struct PipePool {
     lent: Cell<usize>,
     max_lent: usize,
     max_free: usize,
+    /// Bytes each new pipe is asked to hold.
+    size: usize,
     /// Set after the first failure to make a pipe, so it is logged once.
     warned: Cell<bool>,
     /// Set by every `take`, cleared by `trim`.
@@ -139,12 +149,13 @@ pub struct PipePool {
 }
 
 impl PipePool {
-    pub fn new(max_lent: usize, max_free: usize) -> Self {
+    pub fn new(max_lent: usize, max_free: usize, size: usize) -> Self {
         PipePool {
             free: RefCell::new(Vec::new()),
             lent: Cell::new(0),
             max_lent,
             max_free,
+            size,
             warned: Cell::new(false),
             used: Cell::new(false),
         }
@@ -170,7 +181,7 @@ impl PipePool {
         self.used.set(true);
         let pipe = match self.free.borrow_mut().pop() {
             Some(p) => p,
-            None => match Pipe::new() {
+            None => match Pipe::new(self.size) {
                 Ok(p) => p,
                 Err(e) => {
                     if !self.warned.replace(true) {
@@ -211,7 +222,7 @@ mod tests {
 
     #[test]
     fn pool_lends_up_to_its_cap_and_reuses_clean_pipes() {
-        let pool = PipePool::new(2, 1);
+        let pool = PipePool::new(2, 1, DEFAULT_PIPE_SIZE);
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
         assert!(pool.take().is_none(), "cap of 2 lent pipes");
@@ -226,13 +237,21 @@ mod tests {
 
     #[test]
     fn trim_closes_idle_pipes_only_after_a_quiet_period() {
-        let pool = PipePool::new(4, 4);
+        let pool = PipePool::new(4, 4, DEFAULT_PIPE_SIZE);
         let p = pool.take().unwrap();
         pool.give_back(p);
         assert_eq!(pool.trim(), 0, "used since the last trim: kept");
         assert_eq!(pool.idle(), 1);
         assert_eq!(pool.trim(), 1, "quiet since the last trim: closed");
         assert_eq!(pool.idle(), 0);
+    }
+
+    #[test]
+    fn pipes_grow_to_the_size_asked_for() {
+        let pipe = Pipe::new(1024 * 1024).unwrap();
+        assert_eq!(pipe.capacity, 1024 * 1024);
+        let pipe = Pipe::new(DEFAULT_PIPE_SIZE).unwrap();
+        assert_eq!(pipe.capacity, DEFAULT_PIPE_SIZE);
     }
 
     #[test]
@@ -244,7 +263,7 @@ mod tests {
         let c = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
         let (mut d, _) = l2.accept().unwrap();
         a.write_all(b"hello splice").unwrap();
-        let mut pipe = Pipe::new().unwrap();
+        let mut pipe = Pipe::new(DEFAULT_PIPE_SIZE).unwrap();
         assert!(pipe.capacity >= 4096);
         let mut got = 0;
         while got < 12 {

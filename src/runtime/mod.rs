@@ -51,6 +51,18 @@ pub struct WorkerPlan {
     pub listeners: Vec<BoundListener>,
 }
 
+/// The worker's io_uring runtime. `IORING_SETUP_COOP_TASKRUN`: completions
+/// (poll, accept, connect) are not pushed at the thread as a signal-like
+/// interruption of whatever syscall it is in (measured: 9% of a worker's CPU
+/// in `get_signal`/task work under keep-alive load), but run at its next
+/// kernel transition. Kernels before 5.19 lack the flag: then without it.
+fn new_ring() -> io::Result<tokio_uring::Runtime> {
+    let mut coop = tokio_uring::uring_builder();
+    coop.setup_coop_taskrun().setup_taskrun_flag();
+    tokio_uring::Runtime::new(tokio_uring::builder().uring_builder(&coop))
+        .or_else(|_| tokio_uring::Runtime::new(&tokio_uring::builder()))
+}
+
 /// What every worker shares with the control plane.
 #[derive(Clone)]
 pub struct Shared {
@@ -60,6 +72,8 @@ pub struct Shared {
     pub stats: Arc<Slots<WorkerSlot>>,
     /// Move bytes with splice(2); false: always copy.
     pub splice: bool,
+    /// Bytes each pipe is asked to hold.
+    pub pipe_size: usize,
 }
 
 /// The control plane's handles on running workers.
@@ -100,7 +114,7 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                 {
                     tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker to its CPU");
                 }
-                let rt = match tokio_uring::Runtime::new(&tokio_uring::builder()) {
+                let rt = match new_ring() {
                     Ok(rt) => rt,
                     Err(source) => {
                         // The receiver outlives every worker's first message.
@@ -112,7 +126,7 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                 };
                 rt.block_on(async move {
                     let lend = if shared.splice { PIPES_PER_WORKER } else { 0 };
-                    let pipes = PipePool::new(lend, IDLE_PIPES_PER_WORKER);
+                    let pipes = PipePool::new(lend, IDLE_PIPES_PER_WORKER, shared.pipe_size);
                     let stop = shared.stop.clone();
                     let w = worker::Worker::new(id, shared, pipes);
                     ready.send(Ok(())).ok();
