@@ -18,7 +18,7 @@ use crate::listener::ListenerError;
 use crate::runtime::{self, RuntimeError, Stop, WorkerPlan};
 use crate::snapshot::{self, SharedSnapshot, Snapshot};
 use crate::targets::{self, Target, TargetsError};
-use crate::{admin, notify};
+use crate::{admin, notify, takeover};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -41,6 +41,8 @@ pub enum AppError {
         what: &'static str,
         source: io::Error,
     },
+    #[error("{0}")]
+    Takeover(String),
     #[error("admin endpoint on {addr} ([admin] listen): {source}")]
     Admin {
         addr: std::net::SocketAddr,
@@ -197,6 +199,8 @@ fn bind_admin(addr: SocketAddr) -> Result<std::net::TcpListener, AppError> {
 struct AdminTask {
     addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    /// A copy of the listening socket, handed to a process that takes over.
+    handover: Option<std::os::fd::OwnedFd>,
 }
 
 impl AdminTask {
@@ -208,18 +212,91 @@ impl AdminTask {
             addr: SocketAddr::from(([0, 0, 0, 0], 0)),
             source,
         })?;
+        let handover = listener.try_clone().ok().map(std::os::fd::OwnedFd::from);
         let listener = tokio::net::TcpListener::from_std(listener)
             .map_err(|source| AppError::Admin { addr, source })?;
         let task = tokio::spawn(admin::serve(listener, asks));
         info!(%addr, "admin listening");
-        Ok(AdminTask { addr, task })
+        Ok(AdminTask {
+            addr,
+            task,
+            handover,
+        })
     }
 }
 
+/// What a takeover server thread asks the main loop.
+enum Handover {
+    /// The sockets to hand over (None: stopping, no takeover now).
+    Offer(tokio::sync::oneshot::Sender<Option<takeover::OfferOwned>>),
+    /// The new process is ready: stop accepting, drain, exit.
+    Taken,
+}
+
+/// Serves takeover requests on `fd` from a thread of its own.
+fn spawn_takeover_server(
+    path: std::path::PathBuf,
+    fd: std::os::fd::OwnedFd,
+    to_main: tokio::sync::mpsc::Sender<Handover>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("ringlb-takeover".into())
+        .spawn(move || {
+            let ask = to_main.clone();
+            takeover::serve(
+                &path,
+                fd,
+                move || {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    ask.blocking_send(Handover::Offer(tx)).ok()?;
+                    rx.blocking_recv().ok().flatten()
+                },
+                move || {
+                    let _stopping = to_main.blocking_send(Handover::Taken);
+                },
+            );
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "no thread for the takeover socket; takeovers are off");
+    }
+}
+
+/// How long a process taking over waits for its targets' first passing
+/// probes before it tells the old process to stop accepting.
+const TAKEOVER_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `ringlb run`: serve until SIGTERM or SIGINT; SIGHUP reloads the config.
-pub fn run(path: &Path) -> Result<(), AppError> {
+/// With `takeover`, first take the listening sockets over from the ringlb
+/// running with the same `[runtime] takeover_socket`.
+pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
     let loaded = load(path, &|_| None)?;
     raise_nofile_limit();
+    let takeover_path = loaded.config.runtime.takeover_socket.clone();
+    let mut inherited = match (&takeover_path, takeover) {
+        (None, true) => {
+            return Err(AppError::Takeover(format!(
+                "{}: --takeover needs [runtime] takeover_socket (the running ringlb's)",
+                path.display()
+            )));
+        }
+        (Some(p), true) => {
+            let i = takeover::take(p).map_err(|e| AppError::Takeover(e.to_string()))?;
+            info!(
+                listeners = i.listeners.len(),
+                "took over the running ringlb's sockets"
+            );
+            Some(i)
+        }
+        _ => None,
+    };
+    // The running process's role: offer its sockets to the next one. A
+    // process taking over binds this only once the old one has let go.
+    let takeover_listener = match (&takeover_path, &inherited) {
+        (Some(p), None) => {
+            Some(takeover::listen(p).map_err(|e| AppError::Takeover(e.to_string()))?)
+        }
+        _ => None,
+    };
 
     let control = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -248,7 +325,11 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         .collect();
     let mut bound = HashMap::new();
     for l in &config.listeners {
-        let (info, sockets) = BoundInfo::bind(l, workers, true)?;
+        let handed = inherited.as_mut().and_then(|i| i.listener(&l.name, l.addr));
+        let (info, sockets) = match handed {
+            Some(h) => BoundInfo::adopt(l, workers, h)?,
+            None => BoundInfo::bind(l, workers, true)?,
+        };
         for (plan, socket) in plans.iter_mut().zip(sockets) {
             plan.listeners.push(info.for_worker(socket));
         }
@@ -263,7 +344,14 @@ pub fn run(path: &Path) -> Result<(), AppError> {
             info!(group = %g.name, count = t.len(), targets = %snapshot::describe(t), "targets loaded");
         }
     }
-    let admin_listener = bind_admin(config.admin)?;
+    let handed_admin = inherited
+        .as_mut()
+        .and_then(|i| i.admin.take())
+        .filter(|(was, _)| *was == config.admin);
+    let admin_listener = match handed_admin {
+        Some((_, l)) => l,
+        None => bind_admin(config.admin)?,
+    };
     let (splice, pipe_size) = (config.runtime.splice, config.runtime.pipe_size);
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
@@ -291,7 +379,20 @@ pub fn run(path: &Path) -> Result<(), AppError> {
         let mut admin = AdminTask::start(admin_listener, ask_tx.clone())?;
         info!(workers, pid = std::process::id(), "ready");
         let mut status = cp.status_line();
-        notify::ready(&status);
+        let (handover_tx, mut handovers) = tokio::sync::mpsc::channel(1);
+        if let (Some(p), Some(fd)) = (&takeover_path, takeover_listener) {
+            spawn_takeover_server(p.clone(), fd, handover_tx.clone());
+        }
+        // Taking over: READY to the old process once every group serves
+        // (or TAKEOVER_SETTLE passed); then its takeover socket is ours.
+        let settle_until = tokio::time::Instant::now() + TAKEOVER_SETTLE;
+        let mut letting_go: Option<tokio::task::JoinHandle<_>> = None;
+        if inherited.is_some() {
+            notify::ready_as_main(&status);
+        } else {
+            notify::ready(&status);
+        }
+        let mut taken_over = false;
 
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -310,6 +411,27 @@ pub fn run(path: &Path) -> Result<(), AppError> {
                     notify::ready(&status);
                 }
                 _ = tick.tick() => {
+                    if inherited.is_some()
+                        && (cp.every_group_serves() || tokio::time::Instant::now() >= settle_until)
+                        && let Some(i) = inherited.take()
+                    {
+                        letting_go = Some(tokio::task::spawn_blocking(move || i.ready()));
+                    }
+                    if letting_go.as_ref().is_some_and(|h| h.is_finished())
+                        && let Some(h) = letting_go.take()
+                    {
+                        match h.await {
+                            Ok(Ok(p)) => {
+                                info!("the old process let go; this one serves alone");
+                                match takeover::listen(&p) {
+                                    Ok(fd) => spawn_takeover_server(p, fd, handover_tx.clone()),
+                                    Err(e) => warn!(error = %e, "takeovers of this process are off"),
+                                }
+                            }
+                            Ok(Err(e)) => warn!(error = %e, "the old process did not confirm; both may accept until it stops"),
+                            Err(e) => warn!(error = %e, "takeover hand-shake failed"),
+                        }
+                    }
                     cp.tick(&workers_handle);
                     let now = cp.status_line();
                     if now != status {
@@ -324,9 +446,31 @@ pub fn run(path: &Path) -> Result<(), AppError> {
                     // The asker may have gone; then there is nobody to answer.
                     let _gone = ask.reply.send(cp.answer(ask.route));
                 }
+                Some(h) = handovers.recv() => match h {
+                    Handover::Offer(reply) => {
+                        let admin_fd = admin
+                            .handover
+                            .as_ref()
+                            .and_then(|fd| fd.try_clone().ok())
+                            .map(|fd| (cp.config().admin, fd));
+                        let _gone = reply.send(Some(takeover::OfferOwned {
+                            listeners: cp.offer(),
+                            admin: admin_fd,
+                        }));
+                    }
+                    Handover::Taken => {
+                        info!("taken over by a new process: stop accepting, drain, exit");
+                        taken_over = true;
+                        break;
+                    }
+                },
             }
         }
-        notify::stopping();
+        // After a takeover the new process is systemd's main one: this one
+        // must not say STOPPING.
+        if !taken_over {
+            notify::stopping();
+        }
         admin.task.abort();
         let grace = cp.config().runtime.shutdown_timeout;
         stop_tx.send_replace(Stop::Drain(grace));

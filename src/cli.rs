@@ -27,6 +27,11 @@ pub enum Command {
     Run {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Take the listening sockets over from the ringlb running with the
+        /// same `[runtime] takeover_socket` (zero-downtime upgrade); it then
+        /// drains and exits.
+        #[arg(long)]
+        takeover: bool,
     },
     /// Run the reference autoscaler: it starts and stops targets and
     /// rewrites their targets file, from CPU or ringlb's connection counts.

@@ -16,4 +16,5 @@ pub mod oserror;
 pub mod proxy;
 pub mod runtime;
 pub mod snapshot;
+pub mod takeover;
 pub mod targets;

@@ -36,7 +36,7 @@ fn main() -> ExitCode {
                 println!("{summary}");
             })
             .map_err(|e| e.to_string()),
-        Command::Run { config } => app::run(config).map_err(|e| e.to_string()),
+        Command::Run { config, takeover } => app::run(config, *takeover).map_err(|e| e.to_string()),
         Command::Autoscale {
             config,
             stop_targets_on_exit,

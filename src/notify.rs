@@ -17,6 +17,17 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// READY=1 from a process that took over from the running one: with
+/// `MAINPID=` so systemd follows this process now (the unit needs
+/// `NotifyAccess=all`, as this one is not the process systemd started).
+pub fn ready_as_main(status: &str) {
+    send(&[
+        NotifyState::MainPid(std::process::id()),
+        NotifyState::Ready,
+        NotifyState::Status(status),
+    ]);
+}
+
 /// A reload starts: `RELOADING=1` with `MONOTONIC_USEC`, as `Type=notify-reload` wants.
 pub fn reloading() {
     match NotifyState::monotonic_usec_now() {

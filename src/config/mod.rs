@@ -41,6 +41,9 @@ pub struct RuntimeConfig {
     pub splice: bool,
     /// Bytes each pipe is asked to hold (`F_SETPIPE_SZ`).
     pub pipe_size: usize,
+    /// The Unix socket a new process takes the listening sockets over from
+    /// (relative to the config file's folder).
+    pub takeover_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -422,6 +425,11 @@ impl Validator<'_> {
                 pipe_size: parse_pipe_size(raw.runtime.pipe_size.get_ref()).map_err(|m| {
                     self.at(&raw.runtime.pipe_size, 0..0, "runtime.pipe_size".into(), m)
                 })?,
+                takeover_socket: raw
+                    .runtime
+                    .takeover_socket
+                    .as_ref()
+                    .map(|p| self.file.parent().unwrap_or(Path::new(".")).join(p)),
             },
             listeners,
             groups,

@@ -51,6 +51,9 @@ pub struct RawRuntime {
     pub splice: bool,
     #[serde(default = "default_pipe_size")]
     pub pipe_size: Spanned<String>,
+    /// Where a running ringlb offers its sockets to `ringlb run --takeover`.
+    #[serde(default)]
+    pub takeover_socket: Option<String>,
 }
 
 impl Default for RawRuntime {
@@ -60,6 +63,7 @@ impl Default for RawRuntime {
             shutdown_timeout: default_shutdown_timeout(),
             splice: default_splice(),
             pipe_size: default_pipe_size(),
+            takeover_socket: None,
         }
     }
 }

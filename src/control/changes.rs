@@ -39,6 +39,12 @@ pub fn describe(old: &Config, new: &Config) -> Vec<String> {
         &new.runtime.pipe_size,
         " (on restart only)",
     );
+    diff(
+        "[runtime] takeover_socket".into(),
+        &old.runtime.takeover_socket,
+        &new.runtime.takeover_socket,
+        " (on restart only)",
+    );
     diff("[admin] listen".into(), &old.admin, &new.admin, "");
     for l in &new.listeners {
         if let Some(o) = old.listeners.iter().find(|o| o.name == l.name) {

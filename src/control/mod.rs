@@ -41,6 +41,8 @@ pub struct BoundInfo {
     /// The address actually bound (the kernel's port for `:0`).
     pub addr: SocketAddr,
     pub stats: Arc<ListenerStats>,
+    /// Copies of the workers' sockets, handed to a process that takes over.
+    pub handover: Vec<std::os::fd::OwnedFd>,
 }
 
 impl BoundInfo {
@@ -51,13 +53,58 @@ impl BoundInfo {
         workers: usize,
         exclusive: bool,
     ) -> Result<(BoundInfo, Vec<std::net::TcpListener>), ListenerError> {
-        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let (addr, sockets) = listener::bind_reuseport(config, workers, exclusive)?;
+        Self::with_sockets(config, workers, addr, sockets)
+    }
+
+    /// Uses the sockets a running ringlb handed over (a takeover): the same
+    /// listening sockets, so no connection is refused in between. A worker
+    /// count above the old one binds more sockets into the same
+    /// `SO_REUSEPORT` group; below it, the extra sockets close (connections
+    /// queued on them are lost: keep `workers` across upgrades).
+    pub fn adopt(
+        config: &ListenerConfig,
+        workers: usize,
+        mut handed: crate::takeover::HandedListener,
+    ) -> Result<(BoundInfo, Vec<std::net::TcpListener>), ListenerError> {
+        if handed.sockets.len() > workers {
+            tracing::warn!(listener = %config.name, handed = handed.sockets.len(), workers, "more sockets handed over than workers; closing the rest");
+            handed.sockets.truncate(workers);
+        }
+        let missing = workers - handed.sockets.len();
+        if missing > 0 {
+            let mut at = config.clone();
+            at.addr = handed.addr;
+            let (_, more) = listener::bind_reuseport(&at, missing, false)?;
+            handed.sockets.extend(more);
+        }
+        Self::with_sockets(config, workers, handed.addr, handed.sockets)
+    }
+
+    fn with_sockets(
+        config: &ListenerConfig,
+        workers: usize,
+        addr: SocketAddr,
+        sockets: Vec<std::net::TcpListener>,
+    ) -> Result<(BoundInfo, Vec<std::net::TcpListener>), ListenerError> {
+        static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let handover = sockets
+            .iter()
+            .map(|s| s.try_clone().map(std::os::fd::OwnedFd::from))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|source| ListenerError {
+                name: config.name.clone(),
+                addr: config.addr,
+                step: "dup",
+                source,
+                hint: "",
+            })?;
         let info = BoundInfo {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             config: config.clone(),
             addr,
             stats: Arc::new(ListenerStats::new(workers)),
+            handover,
         };
         Ok((info, sockets))
     }
@@ -492,6 +539,24 @@ impl ControlPlane {
             said.join("; ")
         };
         info!(epoch = self.epoch, %changes, "config reloaded");
+    }
+
+    /// Copies of every listener's sockets, for a process taking over:
+    /// (name, configured address, bound address, sockets).
+    pub fn offer(&self) -> Vec<(String, SocketAddr, SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+        self.bound
+            .values()
+            .filter_map(|b| {
+                let fds = b
+                    .handover
+                    .iter()
+                    .map(|f| f.try_clone())
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| warn!(listener = %b.config.name, error = %e, "cannot copy sockets for a takeover"))
+                    .ok()?;
+                Some((b.config.name.clone(), b.config.addr, b.addr, fds))
+            })
+            .collect()
     }
 
     /// Decides, for each listener of a new config, whether its sockets stay,

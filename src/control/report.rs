@@ -32,6 +32,15 @@ impl ControlPlane {
         self.health.get(group).and_then(|h| h.get(&addr))
     }
 
+    /// Every group with targets has one in service.
+    pub fn every_group_serves(&self) -> bool {
+        self.shared
+            .load()
+            .groups
+            .iter()
+            .all(|g| g.targets.is_empty() || g.targets.iter().any(|t| t.ready))
+    }
+
     /// "targets healthy 2/3, connections 5": for systemd's STATUS=.
     pub fn status_line(&self) -> String {
         let snap = self.shared.load();

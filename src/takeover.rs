@@ -1,0 +1,354 @@
+//! Zero-downtime binary upgrade: a new ringlb takes over the listening
+//! sockets of the running one over a Unix socket (`SCM_RIGHTS`), as HAProxy's
+//! `-x` and Envoy's hot restart do. The listening sockets never close, so no
+//! SYN is refused; the old process stops accepting once the new one is
+//! ready, drains its connections for up to `shutdown_timeout`, and exits.
+//!
+//! The exchange, on a `SOCK_SEQPACKET` socket at `[runtime] takeover_socket`
+//! (every line is one packet):
+//!
+//! ```text
+//! new -> old   TAKEOVER 1
+//! old -> new   {"listeners":[{"name","config","addr","count"}],"admin":"ADDR"|null}
+//! old -> new   one packet per listener: its name, with its sockets attached
+//! old -> new   "admin" with the admin socket attached (if any), then "END"
+//! new -> old   READY          (the new process serves; the old one stops accepting)
+//! old -> new   BYE
+//! ```
+
+use std::io::{IoSlice, IoSliceMut};
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::sys::socket::{
+    self, AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag,
+    SockType, UnixAddr, sockopt,
+};
+use nix::sys::time::TimeVal;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+/// How long either side waits for the other's next packet. The new process
+/// starts its workers and probes its targets between `END` and `READY`.
+const STEP_TIMEOUT: Duration = Duration::from_secs(60);
+const VERSION_LINE: &[u8] = b"TAKEOVER 1";
+/// `SCM_MAX_FD`: the most descriptors one packet carries.
+const MAX_FDS: usize = 253;
+
+#[derive(Debug, thiserror::Error)]
+#[error("takeover via {path}: {step}: {message}")]
+pub struct TakeoverError {
+    pub path: PathBuf,
+    pub step: &'static str,
+    pub message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Header {
+    listeners: Vec<ListenerHeader>,
+    admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ListenerHeader {
+    name: String,
+    /// The address as configured (`127.0.0.1:0` stays so).
+    config: SocketAddr,
+    /// The address bound.
+    addr: SocketAddr,
+    count: usize,
+}
+
+/// One listener's sockets as the old process hands them over.
+#[derive(Debug)]
+pub struct HandedListener {
+    pub name: String,
+    pub config: SocketAddr,
+    pub addr: SocketAddr,
+    pub sockets: Vec<TcpListener>,
+}
+
+/// The new process's side, between receiving the sockets and `READY`.
+pub struct Inherited {
+    pub listeners: Vec<HandedListener>,
+    /// The admin socket and the address it was configured with.
+    pub admin: Option<(SocketAddr, TcpListener)>,
+    conn: OwnedFd,
+    path: PathBuf,
+}
+
+fn err(path: &Path, step: &'static str, e: impl std::fmt::Display) -> TakeoverError {
+    TakeoverError {
+        path: path.to_path_buf(),
+        step,
+        message: e.to_string(),
+    }
+}
+
+fn seqpacket() -> nix::Result<OwnedFd> {
+    socket::socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+}
+
+fn set_timeouts(fd: &OwnedFd, t: Duration) -> nix::Result<()> {
+    let tv = TimeVal::new(t.as_secs() as _, t.subsec_micros() as _);
+    socket::setsockopt(fd, sockopt::ReceiveTimeout, &tv)?;
+    socket::setsockopt(fd, sockopt::SendTimeout, &tv)
+}
+
+fn send(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    let cmsgs: &[ControlMessage] = if fds.is_empty() { &[] } else { &cmsg };
+    socket::sendmsg::<()>(fd.as_raw_fd(), &iov, cmsgs, MsgFlags::MSG_NOSIGNAL, None)?;
+    Ok(())
+}
+
+/// One packet: its bytes and the descriptors attached (owned now).
+fn recv(fd: &OwnedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
+    let (n, fds) = {
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = socket::recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            Some(&mut space),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )?;
+        let mut fds = Vec::new();
+        for c in msg.cmsgs()? {
+            if let ControlMessageOwned::ScmRights(raw) = c {
+                // SAFETY: SCM_RIGHTS gave this process new descriptors that
+                // nothing else owns.
+                fds.extend(raw.into_iter().map(|r| unsafe { OwnedFd::from_raw_fd(r) }));
+            }
+        }
+        (msg.bytes, fds)
+    };
+    buf.truncate(n);
+    Ok((buf, fds))
+}
+
+/// Binds the takeover socket of a running ringlb at `path` (a stale file
+/// nobody answers on is replaced).
+pub fn listen(path: &Path) -> Result<OwnedFd, TakeoverError> {
+    if path.exists() {
+        let probe = seqpacket().map_err(|e| err(path, "socket", e))?;
+        let addr = UnixAddr::new(path).map_err(|e| err(path, "address", e))?;
+        if socket::connect(probe.as_raw_fd(), &addr).is_ok() {
+            return Err(err(
+                path,
+                "bind",
+                "another ringlb answers there (start this one with --takeover to replace it)",
+            ));
+        }
+        std::fs::remove_file(path).map_err(|e| err(path, "remove stale socket", e))?;
+    }
+    let fd = seqpacket().map_err(|e| err(path, "socket", e))?;
+    let addr = UnixAddr::new(path).map_err(|e| err(path, "address", e))?;
+    socket::bind(fd.as_raw_fd(), &addr).map_err(|e| err(path, "bind", e))?;
+    socket::listen(&fd, Backlog::new(4).expect("4 is a valid backlog"))
+        .map_err(|e| err(path, "listen", e))?;
+    Ok(fd)
+}
+
+/// The running process's side: serves takeover requests on `listener` (a
+/// thread of its own). For each, `offer` gives the sockets; when the new
+/// process says READY, `taken` is called (the caller then drains and
+/// exits) and this returns.
+pub fn serve(
+    path: &Path,
+    listener: OwnedFd,
+    offer: impl Fn() -> Option<OfferOwned>,
+    taken: impl FnOnce(),
+) {
+    loop {
+        let conn = match socket::accept(listener.as_raw_fd()) {
+            // SAFETY: accept returned a new descriptor owned by nobody else.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "takeover socket: accept failed; no more takeovers");
+                return;
+            }
+        };
+        match hand_over(&conn, &offer) {
+            Ok(()) => {
+                taken();
+                // The path is the new process's once it reads BYE.
+                drop(listener);
+                if let Err(e) = std::fs::remove_file(path) {
+                    warn!(path = %path.display(), error = %e, "cannot remove the takeover socket");
+                }
+                let _bye = send(&conn, b"BYE", &[]);
+                return;
+            }
+            Err(e) => warn!(error = %e, "takeover abandoned; this process keeps serving"),
+        }
+    }
+}
+
+/// Descriptors the running process offers, duplicated for the exchange.
+pub struct OfferOwned {
+    pub listeners: Vec<(String, SocketAddr, SocketAddr, Vec<OwnedFd>)>,
+    pub admin: Option<(SocketAddr, OwnedFd)>,
+}
+
+fn hand_over(conn: &OwnedFd, offer: &impl Fn() -> Option<OfferOwned>) -> Result<(), String> {
+    set_timeouts(conn, STEP_TIMEOUT).map_err(|e| e.to_string())?;
+    let (hello, _) = recv(conn).map_err(|e| format!("reading the request: {e}"))?;
+    if hello != VERSION_LINE {
+        return Err(format!(
+            "unknown request {:?}",
+            String::from_utf8_lossy(&hello)
+        ));
+    }
+    let Some(o) = offer() else {
+        return Err("this process is stopping".into());
+    };
+    let header = Header {
+        listeners: o
+            .listeners
+            .iter()
+            .map(|(name, config, addr, fds)| ListenerHeader {
+                name: name.clone(),
+                config: *config,
+                addr: *addr,
+                count: fds.len(),
+            })
+            .collect(),
+        admin: o.admin.as_ref().map(|(a, _)| *a),
+    };
+    let json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
+    send(conn, &json, &[]).map_err(|e| format!("sending the header: {e}"))?;
+    for (name, _, _, fds) in &o.listeners {
+        for chunk in fds.chunks(MAX_FDS) {
+            let raw: Vec<RawFd> = chunk.iter().map(AsRawFd::as_raw_fd).collect();
+            send(conn, name.as_bytes(), &raw).map_err(|e| format!("sending {name}: {e}"))?;
+        }
+    }
+    if let Some((_, fd)) = &o.admin {
+        send(conn, b"admin", &[fd.as_raw_fd()]).map_err(|e| format!("sending admin: {e}"))?;
+    }
+    send(conn, b"END", &[]).map_err(|e| e.to_string())?;
+    info!("listening sockets handed to a new process; waiting for it to be ready");
+    let (ready, _) = recv(conn).map_err(|e| format!("waiting for READY: {e}"))?;
+    if ready != b"READY" {
+        return Err(if ready.is_empty() {
+            "the new process went away before it was ready".into()
+        } else {
+            format!("expected READY, got {:?}", String::from_utf8_lossy(&ready))
+        });
+    }
+    Ok(())
+}
+
+/// The new process's side: asks the ringlb at `path` for its sockets.
+pub fn take(path: &Path) -> Result<Inherited, TakeoverError> {
+    let conn = seqpacket().map_err(|e| err(path, "socket", e))?;
+    let addr = UnixAddr::new(path).map_err(|e| err(path, "address", e))?;
+    socket::connect(conn.as_raw_fd(), &addr).map_err(|e| {
+        err(
+            path,
+            "connect (is a ringlb with this takeover_socket running?)",
+            e,
+        )
+    })?;
+    set_timeouts(&conn, STEP_TIMEOUT).map_err(|e| err(path, "timeouts", e))?;
+    send(&conn, VERSION_LINE, &[]).map_err(|e| err(path, "request", e))?;
+    let (json, _) = recv(&conn).map_err(|e| err(path, "header", e))?;
+    let header: Header = serde_json::from_slice(&json).map_err(|e| err(path, "header", e))?;
+    let mut listeners: Vec<HandedListener> = header
+        .listeners
+        .iter()
+        .map(|l| HandedListener {
+            name: l.name.clone(),
+            config: l.config,
+            addr: l.addr,
+            sockets: Vec::with_capacity(l.count),
+        })
+        .collect();
+    let mut admin = None;
+    loop {
+        let (what, fds) = recv(&conn).map_err(|e| err(path, "sockets", e))?;
+        if what == b"END" {
+            break;
+        }
+        if what == b"admin" {
+            if let (Some(a), Some(fd)) = (header.admin, fds.into_iter().next()) {
+                admin = Some((a, TcpListener::from(fd)));
+            }
+            continue;
+        }
+        let name = String::from_utf8_lossy(&what);
+        let Some(l) = listeners.iter_mut().find(|l| l.name == name) else {
+            return Err(err(
+                path,
+                "sockets",
+                format!("unannounced listener {name:?}"),
+            ));
+        };
+        l.sockets.extend(fds.into_iter().map(TcpListener::from));
+    }
+    for l in &listeners {
+        let want = header
+            .listeners
+            .iter()
+            .find(|h| h.name == l.name)
+            .map_or(0, |h| h.count);
+        if l.sockets.len() != want {
+            return Err(err(
+                path,
+                "sockets",
+                format!(
+                    "listener {}: {} of {want} sockets came",
+                    l.name,
+                    l.sockets.len()
+                ),
+            ));
+        }
+    }
+    Ok(Inherited {
+        listeners,
+        admin,
+        conn,
+        path: path.to_path_buf(),
+    })
+}
+
+impl Inherited {
+    /// The sockets of the old listener `name` if it was configured with the
+    /// same address (taken out: each is used once).
+    pub fn listener(&mut self, name: &str, config: SocketAddr) -> Option<HandedListener> {
+        let i = self
+            .listeners
+            .iter()
+            .position(|l| l.name == name && l.config == config)
+            .or_else(|| {
+                // Renamed in the new config: the address decides.
+                self.listeners
+                    .iter()
+                    .position(|l| l.config == config && config.port() != 0)
+            })?;
+        Some(self.listeners.remove(i))
+    }
+
+    /// Tells the old process this one serves, and waits for its BYE. Then
+    /// the takeover socket is this process's to bind.
+    pub fn ready(self) -> Result<PathBuf, TakeoverError> {
+        let path = self.path;
+        send(&self.conn, b"READY", &[]).map_err(|e| err(&path, "READY", e))?;
+        let (bye, _) = recv(&self.conn).map_err(|e| err(&path, "BYE", e))?;
+        if bye != b"BYE" {
+            return Err(err(&path, "BYE", String::from_utf8_lossy(&bye)));
+        }
+        Ok(path)
+    }
+}

@@ -1,0 +1,247 @@
+//! Zero-downtime binary upgrade: `ringlb run --takeover` takes the listening
+//! sockets over from the running process three times in a row while clients
+//! keep connecting and long streams keep flowing.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::TcpStream;
+
+/// One `ringlb run` process and its log.
+struct Proc {
+    child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Proc {
+    fn start(config: &Path, takeover: bool) -> Proc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["run", "--config"]).arg(config);
+        if takeover {
+            cmd.arg("--takeover");
+        }
+        let mut child = cmd
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn ringlb");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let p = Proc { child, log };
+        p.wait_log(" ready ");
+        p
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    fn wait_log(&self, needle: &str) -> String {
+        let mut found = None;
+        wait_until(
+            Duration::from_secs(30),
+            &format!("log line {needle:?}"),
+            || {
+                found = self
+                    .log
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .find(|l| l.contains(needle))
+                    .cloned();
+                found.is_some()
+            },
+        );
+        found.unwrap()
+    }
+
+    fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact() {
+    let backend = Backend::tagged(7).await;
+    let config = simple_config(2, "").replace(
+        "shutdown_timeout = \"5s\"",
+        "shutdown_timeout = \"60s\"\ntakeover_socket = \"takeover.sock\"",
+    );
+    let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
+    let path = dir.path().join("ringlb.toml");
+    let first = Proc::start(&path, false);
+    let line = first.wait_log(" listening listener=web");
+    let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+    first.wait_log("to=healthy");
+
+    // Long streams, opened on the first process.
+    let mut streams = Vec::new();
+    for _ in 0..10 {
+        let (s, tag) = connect_tagged(addr).await;
+        assert_eq!(tag, 7);
+        streams.push(s);
+    }
+    // New connections as fast as they come, until told to stop (or 120 s).
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(Mutex::new(Vec::new())),
+    );
+    let mut loops = Vec::new();
+    for _ in 0..4 {
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+        loops.push(tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
+                let r = async {
+                    let mut s = TcpStream::connect(addr).await?;
+                    let mut tag = [0u8];
+                    tokio::io::AsyncReadExt::read_exact(&mut s, &mut tag).await?;
+                    echo(&mut s, b"ping").await
+                };
+                match tokio::time::timeout(Duration::from_secs(10), r).await {
+                    Ok(Ok(())) => drop(ok.fetch_add(1, Ordering::SeqCst)),
+                    other => failed.lock().unwrap().push(format!("{other:?}")),
+                }
+            }
+        }));
+    }
+
+    let mut procs = vec![first];
+    for round in 1..=3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = ok.load(Ordering::SeqCst);
+        let next = Proc::start(&path, true);
+        next.wait_log("the old process let go");
+        let old = procs.last().unwrap();
+        old.wait_log("taken over by a new process");
+        // The new one serves: connections keep succeeding after the switch.
+        wait_until_async(
+            Duration::from_secs(10),
+            "connections through the new process",
+            || ok.load(Ordering::SeqCst) > before + 20,
+        )
+        .await;
+        for s in &mut streams {
+            echo(s, format!("round {round}: still here").as_bytes())
+                .await
+                .expect("a long stream survives the takeover");
+        }
+        procs.push(next);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for l in loops {
+        l.await.unwrap();
+    }
+    let failed = failed.lock().unwrap().clone();
+    let ok = ok.load(Ordering::SeqCst);
+    assert!(
+        failed.is_empty(),
+        "{} of {} connections failed: {:?}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 100, "only {ok} connections");
+
+    // Bulk through the long streams, both ways, intact.
+    let chunk: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 251) as u8).collect();
+    for s in &mut streams {
+        echo(s, &chunk)
+            .await
+            .expect("bulk echo after three takeovers");
+    }
+    // The middle processes had no long streams: they drained and left.
+    let (_, rest) = procs.split_at_mut(1);
+    for p in &mut rest[..2] {
+        assert!(
+            p.exited_within(Duration::from_secs(20)),
+            "a taken-over process stayed:\n{}",
+            p.log()
+        );
+    }
+    // The first still drains its long streams (shutdown_timeout 60 s) and
+    // leaves once they close.
+    assert!(
+        !procs[0].exited_within(Duration::from_millis(500)),
+        "the first process cut its streams"
+    );
+    drop(streams);
+    assert!(
+        procs[0].exited_within(Duration::from_secs(20)),
+        "{}",
+        procs[0].log()
+    );
+    assert!(procs[0].log().contains("stopped"));
+    // The last one serves alone, and can itself be taken over (its socket is bound).
+    assert!(procs[3].log().contains("the old process let go"));
+    assert_eq!(connect_tagged(addr).await.1, 7);
+    assert!(dir.path().join("takeover.sock").exists());
+}
+
+#[test]
+fn takeover_without_a_takeover_socket_is_a_clear_error() {
+    let dir = write_config(&simple_config(1, ""), &[("targets/web.txt", String::new())]);
+    let out = Command::new(BIN)
+        .args(["run", "--takeover", "--config"])
+        .arg(dir.path().join("ringlb.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--takeover needs [runtime] takeover_socket"),
+        "{err}"
+    );
+}
+
+#[test]
+fn takeover_with_nobody_running_says_so() {
+    let config = simple_config(1, "").replace(
+        "shutdown_timeout = \"5s\"",
+        "shutdown_timeout = \"5s\"\ntakeover_socket = \"takeover.sock\"",
+    );
+    let dir = write_config(&config, &[("targets/web.txt", String::new())]);
+    let out = Command::new(BIN)
+        .args(["run", "--takeover", "--config"])
+        .arg(dir.path().join("ringlb.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("takeover via") && err.contains("connect"),
+        "{err}"
+    );
+}
