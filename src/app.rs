@@ -423,6 +423,7 @@ pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
                         match h.await {
                             Ok(Ok(p)) => {
                                 info!("the old process let go; this one serves alone");
+                                takeover::tell_upgrader();
                                 match takeover::listen(&p) {
                                     Ok(fd) => spawn_takeover_server(p, fd, handover_tx.clone()),
                                     Err(e) => warn!(error = %e, "takeovers of this process are off"),

@@ -43,6 +43,13 @@ pub enum Command {
         #[arg(long)]
         stop_targets_on_exit: bool,
     },
+    /// Replace the running ringlb with this binary and config, without
+    /// refusing a connection: starts `ringlb run --takeover` in the
+    /// background and returns once it serves (for systemd's ExecReload).
+    Upgrade {
+        #[arg(long, short, default_value = DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
     /// Validate the config and its targets files; exit 0 if good, 1 if not.
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]

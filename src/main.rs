@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             })
             .map_err(|e| e.to_string()),
         Command::Run { config, takeover } => app::run(config, *takeover).map_err(|e| e.to_string()),
+        Command::Upgrade { config } => ringlb::takeover::upgrade(config),
         Command::Autoscale {
             config,
             stop_targets_on_exit,

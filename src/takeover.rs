@@ -250,6 +250,64 @@ fn hand_over(conn: &OwnedFd, offer: &impl Fn() -> Option<OfferOwned>) -> Result<
     Ok(())
 }
 
+/// The environment variable through which `ringlb upgrade` learns that the
+/// process it started serves: the fd of a pipe's write end.
+pub const UPGRADE_FD_ENV: &str = "RINGLB_UPGRADE_FD";
+/// How long `ringlb upgrade` waits for the new process to serve.
+const UPGRADE_LIMIT: Duration = Duration::from_secs(120);
+
+/// `ringlb upgrade`: starts `ringlb run --takeover` (this binary) detached,
+/// in a process group of its own, and returns once it says it serves
+/// alone, or with its failure.
+pub fn upgrade(config: &Path) -> Result<(), String> {
+    use std::io::Read;
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    // Not close-on-exec: the child inherits the write end.
+    let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
+    let mut child = std::process::Command::new(&exe)
+        .args(["run", "--takeover", "--config"])
+        .arg(config)
+        .env(UPGRADE_FD_ENV, write.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+    drop(write);
+    // "ok" once it serves alone; end of file if it fails (or exits) first.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut said = String::new();
+        let _eof = std::fs::File::from(read).read_to_string(&mut said);
+        let _gone = tx.send(said);
+    });
+    let said = rx.recv_timeout(UPGRADE_LIMIT).unwrap_or_default();
+    if said.trim() == "ok" {
+        eprintln!("ringlb: upgraded: pid {} serves now", child.id());
+        return Ok(());
+    }
+    match child.try_wait() {
+        Ok(Some(status)) => Err(format!(
+            "the new process failed ({status}); the old one keeps serving"
+        )),
+        _ => Err("the new process did not confirm; see its log".into()),
+    }
+}
+
+/// Tells `ringlb upgrade` (if it started this process) that it serves.
+pub fn tell_upgrader() {
+    let Some(fd) = std::env::var(UPGRADE_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<RawFd>().ok())
+    else {
+        return;
+    };
+    // SAFETY: `ringlb upgrade` passed this descriptor, the write end of its
+    // pipe, for this process alone; it is used once and closed here.
+    let pipe = unsafe { OwnedFd::from_raw_fd(fd) };
+    let _upgrader_gone = nix::unistd::write(&pipe, b"ok\n");
+}
+
 /// The new process's side: asks the ringlb at `path` for its sockets.
 pub fn take(path: &Path) -> Result<Inherited, TakeoverError> {
     let conn = seqpacket().map_err(|e| err(path, "socket", e))?;

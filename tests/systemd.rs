@@ -86,6 +86,23 @@ fn the_autoscaler_unit_and_the_app_template_verify() {
 }
 
 #[test]
+fn the_upgrade_drop_in_verifies_with_the_unit() {
+    let unit = std::fs::read_to_string(repo_path("scripts/ringlb.service")).unwrap();
+    let drop_in = std::fs::read_to_string(repo_path("scripts/ringlb-upgrade.conf")).unwrap();
+    for needed in [
+        "NotifyAccess=all",
+        "ExecReload=",
+        "ExecReload=/usr/local/bin/ringlb upgrade --config /etc/ringlb/ringlb.toml",
+    ] {
+        assert!(drop_in.lines().any(|l| l == needed), "drop-in lacks {needed:?}");
+    }
+    // A drop-in's [Service] lines apply after the unit's: verify them merged.
+    let merged = format!("{unit}\n{drop_in}").replace("[Install]\nWantedBy=multi-user.target\n", "");
+    let merged = format!("{merged}\n[Install]\nWantedBy=multi-user.target\n");
+    verify("ringlb.service", &merged.replace("/usr/local/bin/ringlb", BIN));
+}
+
+#[test]
 fn the_install_script_parses() {
     let out = Command::new("bash")
         .arg("-n")

@@ -245,3 +245,47 @@ fn takeover_with_nobody_running_says_so() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ringlb_upgrade_returns_once_the_new_process_serves() {
+    let backend = Backend::tagged(3).await;
+    let config = simple_config(1, "").replace(
+        "shutdown_timeout = \"5s\"",
+        "shutdown_timeout = \"5s\"\ntakeover_socket = \"takeover.sock\"",
+    );
+    let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
+    let path = dir.path().join("ringlb.toml");
+    let mut old = Proc::start(&path, false);
+    let line = old.wait_log(" listening listener=web");
+    let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+    old.wait_log("to=healthy");
+    // To a file: the new process inherits stderr and outlives `upgrade`.
+    let log = dir.path().join("upgrade.log");
+    let status = Command::new(BIN)
+        .args(["upgrade", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .status()
+        .unwrap();
+    let err = std::fs::read_to_string(&log).unwrap();
+    let pid: u32 = err
+        .lines()
+        .find_map(|l| l.strip_prefix("ringlb: upgraded: pid "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("upgrade said: {err}"));
+    assert!(status.success(), "{err}");
+    // The new process is detached from `upgrade`; stop it at the end.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: signalling the pid `ringlb upgrade` reported.
+            unsafe { libc::kill(self.0 as libc::pid_t, libc::SIGKILL) };
+        }
+    }
+    let _new = Kill(pid);
+    assert!(old.exited_within(Duration::from_secs(20)), "{}", old.log());
+    assert_eq!(connect_tagged(addr).await.1, 3, "the new process serves");
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+}
