@@ -94,12 +94,19 @@ fn the_upgrade_drop_in_verifies_with_the_unit() {
         "ExecReload=",
         "ExecReload=/usr/local/bin/ringlb upgrade --config /etc/ringlb/ringlb.toml",
     ] {
-        assert!(drop_in.lines().any(|l| l == needed), "drop-in lacks {needed:?}");
+        assert!(
+            drop_in.lines().any(|l| l == needed),
+            "drop-in lacks {needed:?}"
+        );
     }
     // A drop-in's [Service] lines apply after the unit's: verify them merged.
-    let merged = format!("{unit}\n{drop_in}").replace("[Install]\nWantedBy=multi-user.target\n", "");
+    let merged =
+        format!("{unit}\n{drop_in}").replace("[Install]\nWantedBy=multi-user.target\n", "");
     let merged = format!("{merged}\n[Install]\nWantedBy=multi-user.target\n");
-    verify("ringlb.service", &merged.replace("/usr/local/bin/ringlb", BIN));
+    verify(
+        "ringlb.service",
+        &merged.replace("/usr/local/bin/ringlb", BIN),
+    );
 }
 
 #[test]
