@@ -467,6 +467,8 @@ pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
                 },
             }
         }
+        cp.drop_handover();
+        admin.handover = None;
         // After a takeover the new process is systemd's main one: this one
         // must not say STOPPING.
         if !taken_over {

@@ -541,6 +541,15 @@ impl ControlPlane {
         info!(epoch = self.epoch, %changes, "config reloaded");
     }
 
+    /// Closes the copies of the listening sockets kept for a takeover: once
+    /// the workers close theirs, the sockets close and new connections are
+    /// refused (graceful shutdown), not queued with nobody to accept them.
+    pub fn drop_handover(&mut self) {
+        for b in self.bound.values_mut() {
+            b.handover.clear();
+        }
+    }
+
     /// Copies of every listener's sockets, for a process taking over:
     /// (name, configured address, bound address, sockets).
     pub fn offer(&self) -> Vec<(String, SocketAddr, SocketAddr, Vec<std::os::fd::OwnedFd>)> {
