@@ -23,7 +23,11 @@ struct Proc {
 
 impl Proc {
     fn start(config: &Path, takeover: bool) -> Proc {
-        let mut cmd = Command::new(BIN);
+        Self::start_binary(Path::new(BIN), config, takeover)
+    }
+
+    fn start_binary(binary: &Path, config: &Path, takeover: bool) -> Proc {
+        let mut cmd = Command::new(binary);
         cmd.args(["run", "--config"]).arg(config);
         if takeover {
             cmd.arg("--takeover");
@@ -142,7 +146,10 @@ async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact()
     for round in 1..=3 {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let before = ok.load(Ordering::SeqCst);
-        let next = Proc::start(&path, true);
+        // A new binary each time, as an upgrade brings.
+        let binary = dir.path().join(format!("ringlb-v{}", round + 1));
+        std::fs::copy(BIN, &binary).unwrap();
+        let next = Proc::start_binary(&binary, &path, true);
         next.wait_log("the old process let go");
         let old = procs.last().unwrap();
         old.wait_log("taken over by a new process");
