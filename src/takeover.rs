@@ -181,13 +181,16 @@ pub fn serve(
         };
         match hand_over(&conn, &offer) {
             Ok(()) => {
-                taken();
-                // The path is the new process's once it reads BYE.
+                // The path is the new process's once it reads BYE, which
+                // goes before this process is told to stop: a process with
+                // nothing to drain exits at once, and would take the BYE
+                // with it.
                 drop(listener);
                 if let Err(e) = std::fs::remove_file(path) {
                     warn!(path = %path.display(), error = %e, "cannot remove the takeover socket");
                 }
                 let _bye = send(&conn, b"BYE", &[]);
+                taken();
                 return;
             }
             Err(e) => warn!(error = %e, "takeover abandoned; this process keeps serving"),
@@ -404,9 +407,15 @@ impl Inherited {
         let path = self.path;
         send(&self.conn, b"READY", &[]).map_err(|e| err(&path, "READY", e))?;
         let (bye, _) = recv(&self.conn).map_err(|e| err(&path, "BYE", e))?;
-        if bye != b"BYE" {
-            return Err(err(&path, "BYE", String::from_utf8_lossy(&bye)));
+        match bye.as_slice() {
+            b"BYE" => Ok(path),
+            // The old process is gone already (its socket closed): the
+            // listening sockets are this process's all the same.
+            b"" => {
+                warn!("the old process closed without BYE; taking its place");
+                Ok(path)
+            }
+            other => Err(err(&path, "BYE", String::from_utf8_lossy(other))),
         }
-        Ok(path)
     }
 }
