@@ -451,7 +451,12 @@ fn two_active_instances_behind_ecmp_pick_the_same_target_for_every_flow() {
     let c = lab.ns("c");
     ns_sh(
         &c,
-        &["sysctl", "-q", "net.ipv4.fib_multipath_hash_policy=1"],
+        // The sysctl, written without procps (not on every Debian image).
+        &[
+            "sh",
+            "-c",
+            "echo 1 > /proc/sys/net/ipv4/fib_multipath_hash_policy",
+        ],
     );
     ns_sh(
         &c,
