@@ -61,7 +61,8 @@ struct ListenerHeader {
     count: usize,
 }
 
-/// One listener's sockets as the old process hands them over.
+/// One listener's sockets as the old process hands them over (and, on its
+/// side, offers them).
 #[derive(Debug)]
 pub struct HandedListener {
     pub name: String,
@@ -200,7 +201,7 @@ pub fn serve(
 
 /// Descriptors the running process offers, duplicated for the exchange.
 pub struct OfferOwned {
-    pub listeners: Vec<(String, SocketAddr, SocketAddr, Vec<OwnedFd>)>,
+    pub listeners: Vec<HandedListener>,
     pub admin: Option<(SocketAddr, OwnedFd)>,
 }
 
@@ -220,19 +221,19 @@ fn hand_over(conn: &OwnedFd, offer: &impl Fn() -> Option<OfferOwned>) -> Result<
         listeners: o
             .listeners
             .iter()
-            .map(|(name, config, addr, fds)| ListenerHeader {
-                name: name.clone(),
-                config: *config,
-                addr: *addr,
-                count: fds.len(),
+            .map(|l| ListenerHeader {
+                name: l.name.clone(),
+                config: l.config,
+                addr: l.addr,
+                count: l.sockets.len(),
             })
             .collect(),
         admin: o.admin.as_ref().map(|(a, _)| *a),
     };
     let json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
     send(conn, &json, &[]).map_err(|e| format!("sending the header: {e}"))?;
-    for (name, _, _, fds) in &o.listeners {
-        for chunk in fds.chunks(MAX_FDS) {
+    for HandedListener { name, sockets, .. } in &o.listeners {
+        for chunk in sockets.chunks(MAX_FDS) {
             let raw: Vec<RawFd> = chunk.iter().map(AsRawFd::as_raw_fd).collect();
             send(conn, name.as_bytes(), &raw).map_err(|e| format!("sending {name}: {e}"))?;
         }

@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -50,74 +49,38 @@ fn port_range(test: u16, n: u16) -> u16 {
 /// The autoscaler as a child process, its log kept; on drop it and every
 /// process it started (their names carry `marker`) are killed.
 struct Autoscaler {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+    proc: Logged,
     admin: SocketAddr,
     marker: String,
 }
 
 impl Autoscaler {
     fn start(config: &Path, marker: &str, extra: &[&str]) -> Autoscaler {
-        let mut child = Command::new(BIN)
-            .args(["autoscale", "--config"])
-            .arg(config)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringlb autoscale");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let mut a = Autoscaler {
-            child,
-            log,
-            admin: "127.0.0.1:1".parse().unwrap(),
+        let proc = Logged::spawn(
+            Command::new(BIN)
+                .args(["autoscale", "--config"])
+                .arg(config)
+                .args(extra)
+                .env("RUST_LOG", "info"),
+        );
+        let line = proc.wait_log("autoscale admin listening", Duration::from_secs(20));
+        Autoscaler {
+            admin: field(&line, "addr").unwrap().parse().unwrap(),
+            proc,
             marker: marker.to_string(),
-        };
-        let line = a.wait_log("autoscale admin listening", Duration::from_secs(20));
-        a.admin = field(&line, "addr").unwrap().parse().unwrap();
-        a
+        }
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.log()
     }
 
     fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.proc.count_log(needle)
     }
 
     fn wait_log(&self, needle: &str, limit: Duration) -> String {
-        let mut found = None;
-        wait_until(
-            limit,
-            &format!("autoscaler log line with {needle:?}"),
-            || {
-                found = self
-                    .log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.contains(needle))
-                    .cloned();
-                found.is_some()
-            },
-        );
-        found.unwrap()
+        self.proc.wait_log(needle, limit)
     }
 
     async fn gauge(&self, name: &str) -> f64 {
@@ -149,23 +112,19 @@ impl Autoscaler {
     }
 
     fn stop(&mut self, sig: libc::c_int) {
-        // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
-        let deadline = Instant::now() + Duration::from_secs(70);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("the autoscaler did not exit; log:\n{}", self.log());
+        self.proc.signal(sig);
+        assert!(
+            self.proc.exited_within(Duration::from_secs(70)),
+            "the autoscaler did not exit; log:\n{}",
+            self.log()
+        );
     }
 }
 
 impl Drop for Autoscaler {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = self.proc.child.kill();
+        let _ = self.proc.child.wait();
         for pid in pids_with(&self.marker) {
             // SAFETY: a pid just read from /proc whose command line names this test.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
@@ -293,8 +252,6 @@ async fn load_grows_the_group_and_its_end_shrinks_it_back_without_a_failed_reque
     wait_until(Duration::from_secs(60), "the group to grow to 3", || {
         lb.count_log("from=initial to=healthy") >= 3
     });
-    // Keep the load on a little while the new targets take their share.
-    tokio::time::sleep(Duration::from_secs(2)).await;
     stop.store(true, Ordering::SeqCst);
     let (ok, failed) = run.await.unwrap();
     assert!(ok > 100, "only {ok} requests");
@@ -326,9 +283,8 @@ async fn load_grows_the_group_and_its_end_shrinks_it_back_without_a_failed_reque
     // never listed had nothing to drain.
     let ringlb_log = lb.log();
     for line in a
-        .log
-        .lock()
-        .unwrap()
+        .proc
+        .lines()
         .iter()
         .filter(|l| l.contains("drained and stopped"))
     {
@@ -386,7 +342,13 @@ async fn a_restarted_autoscaler_adopts_its_targets_and_starts_no_duplicates() {
         "both adopted targets in service",
         || b.count_log("in service") >= 2,
     );
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // A CPU figure needs two rounds with both in service: wait for one,
+    // then nothing may have started.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while b.gauge("ringlb_autoscale_metric").await.is_nan() {
+        assert!(Instant::now() < deadline, "no decision round:\n{}", b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(b.count_log("started"), 0, "{}", b.log());
     let mut after = pids_with(&marker);
     let mut was = before.clone();

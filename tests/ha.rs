@@ -24,14 +24,19 @@ use common::*;
 const DEMO: &str = env!("CARGO_BIN_EXE_demo-backend");
 const VIP: &str = "198.18.0.100";
 
-/// Runs `ip` (or anything) and panics with its output on failure.
-fn sh(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+/// Runs `cmd`; panics with its stderr if it fails.
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
     assert!(
         out.status.success(),
-        "{args:?}: {}",
+        "{cmd:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Runs `ip` (or anything) and panics with its output on failure.
+fn sh(args: &[&str]) {
+    run(Command::new(args[0]).args(&args[1..]));
 }
 
 fn in_ns(ns: &str, args: &[&str]) -> Command {
@@ -41,12 +46,7 @@ fn in_ns(ns: &str, args: &[&str]) -> Command {
 }
 
 fn ns_sh(ns: &str, args: &[&str]) {
-    let out = in_ns(ns, args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{ns}: {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run(&mut in_ns(ns, args));
 }
 
 /// Why this machine cannot run these tests, if it cannot.
@@ -192,7 +192,7 @@ impl Lab {
     /// A Python program run in the client namespace; its stdout.
     fn client(&self, script: &str, args: &[&str]) -> String {
         let path = self.path("client.py");
-        std::fs::write(&path, script).unwrap();
+        std::fs::write(&path, format!("{GET}{script}")).unwrap();
         let mut all = vec!["python3", path.to_str().unwrap()];
         all.extend_from_slice(args);
         let out = in_ns(&self.ns("c"), &all).output().unwrap();
@@ -236,44 +236,17 @@ impl Drop for Lab {
     }
 }
 
-/// The client: connections to HOST:PORT every 20 ms for SECONDS, each one
-/// HTTP GET on a new connection; prints one line per attempt: "time ok".
-const LOOP: &str = r#"
-import socket, sys, time
-host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-start = time.time()
-while time.time() - start < secs:
-    t = time.time() - start
-    ok = False
-    try:
-        s = socket.create_connection((host, port), timeout=1)
-        s.settimeout(2)
-        s.sendall(b"GET /api/v1/todos HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while True:
-            b = s.recv(65536)
-            if not b:
-                break
-            data += b
-        s.close()
-        ok = data.startswith(b"HTTP/1.1 200")
-    except OSError:
-        pass
-    print(f"{t:.3f} {int(ok)}", flush=True)
-    time.sleep(0.02)
-"#;
-
-/// The client: one connection per source port from FIRST for COUNT ports to
-/// HOST:8080; prints "port served_by" per line.
-const FLOWS: &str = r#"
-import json, socket, sys
-host, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-for port in range(first, first + count):
+/// What both client programs share: one HTTP GET of the todo list on a
+/// new connection (from `bind` if given); the whole answer.
+const GET: &str = r#"
+import json, socket, sys, time
+def get(host, port, bind=None, timeout=2):
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    s.bind(("198.18.0.10", port))
-    s.settimeout(3)
-    s.connect((host, 8080))
+    if bind:
+        s.bind(bind)
+    s.settimeout(timeout)
+    s.connect((host, port))
     s.sendall(b"GET /api/v1/todos HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
     data = b""
     while True:
@@ -282,7 +255,30 @@ for port in range(first, first + count):
             break
         data += b
     s.close()
-    body = data.split(b"\r\n\r\n", 1)[1]
+    return data
+"#;
+
+/// The client: connections to HOST:PORT every 20 ms for SECONDS, each one
+/// HTTP GET on a new connection; prints one line per attempt: "time ok".
+const LOOP: &str = r#"
+host, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.time()
+while time.time() - start < secs:
+    t = time.time() - start
+    try:
+        ok = get(host, port).startswith(b"HTTP/1.1 200")
+    except OSError:
+        ok = False
+    print(f"{t:.3f} {int(ok)}", flush=True)
+    time.sleep(0.02)
+"#;
+
+/// The client: one connection per source port from FIRST for COUNT ports to
+/// HOST:8080; prints "port served_by" per line.
+const FLOWS: &str = r#"
+host, first, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+for port in range(first, first + count):
+    body = get(host, 8080, bind=("198.18.0.10", port), timeout=3).split(b"\r\n\r\n", 1)[1]
     print(port, json.loads(body)[0]["served_by"])
 "#;
 
@@ -353,15 +349,19 @@ fn a_keepalived_pair_moves_the_address_when_the_active_ringlb_dies() {
 
     // A client loop across the failure, in the background.
     let script = lab.path("loop.py");
-    std::fs::write(&script, LOOP).unwrap();
+    std::fs::write(&script, format!("{GET}{LOOP}")).unwrap();
     let client_log = "client-loop.log";
     let c = lab.ns("c");
-    lab.spawn(
+    let client = lab.spawn(
         &c,
         &["python3", script.to_str().unwrap(), VIP, "8080", "12"],
         client_log,
     );
-    std::thread::sleep(Duration::from_secs(2));
+    wait_until(
+        Duration::from_secs(10),
+        "40 attempts before the kill",
+        || lab.log(client_log).lines().count() >= 40,
+    );
     // The client's clock: the time of its last attempt, just now.
     let kill_t = {
         let text = lab.log(client_log);
@@ -380,12 +380,8 @@ fn a_keepalived_pair_moves_the_address_when_the_active_ringlb_dies() {
     eprintln!("address moved to B {moved:.2} s after A's ringlb was killed");
     assert!(!lab.has_vip("a"));
     wait_until(Duration::from_secs(20), "the client loop to end", || {
-        lab.log(client_log)
-            .lines()
-            .filter_map(|l| l.split(' ').next()?.parse::<f64>().ok())
-            .any(|t| t > 11.0)
+        matches!(lab.children[client].try_wait(), Ok(Some(_)))
     });
-    std::thread::sleep(Duration::from_millis(500));
     let lines: Vec<(f64, bool)> = lab
         .log(client_log)
         .lines()

@@ -4,10 +4,9 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,99 +14,40 @@ use std::time::{Duration, Instant};
 use common::*;
 use tokio::net::TcpStream;
 
-/// One `ringlb run` process and its log.
-struct Proc {
-    child: Child,
-    log: Arc<Mutex<Vec<String>>>,
+/// `ringlb run` of `binary` on `config` (with `--takeover` if asked),
+/// once it says it is ready.
+fn start(binary: &Path, config: &Path, takeover: bool) -> Logged {
+    let mut cmd = Command::new(binary);
+    cmd.args(["run", "--config"]).arg(config);
+    if takeover {
+        cmd.arg("--takeover");
+    }
+    let p = Logged::spawn(cmd.env("RUST_LOG", "info"));
+    p.wait_log(" ready ", WAIT);
+    p
 }
 
-impl Proc {
-    fn start(config: &Path, takeover: bool) -> Proc {
-        Self::start_binary(Path::new(BIN), config, takeover)
-    }
+const WAIT: Duration = Duration::from_secs(30);
 
-    fn start_binary(binary: &Path, config: &Path, takeover: bool) -> Proc {
-        let mut cmd = Command::new(binary);
-        cmd.args(["run", "--config"]).arg(config);
-        if takeover {
-            cmd.arg("--takeover");
-        }
-        let mut child = cmd
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringlb");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let p = Proc { child, log };
-        p.wait_log(" ready ");
-        p
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
-    }
-
-    fn wait_log(&self, needle: &str) -> String {
-        let mut found = None;
-        wait_until(
-            Duration::from_secs(30),
-            &format!("log line {needle:?}"),
-            || {
-                found = self
-                    .log
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .find(|l| l.contains(needle))
-                    .cloned();
-                found.is_some()
-            },
-        );
-        found.unwrap()
-    }
-
-    fn exited_within(&mut self, limit: Duration) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `simple_config` with `workers` workers, a takeover socket, and
+/// `shutdown_timeout` as given.
+fn takeover_config(workers: usize, shutdown_timeout: &str) -> String {
+    simple_config(workers, "").replace(
+        "shutdown_timeout = \"5s\"",
+        &format!("shutdown_timeout = \"{shutdown_timeout}\"\ntakeover_socket = \"takeover.sock\""),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact() {
     let backend = Backend::tagged(7).await;
-    let config = simple_config(2, "").replace(
-        "shutdown_timeout = \"5s\"",
-        "shutdown_timeout = \"60s\"\ntakeover_socket = \"takeover.sock\"",
-    );
+    let config = takeover_config(2, "60s");
     let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
     let path = dir.path().join("ringlb.toml");
-    let first = Proc::start(&path, false);
-    let line = first.wait_log(" listening listener=web");
+    let first = start(Path::new(BIN), &path, false);
+    let line = first.wait_log(" listening listener=web", WAIT);
     let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
-    first.wait_log("to=healthy");
+    first.wait_log("to=healthy", WAIT);
 
     // Long streams, opened on the first process.
     let mut streams = Vec::new();
@@ -144,15 +84,14 @@ async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact()
 
     let mut procs = vec![first];
     for round in 1..=3 {
-        tokio::time::sleep(Duration::from_millis(300)).await;
         let before = ok.load(Ordering::SeqCst);
         // A new binary each time, as an upgrade brings.
         let binary = dir.path().join(format!("ringlb-v{}", round + 1));
         std::fs::copy(BIN, &binary).unwrap();
-        let next = Proc::start_binary(&binary, &path, true);
-        next.wait_log("the old process let go");
+        let next = start(&binary, &path, true);
+        next.wait_log("the old process let go", WAIT);
         let old = procs.last().unwrap();
-        old.wait_log("taken over by a new process");
+        old.wait_log("taken over by a new process", WAIT);
         // The new one serves: connections keep succeeding after the switch.
         wait_until_async(
             Duration::from_secs(10),
@@ -179,6 +118,10 @@ async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact()
         failed.len(),
         ok + failed.len() as u64,
         &failed[..failed.len().min(5)]
+    );
+    eprintln!(
+        "{ok} connections through three takeovers, {} failed",
+        failed.len()
     );
     assert!(ok > 100, "only {ok} connections");
 
@@ -235,10 +178,7 @@ fn takeover_without_a_takeover_socket_is_a_clear_error() {
 
 #[test]
 fn takeover_with_nobody_running_says_so() {
-    let config = simple_config(1, "").replace(
-        "shutdown_timeout = \"5s\"",
-        "shutdown_timeout = \"5s\"\ntakeover_socket = \"takeover.sock\"",
-    );
+    let config = takeover_config(1, "5s");
     let dir = write_config(&config, &[("targets/web.txt", String::new())]);
     let out = Command::new(BIN)
         .args(["run", "--takeover", "--config"])
@@ -256,16 +196,13 @@ fn takeover_with_nobody_running_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringlb_upgrade_returns_once_the_new_process_serves() {
     let backend = Backend::tagged(3).await;
-    let config = simple_config(1, "").replace(
-        "shutdown_timeout = \"5s\"",
-        "shutdown_timeout = \"5s\"\ntakeover_socket = \"takeover.sock\"",
-    );
+    let config = takeover_config(1, "5s");
     let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
     let path = dir.path().join("ringlb.toml");
-    let mut old = Proc::start(&path, false);
-    let line = old.wait_log(" listening listener=web");
+    let mut old = start(Path::new(BIN), &path, false);
+    let line = old.wait_log(" listening listener=web", WAIT);
     let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
-    old.wait_log("to=healthy");
+    old.wait_log("to=healthy", WAIT);
     // To a file: the new process inherits stderr and outlives `upgrade`.
     let log = dir.path().join("upgrade.log");
     let status = Command::new(BIN)

@@ -96,15 +96,9 @@ impl TargetsFile {
                 self.path.display()
             ));
         }
-        let dir = self.path.parent().filter(|d| !d.as_os_str().is_empty());
-        let name = self
-            .path
-            .file_name()
-            .map_or("targets".into(), |n| n.to_string_lossy().into_owned());
-        let tmp = dir.map_or_else(
-            || PathBuf::from(format!(".{name}.autoscale.tmp")),
-            |d| d.join(format!(".{name}.autoscale.tmp")),
-        );
+        // Beside the file, so the rename stays on one filesystem.
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        let tmp = self.path.with_file_name(format!(".{name}.autoscale.tmp"));
         let result = (|| {
             let mut f = std::fs::File::create(&tmp)?;
             f.write_all(text.as_bytes())?;

@@ -290,7 +290,7 @@ impl Group {
         if desired > current {
             self.start(desired - current, now).await;
         } else if desired < current {
-            self.remove(current - desired, now);
+            self.remove(current - desired);
         }
         self.stats.desired = desired;
         self.stats.starting = self.count(State::Starting);
@@ -461,7 +461,7 @@ impl Group {
 
     /// Takes `n` targets out of the file: starting ones first, then the
     /// newest (highest port). They are stopped once drained.
-    fn remove(&mut self, n: u32, _now: Instant) {
+    fn remove(&mut self, n: u32) {
         let mut picks: Vec<(u16, State)> = self
             .managed
             .iter()

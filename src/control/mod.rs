@@ -550,20 +550,24 @@ impl ControlPlane {
         }
     }
 
-    /// Copies of every listener's sockets, for a process taking over:
-    /// (name, configured address, bound address, sockets).
-    pub fn offer(&self) -> Vec<(String, SocketAddr, SocketAddr, Vec<std::os::fd::OwnedFd>)> {
+    /// Copies of every listener's sockets, for a process taking over.
+    pub fn offer(&self) -> Vec<crate::takeover::HandedListener> {
         self.bound
             .values()
             .filter_map(|b| {
                 let fds = b
                     .handover
                     .iter()
-                    .map(|f| f.try_clone())
+                    .map(|f| f.try_clone().map(std::net::TcpListener::from))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(|e| warn!(listener = %b.config.name, error = %e, "cannot copy sockets for a takeover"))
                     .ok()?;
-                Some((b.config.name.clone(), b.config.addr, b.addr, fds))
+                Some(crate::takeover::HandedListener {
+                    name: b.config.name.clone(),
+                    config: b.config.addr,
+                    addr: b.addr,
+                    sockets: fds,
+                })
             })
             .collect()
     }

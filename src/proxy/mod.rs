@@ -18,7 +18,7 @@ pub mod pipe;
 use std::future::Future;
 use std::io;
 use std::net::Shutdown;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
@@ -118,7 +118,7 @@ impl Future for Proxy<'_> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let (client, target) = (this.client.as_raw_fd(), this.target.as_raw_fd());
+        let (client, target) = (this.client.as_fd(), this.target.as_fd());
         let down_done = this.down.done;
         match this.up.poll(
             cx,
@@ -236,8 +236,8 @@ impl<'a> Direction<'a> {
     fn poll(
         &mut self,
         cx: &mut Context<'_>,
-        src: RawFd,
-        dst: RawFd,
+        src: BorrowedFd<'_>,
+        dst: BorrowedFd<'_>,
         src_side: Side,
         other_done: bool,
         last_active: &mut Instant,
@@ -273,16 +273,16 @@ impl<'a> Direction<'a> {
                 && stage.pending() > 0
             {
                 let before = stage.pending();
-                match stage.drain(dst) {
+                match stage.drain(dst.as_raw_fd()) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.wait = Some(Wait::arm(dst, libc::POLLOUT, dst_side));
+                        self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
                     }
                     Err(e) => return Poll::Ready(Err(dst_err(e))),
                     Ok(n) => {
                         *last_active = Instant::now();
                         if n < before {
                             // The socket's send buffer is full: wait for room.
-                            self.wait = Some(Wait::arm(dst, libc::POLLOUT, dst_side));
+                            self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
                         }
                     }
                 }
@@ -292,12 +292,12 @@ impl<'a> Direction<'a> {
                 // The stage is empty and the source may be dry: the pipe goes
                 // back until data comes.
                 self.loan.end();
-                self.wait = Some(Wait::arm(src, libc::POLLIN, src_side));
+                self.wait = Some(Wait::arm(src.as_raw_fd(), libc::POLLIN, src_side));
                 continue;
             }
             let stage = self.loan.get();
             let room = stage.room();
-            match stage.fill(src) {
+            match stage.fill(src.as_raw_fd()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.src_ready = false;
                 }
@@ -312,14 +312,12 @@ impl<'a> Direction<'a> {
                 Ok(0) => {
                     self.loan.end();
                     self.done = true;
-                    return Poll::Ready(
-                        match SockRef::from(&BorrowedSocket(dst)).shutdown(Shutdown::Write) {
-                            Ok(()) => Ok(()),
-                            // The peer is already gone; the other direction will see it.
-                            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
-                            Err(e) => Err(dst_err(e)),
-                        },
-                    );
+                    return Poll::Ready(match SockRef::from(&dst).shutdown(Shutdown::Write) {
+                        Ok(()) => Ok(()),
+                        // The peer is already gone; the other direction will see it.
+                        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+                        Err(e) => Err(dst_err(e)),
+                    });
                 }
                 Ok(n) => {
                     self.moved += n as u64;
@@ -331,22 +329,6 @@ impl<'a> Direction<'a> {
                 }
             }
         }
-    }
-}
-
-/// A raw socket descriptor borrowed for one socket2 call.
-struct BorrowedSocket(RawFd);
-
-impl AsRawFd for BorrowedSocket {
-    fn as_raw_fd(&self) -> RawFd {
-        self.0
-    }
-}
-
-impl std::os::fd::AsFd for BorrowedSocket {
-    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        // SAFETY: the descriptor belongs to the Proxy, open for the whole call.
-        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
     }
 }
 

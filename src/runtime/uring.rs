@@ -103,9 +103,10 @@ pub fn connect(socket: OwnedFd, addr: SocketAddr) -> Connect {
     UnsubmittedOneshot::new(data, ConnectTransform, sqe).submit()
 }
 
-pub struct CancelTransform;
+/// For ops that own nothing and answer a count or flags: the CQE's result.
+pub struct ResultTransform;
 
-impl OneshotOutputTransform for CancelTransform {
+impl OneshotOutputTransform for ResultTransform {
     type Output = io::Result<u32>;
     type StoredData = ();
 
@@ -120,7 +121,7 @@ impl OneshotOutputTransform for CancelTransform {
 /// `ENOENT` (nothing left to cancel: it had already completed) counts as 0.
 pub async fn cancel_fd(fd: RawFd) -> io::Result<u32> {
     let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
-    match UnsubmittedOneshot::new((), CancelTransform, sqe)
+    match UnsubmittedOneshot::new((), ResultTransform, sqe)
         .submit()
         .await
     {
@@ -129,18 +130,7 @@ pub async fn cancel_fd(fd: RawFd) -> io::Result<u32> {
     }
 }
 
-pub struct PollTransform;
-
-impl OneshotOutputTransform for PollTransform {
-    type Output = io::Result<u32>;
-    type StoredData = ();
-
-    fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> Self::Output {
-        cqe_result(&cqe)
-    }
-}
-
-pub type PollOp = InFlightOneshot<(), PollTransform>;
+pub type PollOp = InFlightOneshot<(), ResultTransform>;
 
 /// Submits a one-shot poll of `fd` for `events` (`POLLIN`, `POLLOUT`);
 /// completes with the events that are ready. Readiness is checked when the
@@ -150,5 +140,5 @@ pub type PollOp = InFlightOneshot<(), PollTransform>;
 /// (`shutdown(2)` does) or the socket outlives its close.
 pub fn poll(fd: RawFd, events: u32) -> PollOp {
     let sqe = opcode::PollAdd::new(types::Fd(fd), events).build();
-    UnsubmittedOneshot::new((), PollTransform, sqe).submit()
+    UnsubmittedOneshot::new((), ResultTransform, sqe).submit()
 }

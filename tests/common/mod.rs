@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -55,15 +55,114 @@ pub fn raise_fd_limit() {
     }
 }
 
+/// A child process whose stderr is kept line by line, to wait on and
+/// assert against. Killed on drop if still running.
+pub struct Logged {
+    pub child: Child,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Logged {
+    /// Spawns `cmd` with stdin and stdout to /dev/null and stderr kept.
+    pub fn spawn(cmd: &mut Command) -> Logged {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Logged { child, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// The log's lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Lines of the log containing `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Waits until the log has a line containing `needle`; returns it. On
+    /// timeout the panic shows the whole log.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let found = self
+                .log
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|l| l.contains(needle))
+                .cloned();
+            if let Some(line) = found {
+                return line;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {limit:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Whether the process exits within `limit` (reaping it if so).
+    pub fn exited_within(&mut self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own child's pid.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Logged {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _already_dead_is_fine = self.child.kill();
+            let _reaped = self.child.wait();
+        }
+    }
+}
+
 /// A running ringlb. Killed on drop if the test did not stop it.
 pub struct Ringlb {
-    child: Child,
+    proc: Logged,
     pub dir: tempfile::TempDir,
     /// Bound address of each listener, by name.
     pub listeners: HashMap<String, SocketAddr>,
     /// Where the admin endpoint listens.
     pub admin: SocketAddr,
-    log: Arc<Mutex<Vec<String>>>,
 }
 
 /// Writes `config` (TOML) and each `(file name, contents)` into a fresh folder.
@@ -233,42 +332,16 @@ impl Ringlb {
                 });
             }
         }
-        let mut child = cmd
-            .args(["run", "--config"])
-            .arg(dir.path().join("ringlb.toml"))
-            .envs(env.iter().copied())
-            .env("RUST_LOG", filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn ringlb");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                sink.lock().unwrap().push(line.clone());
-                let _ignore_if_test_moved_on = tx.send(line);
-            }
-        });
+        let proc = Logged::spawn(
+            cmd.args(["run", "--config"])
+                .arg(dir.path().join("ringlb.toml"))
+                .envs(env.iter().copied())
+                .env("RUST_LOG", filter),
+        );
+        proc.wait_log(" ready ", Duration::from_secs(20));
         let mut listeners = HashMap::new();
         let mut admin = None;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let line = match rx.recv_timeout(left) {
-                Ok(l) => l,
-                Err(_) => {
-                    let _ = child.kill();
-                    panic!(
-                        "ringlb did not become ready; log:\n{}",
-                        log.lock().unwrap().join("\n")
-                    );
-                }
-            };
+        for line in proc.lines() {
             if line.contains(" admin listening ") {
                 admin = field(&line, "addr").unwrap().parse().ok();
             } else if line.contains(" listening ") {
@@ -281,11 +354,10 @@ impl Ringlb {
             }
         }
         Ringlb {
-            child,
+            proc,
             dir,
             listeners,
             admin: admin.expect("ringlb logs its admin address"),
-            log,
         }
     }
 
@@ -294,7 +366,7 @@ impl Ringlb {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.proc.child.id()
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -302,39 +374,24 @@ impl Ringlb {
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.proc.log()
     }
 
     /// Waits until the log has a line containing `needle`; returns it.
     pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
-        let mut found = None;
-        wait_until(limit, &format!("log line with {needle:?}"), || {
-            found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned();
-            found.is_some()
-        });
-        found.unwrap()
+        self.proc.wait_log(needle, limit)
     }
 
     /// Lines of the log containing `needle`.
     pub fn count_log(&self, needle: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
+        self.proc.count_log(needle)
     }
 
     /// Workers that placed at least one connection (needs debug logging).
     pub fn workers_that_placed(&self) -> std::collections::BTreeSet<String> {
-        let log = self.log.lock().unwrap();
-        log.iter()
+        self.proc
+            .lines()
+            .iter()
             .filter(|l| l.contains(" placed "))
             .filter_map(|l| field(l, "worker"))
             .collect()
@@ -397,15 +454,14 @@ impl Ringlb {
     }
 
     pub fn signal(&self, sig: libc::c_int) {
-        // SAFETY: kill(2) on our own child's pid.
-        assert_eq!(unsafe { libc::kill(self.pid() as i32, sig) }, 0);
+        self.proc.signal(sig);
     }
 
     /// Waits for the process to exit by itself within `limit`.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
         let mut status = None;
         wait_until(limit, "ringlb to exit", || {
-            status = self.child.try_wait().unwrap();
+            status = self.proc.child.try_wait().unwrap();
             status.is_some()
         });
         status.unwrap()
@@ -415,15 +471,6 @@ impl Ringlb {
     pub fn stop(mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(20))
-    }
-}
-
-impl Drop for Ringlb {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _already_dead_is_fine = self.child.kill();
-            let _reaped = self.child.wait();
-        }
     }
 }
 
