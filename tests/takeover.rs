@@ -160,16 +160,21 @@ async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact()
     assert!(dir.path().join("takeover.sock").exists());
 }
 
-#[test]
-fn takeover_without_a_takeover_socket_is_a_clear_error() {
-    let dir = write_config(&simple_config(1, ""), &[("targets/web.txt", String::new())]);
+/// `ringlb run --takeover` on `config` that must fail at once: its stderr.
+fn failed_takeover(config: &str) -> String {
+    let dir = write_config(config, &[("targets/web.txt", String::new())]);
     let out = Command::new(BIN)
         .args(["run", "--takeover", "--config"])
         .arg(dir.path().join("ringlb.toml"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn takeover_without_a_takeover_socket_is_a_clear_error() {
+    let err = failed_takeover(&simple_config(1, ""));
     assert!(
         err.contains("--takeover needs [runtime] takeover_socket"),
         "{err}"
@@ -178,15 +183,7 @@ fn takeover_without_a_takeover_socket_is_a_clear_error() {
 
 #[test]
 fn takeover_with_nobody_running_says_so() {
-    let config = takeover_config(1, "5s");
-    let dir = write_config(&config, &[("targets/web.txt", String::new())]);
-    let out = Command::new(BIN)
-        .args(["run", "--takeover", "--config"])
-        .arg(dir.path().join("ringlb.toml"))
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failed_takeover(&takeover_config(1, "5s"));
     assert!(
         err.contains("takeover via") && err.contains("connect"),
         "{err}"

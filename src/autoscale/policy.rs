@@ -203,188 +203,104 @@ mod tests {
         }
     }
 
+    /// Feeds `decide` one period at a time: `at(secs, current, value)`.
+    struct Run {
+        policy: Policy,
+        bounds: (u32, u32),
+        state: PolicyState,
+        t0: Instant,
+    }
+
+    impl Run {
+        fn new(policy: Policy, bounds: (u32, u32)) -> Run {
+            Run {
+                policy,
+                bounds,
+                state: PolicyState::default(),
+                t0: Instant::now(),
+            }
+        }
+
+        fn at(&mut self, secs: u64, current: u32, value: Option<f64>) -> Decision {
+            let now = self.t0 + Duration::from_secs(secs);
+            let bounds = self.bounds;
+            decide(
+                &self.policy,
+                Metric::Cpu,
+                &mut self.state,
+                current,
+                value,
+                bounds,
+                now,
+            )
+        }
+    }
+
     #[test]
     fn target_tracking_scales_out_in_proportion() {
-        let mut s = PolicyState::default();
-        let t0 = Instant::now();
-        let d = decide(
-            &tracking(1, 1),
-            Metric::Cpu,
-            &mut s,
-            2,
-            Some(41.0),
-            (1, 10),
-            t0,
-        );
+        let mut r = Run::new(tracking(1, 1), (1, 10));
+        let d = r.at(0, 2, Some(41.0));
         assert_eq!(d.desired, 5, "ceil(2 x 41 / 20)");
         assert_eq!(d.why, "cpu 41% > target 20");
         // Within the scale-out cooldown: held.
-        let d = decide(
-            &tracking(1, 1),
-            Metric::Cpu,
-            &mut s,
-            5,
-            Some(80.0),
-            (1, 10),
-            t0 + Duration::from_secs(30),
-        );
+        let d = r.at(30, 5, Some(80.0));
         assert_eq!(d.desired, 5, "{}", d.why);
         // Clamped to max.
-        let d = decide(
-            &tracking(1, 1),
-            Metric::Cpu,
-            &mut s,
-            5,
-            Some(80.0),
-            (1, 10),
-            t0 + Duration::from_secs(61),
-        );
-        assert_eq!(d.desired, 10);
+        assert_eq!(r.at(61, 5, Some(80.0)).desired, 10);
     }
 
     #[test]
     fn target_tracking_scale_in_is_slower_and_one_at_a_time() {
-        let mut s = PolicyState::default();
-        let t0 = Instant::now();
-        let p = tracking(1, 3);
+        let mut r = Run::new(tracking(1, 3), (1, 10));
         for i in 0..2 {
-            let d = decide(
-                &p,
-                Metric::Cpu,
-                &mut s,
-                4,
-                Some(1.0),
-                (1, 10),
-                t0 + Duration::from_secs(i),
-            );
+            let d = r.at(i, 4, Some(1.0));
             assert_eq!(d.desired, 4, "period {i}: {}", d.why);
         }
-        let d = decide(
-            &p,
-            Metric::Cpu,
-            &mut s,
-            4,
-            Some(1.0),
-            (1, 10),
-            t0 + Duration::from_secs(2),
-        );
+        let d = r.at(2, 4, Some(1.0));
         assert_eq!(d.desired, 3, "one at a time, though 1 would do: {}", d.why);
         // The scale-in cooldown holds the next one.
         for i in 3..6 {
-            let d = decide(
-                &p,
-                Metric::Cpu,
-                &mut s,
-                3,
-                Some(1.0),
-                (1, 10),
-                t0 + Duration::from_secs(i),
-            );
+            let d = r.at(i, 3, Some(1.0));
             assert_eq!(d.desired, 3, "{}", d.why);
         }
-        let d = decide(
-            &p,
-            Metric::Cpu,
-            &mut s,
-            3,
-            Some(1.0),
-            (1, 10),
-            t0 + Duration::from_secs(303),
-        );
+        let d = r.at(303, 3, Some(1.0));
         assert_eq!(d.desired, 2, "{}", d.why);
     }
 
     #[test]
     fn a_period_near_target_resets_the_count() {
-        let mut s = PolicyState::default();
-        let t0 = Instant::now();
-        let p = tracking(2, 2);
-        assert_eq!(
-            decide(&p, Metric::Cpu, &mut s, 2, Some(30.0), (1, 4), t0).desired,
-            2
-        );
-        assert_eq!(
-            decide(&p, Metric::Cpu, &mut s, 2, Some(20.0), (1, 4), t0).desired,
-            2
-        );
-        assert_eq!(
-            decide(&p, Metric::Cpu, &mut s, 2, Some(30.0), (1, 4), t0).desired,
-            2
-        );
-        assert_eq!(
-            decide(&p, Metric::Cpu, &mut s, 2, Some(30.0), (1, 4), t0).desired,
-            3
-        );
+        let mut r = Run::new(tracking(2, 2), (1, 4));
+        assert_eq!(r.at(0, 2, Some(30.0)).desired, 2);
+        assert_eq!(r.at(0, 2, Some(20.0)).desired, 2);
+        assert_eq!(r.at(0, 2, Some(30.0)).desired, 2);
+        assert_eq!(r.at(0, 2, Some(30.0)).desired, 3);
     }
 
     #[test]
     fn step_scaling_is_the_courses_ec2_policy() {
-        let mut s = PolicyState::default();
-        let t0 = Instant::now();
-        let at = |secs| t0 + Duration::from_secs(secs);
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 1, Some(25.0), (1, 4), at(0)).desired,
-            1
-        );
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 1, Some(20.0), (1, 4), at(120)).desired,
-            2,
-            ">= 20 twice"
-        );
+        let mut r = Run::new(step(), (1, 4));
+        assert_eq!(r.at(0, 1, Some(25.0)).desired, 1);
+        assert_eq!(r.at(120, 1, Some(20.0)).desired, 2, ">= 20 twice");
         // Cooldown 120 s after it, whatever the figure.
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 2, Some(90.0), (1, 4), at(180)).desired,
-            2
-        );
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 2, Some(90.0), (1, 4), at(200)).desired,
-            2,
-            "in cooldown"
-        );
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 2, Some(90.0), (1, 4), at(241)).desired,
-            3
-        );
+        assert_eq!(r.at(180, 2, Some(90.0)).desired, 2);
+        assert_eq!(r.at(200, 2, Some(90.0)).desired, 2, "in cooldown");
+        assert_eq!(r.at(241, 2, Some(90.0)).desired, 3);
         // Between the thresholds: nothing, and the count restarts.
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 3, Some(15.0), (1, 4), at(400)).desired,
-            3
-        );
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 3, Some(10.0), (1, 4), at(520)).desired,
-            3
-        );
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 3, Some(5.0), (1, 4), at(640)).desired,
-            2,
-            "<= 10 twice"
-        );
+        assert_eq!(r.at(400, 3, Some(15.0)).desired, 3);
+        assert_eq!(r.at(520, 3, Some(10.0)).desired, 3);
+        assert_eq!(r.at(640, 3, Some(5.0)).desired, 2, "<= 10 twice");
         // Never below min.
-        let mut s = PolicyState::default();
-        decide(&step(), Metric::Cpu, &mut s, 1, Some(0.0), (1, 4), at(0));
-        assert_eq!(
-            decide(&step(), Metric::Cpu, &mut s, 1, Some(0.0), (1, 4), at(500)).desired,
-            1
-        );
+        let mut r = Run::new(step(), (1, 4));
+        r.at(0, 1, Some(0.0));
+        assert_eq!(r.at(500, 1, Some(0.0)).desired, 1);
     }
 
     #[test]
     fn min_and_max_hold_without_a_figure() {
-        let mut s = PolicyState::default();
-        let now = Instant::now();
-        let d = decide(&tracking(1, 1), Metric::Cpu, &mut s, 0, None, (2, 4), now);
+        let d = Run::new(tracking(1, 1), (2, 4)).at(0, 0, None);
         assert_eq!((d.desired, d.why.as_str()), (2, "below min 2"));
-        let d = decide(
-            &tracking(1, 1),
-            Metric::Cpu,
-            &mut s,
-            5,
-            Some(100.0),
-            (1, 4),
-            now,
-        );
-        assert_eq!(d.desired, 4);
-        let d = decide(&tracking(1, 1), Metric::Cpu, &mut s, 3, None, (1, 4), now);
-        assert_eq!(d.desired, 3);
+        let mut r = Run::new(tracking(1, 1), (1, 4));
+        assert_eq!(r.at(0, 5, Some(100.0)).desired, 4);
+        assert_eq!(r.at(0, 3, None).desired, 3);
     }
 }
