@@ -157,14 +157,31 @@ async fn client(proxy: SocketAddr, p: Plan) -> (u64, Seen) {
     (p.id, (sent, n, crc))
 }
 
+// Each path bytes can take: the default (small reads copy, a direction that
+// fills a buffer moves to a pipe, and back), every byte through a pipe, and
+// every byte copied.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_survive_200_connections_both_ways_and_half_close() {
+    survive("auto").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_200_connections_all_spliced() {
+    survive("always").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_200_connections_all_copied() {
+    survive("never").await;
+}
+
+async fn survive(splice: &str) {
     raise_fd_limit();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let backend = listener.local_addr().unwrap();
     let server = tokio::spawn(target(listener, seen.clone()));
-    let lb = Ringlb::in_front_of(2, "", &[backend]);
+    let lb = Ringlb::with_config(&with_splice(&simple_config(2, ""), splice), &[backend]);
     let proxy = lb.addr();
 
     let clients: Vec<_> = (0..CONNECTIONS)

@@ -14,11 +14,14 @@ fn targets_path(lb: &Ringlb) -> std::path::PathBuf {
     lb.dir.path().join("targets/web.txt")
 }
 
-/// `config` with `[runtime] splice = false`: every byte is copied.
+/// `config` with `[runtime] splice = "never"`: every byte is copied.
 fn copying(config: &str) -> String {
-    let from = "shutdown_timeout = \"5s\"";
-    assert!(config.contains(from));
-    config.replace(from, &format!("{from}\nsplice = false"))
+    with_splice(config, "never")
+}
+
+/// `config` with `[runtime] splice = "always"`: every byte goes through a pipe.
+fn splicing(config: &str) -> String {
+    with_splice(config, "always")
 }
 
 /// Reads until EOF or reset; the bytes read.
@@ -126,7 +129,7 @@ async fn urgent_byte_passes(config: String) {
 // 3. One TCP urgent byte used to stall a spliced connection for good.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_urgent_byte_passes_inline_on_the_splice_path() {
-    urgent_byte_passes(simple_config(1, "")).await;
+    urgent_byte_passes(splicing(&simple_config(1, ""))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,7 +419,11 @@ async fn early_answer_reaches_the_client(copy: bool) {
         }
     });
     let config = simple_config(1, "");
-    let config = if copy { copying(&config) } else { config };
+    let config = if copy {
+        copying(&config)
+    } else {
+        splicing(&config)
+    };
     let lb = Ringlb::with_config(&config, &[target]);
     let mut s = TcpStream::connect(lb.addr()).await.unwrap();
     let (mut r, mut w) = s.split();

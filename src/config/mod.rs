@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::balancer::HashKey;
+pub use crate::proxy::pipe::Splice;
 pub use duration::{ConfigDuration, parse_duration};
 use raw::{RawConfig, RawHealthCheck, RawPort, RawTargetGroup};
 use toml::Spanned;
@@ -37,8 +38,8 @@ pub struct RuntimeConfig {
     /// 0 = one worker per CPU the process may run on.
     pub workers: usize,
     pub shutdown_timeout: Duration,
-    /// Move bytes with splice(2) through pipes (true), or always copy.
-    pub splice: bool,
+    /// When bytes move with splice(2) through pipes rather than by copy.
+    pub splice: Splice,
     /// Bytes each pipe is asked to hold (`F_SETPIPE_SZ`).
     pub pipe_size: usize,
     /// The Unix socket a new process takes the listening sockets over from
@@ -421,7 +422,8 @@ impl Validator<'_> {
             runtime: RuntimeConfig {
                 workers: raw.runtime.workers,
                 shutdown_timeout: raw.runtime.shutdown_timeout.0,
-                splice: raw.runtime.splice,
+                splice: parse_splice(raw.runtime.splice.get_ref())
+                    .map_err(|m| self.at(&raw.runtime.splice, 0..0, "runtime.splice".into(), m))?,
                 pipe_size: parse_pipe_size(raw.runtime.pipe_size.get_ref()).map_err(|m| {
                     self.at(&raw.runtime.pipe_size, 0..0, "runtime.pipe_size".into(), m)
                 })?,
@@ -643,7 +645,20 @@ impl Validator<'_> {
     }
 }
 
-/// Parses an HTTP matcher: "200", "200-399", "200,204,300-399".
+/// `[runtime] splice`: "auto" (or true), "always", "never" (or false).
+pub fn parse_splice(value: &toml::Value) -> Result<Splice, String> {
+    match value {
+        toml::Value::Boolean(true) => Ok(Splice::Auto),
+        toml::Value::Boolean(false) => Ok(Splice::Never),
+        toml::Value::String(s) if s == "auto" => Ok(Splice::Auto),
+        toml::Value::String(s) if s == "always" => Ok(Splice::Always),
+        toml::Value::String(s) if s == "never" => Ok(Splice::Never),
+        other => Err(format!(
+            "invalid value {other}: write \"auto\" (small exchanges copy, bulk splices), \"always\" or \"never\""
+        )),
+    }
+}
+
 /// `[runtime] pipe_size`: "64KiB" to "1MiB" (Linux's default pipe size up
 /// to the largest an unprivileged process may ask for, `fs.pipe-max-size`).
 pub fn parse_pipe_size(text: &str) -> Result<usize, String> {
@@ -665,6 +680,7 @@ pub fn parse_pipe_size(text: &str) -> Result<usize, String> {
     }
 }
 
+/// Parses an HTTP matcher: "200", "200-399", "200,204,300-399".
 pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
     let mut out = Vec::new();
     for part in text.split(',') {

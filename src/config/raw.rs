@@ -47,8 +47,9 @@ pub struct RawRuntime {
     pub workers: usize,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: ConfigDuration,
+    /// `"auto"` (or `true`), `"always"`, `"never"` (or `false`).
     #[serde(default = "default_splice")]
-    pub splice: bool,
+    pub splice: Spanned<toml::Value>,
     #[serde(default = "default_pipe_size")]
     pub pipe_size: Spanned<String>,
     /// Where a running ringlb offers its sockets to `ringlb run --takeover`.
@@ -68,8 +69,8 @@ impl Default for RawRuntime {
     }
 }
 
-fn default_splice() -> bool {
-    true
+fn default_splice() -> Spanned<toml::Value> {
+    unspanned(toml::Value::String("auto".into()))
 }
 
 /// Linux's own pipe size; see `[runtime] pipe_size` in the README.

@@ -43,6 +43,7 @@ fn err(text: &str) -> (usize, String, String) {
 fn good_config_gets_its_values_and_defaults() {
     let c = parse(Path::new("/etc/ringlb/ringlb.toml"), GOOD).unwrap();
     assert_eq!(c.runtime.workers, 2);
+    assert_eq!(c.runtime.splice, Splice::Auto);
     assert_eq!(c.runtime.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.listeners[0].addr, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.listeners[0].backlog, 4096);
@@ -72,6 +73,21 @@ fn admin_listen_is_checked() {
 
 /// Each mistake: (replace this, with that, expected line, key, words in message).
 #[test]
+fn splice_takes_a_word_or_the_old_boolean() {
+    for (value, want) in [
+        ("\"auto\"", Splice::Auto),
+        ("true", Splice::Auto),
+        ("\"always\"", Splice::Always),
+        ("\"never\"", Splice::Never),
+        ("false", Splice::Never),
+    ] {
+        let text = GOOD.replace("workers = 2", &format!("workers = 2\nsplice = {value}"));
+        let c = parse(Path::new("/etc/ringlb/ringlb.toml"), &text).unwrap();
+        assert_eq!(c.runtime.splice, want, "splice = {value}");
+    }
+}
+
+#[test]
 fn every_mistake_names_key_and_line() {
     let cases: &[(&str, &str, usize, &str, &str)] = &[
         (
@@ -80,6 +96,13 @@ fn every_mistake_names_key_and_line() {
             4,
             "runtime.wrokers",
             "unknown field `wrokers`",
+        ),
+        (
+            "workers = 2",
+            "workers = 2\nsplice = \"sometimes\"",
+            4,
+            "runtime.splice",
+            "write \"auto\"",
         ),
         (
             "idle_timeout = \"5m\"",

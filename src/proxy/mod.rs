@@ -1,8 +1,11 @@
 //! One proxied connection: a client socket and a target socket, bytes moved both
 //! ways until both directions have ended.
 //!
-//! Bytes move on readiness with non-blocking splice(2) through a pipe borrowed
-//! from the worker's pool, or through a buffer when no pipe can be had.
+//! Bytes move on readiness: small exchanges by recv/send through a buffer
+//! borrowed from the worker's pool, bulk by non-blocking splice(2) through a
+//! borrowed pipe. A direction whose read fills the buffer moves on to a pipe;
+//! one whose read comes back under a buffer's worth moves back (HAProxy's
+//! `splice-auto` makes the same choice).
 //! Readiness comes from one-shot io_uring polls (`IORING_OP_POLL_ADD`), armed
 //! only when a socket is known to be dry (a read came back short or would
 //! block) or full, and reaped in batches with every other completion of the
@@ -32,9 +35,6 @@ use crate::runtime::uring::{self, PollOp};
 
 use crate::metrics::{TargetSlot, bump};
 use std::sync::atomic::AtomicU64;
-
-/// Buffer used when no pipe can be had.
-const COPY_BUF: usize = 16 * 1024;
 
 /// Which side of the proxy an error came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,6 +179,8 @@ struct Direction<'a> {
     /// The source may hold more bytes: its last read filled the stage, or a
     /// poll said it is readable. When false, a poll comes before the next read.
     src_ready: bool,
+    /// The last read filled a buffer: the next goes through a pipe.
+    bulk: bool,
 }
 
 /// A poll in flight on `fd`. Dropped before it completes, it shuts the
@@ -219,6 +221,7 @@ impl<'a> Direction<'a> {
             done: false,
             wait: None,
             src_ready: false,
+            bulk: pool.wants_pipe(None),
         }
     }
 
@@ -295,7 +298,7 @@ impl<'a> Direction<'a> {
                 self.wait = Some(Wait::arm(src.as_raw_fd(), libc::POLLIN, src_side));
                 continue;
             }
-            let stage = self.loan.get();
+            let stage = self.loan.get(self.bulk);
             let room = stage.room();
             match stage.fill(src.as_raw_fd()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -326,6 +329,7 @@ impl<'a> Direction<'a> {
                     // A short read drained the socket (or stopped at an
                     // urgent mark): the poll finds out which, without a read.
                     self.src_ready = n >= room;
+                    self.bulk = self.loan.pool.wants_pipe(Some(n));
                 }
             }
         }
@@ -403,21 +407,34 @@ struct Loan<'a> {
 }
 
 impl Loan<'_> {
-    fn get(&mut self) -> &mut Stage {
+    /// An empty stage for the next fill: a pipe for `bulk` when one can be
+    /// had, else a buffer. Called only when the stage holds no bytes.
+    fn get(&mut self, bulk: bool) -> &mut Stage {
+        let swap = match &self.stage {
+            Some(Stage::Pipe(_)) => !bulk,
+            Some(Stage::Buffer { .. }) => bulk && self.pool.can_lend(),
+            None => false,
+        };
+        if swap {
+            self.end();
+        }
         let pool = self.pool;
-        self.stage.get_or_insert_with(|| match pool.take() {
-            Some(p) => Stage::Pipe(p),
-            None => Stage::Buffer {
-                buf: vec![0; COPY_BUF].into_boxed_slice(),
-                start: 0,
-                end: 0,
-            },
-        })
+        self.stage
+            .get_or_insert_with(|| match bulk.then(|| pool.take()).flatten() {
+                Some(p) => Stage::Pipe(p),
+                None => Stage::Buffer {
+                    buf: pool.take_buffer(),
+                    start: 0,
+                    end: 0,
+                },
+            })
     }
 
     fn end(&mut self) {
-        if let Some(Stage::Pipe(p)) = self.stage.take() {
-            self.pool.give_back(p);
+        match self.stage.take() {
+            Some(Stage::Pipe(p)) => self.pool.give_back(p),
+            Some(Stage::Buffer { buf, .. }) => self.pool.give_back_buffer(buf),
+            None => {}
         }
     }
 }
@@ -444,7 +461,7 @@ mod tests {
             let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
             let (b, _) = l.accept().unwrap();
-            let pool = PipePool::new(1, 1, pipe::DEFAULT_PIPE_SIZE);
+            let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::DEFAULT_PIPE_SIZE);
             let counters = TargetSlot::default();
             let fut = run(&pool, a.into(), b.into(), Duration::from_secs(1), &counters);
             let size = std::mem::size_of_val(&fut);

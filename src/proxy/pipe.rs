@@ -1,6 +1,8 @@
-//! Pipes for splice(2), pooled per worker and lent only while bytes flow, so
-//! thousands of idle connections hold no pipes. When none can be had (the
-//! per-worker cap, EMFILE, ENFILE) the caller copies through a buffer instead.
+//! Pipes for splice(2) and buffers for recv/send, pooled per worker and lent
+//! only while bytes flow, so thousands of idle connections hold neither.
+//! Small exchanges copy through a buffer; a direction that fills one moves on
+//! to a pipe. When no pipe can be had (the per-worker cap, EMFILE, ENFILE) the
+//! caller keeps copying.
 
 use std::cell::{Cell, RefCell};
 use std::io;
@@ -133,10 +135,26 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     }
 }
 
-/// A worker's pipes. Not shared between threads.
+/// When a direction moves its bytes through a pipe rather than a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Splice {
+    /// Once a read fills a buffer ([`COPY_BUF`]): small exchanges copy, bulk splices.
+    Auto,
+    /// From the first byte.
+    Always,
+    /// Never: every byte is copied.
+    Never,
+}
+
+/// Bytes in one copy buffer; a read that fills one marks the direction as bulk.
+pub const COPY_BUF: usize = 16 * 1024;
+
+/// A worker's pipes and copy buffers. Not shared between threads.
 #[derive(Debug)]
 pub struct PipePool {
+    mode: Splice,
     free: RefCell<Vec<Pipe>>,
+    buffers: RefCell<Vec<Box<[u8]>>>,
     lent: Cell<usize>,
     max_lent: usize,
     max_free: usize,
@@ -149,9 +167,14 @@ pub struct PipePool {
 }
 
 impl PipePool {
-    pub fn new(max_lent: usize, max_free: usize, size: usize) -> Self {
+    /// A pool lending up to `max_lent` pipes (none with `Splice::Never`) and
+    /// keeping up to `max_free` clean pipes and buffers for reuse.
+    pub fn new(mode: Splice, max_lent: usize, max_free: usize, size: usize) -> Self {
+        let max_lent = if mode == Splice::Never { 0 } else { max_lent };
         PipePool {
+            mode,
             free: RefCell::new(Vec::new()),
+            buffers: RefCell::new(Vec::new()),
             lent: Cell::new(0),
             max_lent,
             max_free,
@@ -161,12 +184,14 @@ impl PipePool {
         }
     }
 
-    /// Closes the idle pipes if none was taken since the last call, so a quiet
-    /// worker holds no pipes. Called periodically. Returns how many were closed.
+    /// Closes the idle pipes and frees the idle buffers if nothing was taken
+    /// since the last call, so a quiet worker holds neither. Called
+    /// periodically. Returns how many pipes were closed.
     pub fn trim(&self) -> usize {
         if self.used.replace(false) {
             return 0;
         }
+        self.buffers.borrow_mut().clear();
         let mut free = self.free.borrow_mut();
         let n = free.len();
         free.clear();
@@ -205,6 +230,37 @@ impl PipePool {
         }
     }
 
+    /// A copy buffer of [`COPY_BUF`] bytes, reused when one is free.
+    pub fn take_buffer(&self) -> Box<[u8]> {
+        self.used.set(true);
+        self.buffers
+            .borrow_mut()
+            .pop()
+            .unwrap_or_else(|| vec![0; COPY_BUF].into_boxed_slice())
+    }
+
+    pub fn give_back_buffer(&self, buf: Box<[u8]>) {
+        let mut free = self.buffers.borrow_mut();
+        if free.len() < self.max_free {
+            free.push(buf);
+        }
+    }
+
+    /// Whether a direction whose last read took `read` bytes (`None`: none
+    /// yet) should read next into a pipe.
+    pub fn wants_pipe(&self, read: Option<usize>) -> bool {
+        match self.mode {
+            Splice::Auto => read.is_some_and(|n| n >= COPY_BUF),
+            Splice::Always => true,
+            Splice::Never => false,
+        }
+    }
+
+    /// Whether `take` may lend another pipe (it can still fail to make one).
+    pub fn can_lend(&self) -> bool {
+        self.lent.get() < self.max_lent
+    }
+
     pub fn lent(&self) -> usize {
         self.lent.get()
     }
@@ -222,7 +278,7 @@ mod tests {
 
     #[test]
     fn pool_lends_up_to_its_cap_and_reuses_clean_pipes() {
-        let pool = PipePool::new(2, 1, DEFAULT_PIPE_SIZE);
+        let pool = PipePool::new(Splice::Auto, 2, 1, DEFAULT_PIPE_SIZE);
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
         assert!(pool.take().is_none(), "cap of 2 lent pipes");
@@ -237,7 +293,7 @@ mod tests {
 
     #[test]
     fn trim_closes_idle_pipes_only_after_a_quiet_period() {
-        let pool = PipePool::new(4, 4, DEFAULT_PIPE_SIZE);
+        let pool = PipePool::new(Splice::Auto, 4, 4, DEFAULT_PIPE_SIZE);
         let p = pool.take().unwrap();
         pool.give_back(p);
         assert_eq!(pool.trim(), 0, "used since the last trim: kept");

@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use std::sync::Arc;
 
 use crate::metrics::{Slots, WorkerSlot};
-use crate::proxy::pipe::PipePool;
+use crate::proxy::pipe::{PipePool, Splice};
 use crate::snapshot::SharedSnapshot;
 pub use worker::{BoundListener, Command, Event};
 
@@ -70,8 +70,8 @@ pub struct Shared {
     pub events: mpsc::UnboundedSender<Event>,
     pub stop: watch::Receiver<Stop>,
     pub stats: Arc<Slots<WorkerSlot>>,
-    /// Move bytes with splice(2); false: always copy.
-    pub splice: bool,
+    /// When bytes move with splice(2) rather than by copy.
+    pub splice: Splice,
     /// Bytes each pipe is asked to hold.
     pub pipe_size: usize,
 }
@@ -125,8 +125,12 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                     }
                 };
                 rt.block_on(async move {
-                    let lend = if shared.splice { PIPES_PER_WORKER } else { 0 };
-                    let pipes = PipePool::new(lend, IDLE_PIPES_PER_WORKER, shared.pipe_size);
+                    let pipes = PipePool::new(
+                        shared.splice,
+                        PIPES_PER_WORKER,
+                        IDLE_PIPES_PER_WORKER,
+                        shared.pipe_size,
+                    );
                     let stop = shared.stop.clone();
                     let w = worker::Worker::new(id, shared, pipes);
                     ready.send(Ok(())).ok();

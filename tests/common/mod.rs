@@ -220,6 +220,13 @@ pub fn listen_on(config: &str, listen: &str) -> String {
     )
 }
 
+/// `config` (from [`health_config`]) with `[runtime] splice = "{mode}"`.
+pub fn with_splice(config: &str, mode: &str) -> String {
+    let from = "shutdown_timeout = \"5s\"";
+    assert!(config.contains(from));
+    config.replace(from, &format!("{from}\nsplice = \"{mode}\""))
+}
+
 /// As [`simple_config`], with `health` as the body of the health_check table.
 pub fn health_config(workers: usize, group_extra: &str, health: &str) -> String {
     format!(
