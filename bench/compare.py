@@ -33,7 +33,7 @@ PROXIES = ["direct", "ringlb", "haproxy", "nginx"]
 PEERS = ["haproxy", "nginx"]
 TODOS = ('[{"id":1,"title":"scale out","completed":false,"served_by":"bench"},'
          '{"id":2,"title":"add a health check","completed":true,"served_by":"bench"}]')
-IPERF_PORT, HOLD_PORT = 25201, 27400
+IPERF_PORT = 25201
 
 
 def tree(pid):
@@ -260,14 +260,18 @@ def syscalls_per_op(proxy, port, seconds, close, lua):
 
 
 def holding_backend():
-    """A backend on HOLD_PORT that accepts and holds connections (idle scenario)."""
-    code = ("import socket,selectors\n"
-            f"l=socket.socket();l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);l.bind(('127.0.0.1',{HOLD_PORT}));l.listen(8192)\n"
+    """A backend that accepts and holds connections (idle scenario), on a
+    fresh port; (proc, port). One per run: it never closes what it holds, so
+    a backend shared by every run would reach its open-files limit (and die)
+    within two rounds of 4,000 connections per proxy."""
+    port = free_port()
+    code = ("import socket\n"
+            f"l=socket.socket();l.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1);l.bind(('127.0.0.1',{port}));l.listen(8192)\n"
             "held=[]\n"
             "while True:\n c,_=l.accept();held.append(c)\n")
     p = subprocess.Popen(["taskset", "-c", "1", sys.executable, "-c", code])
-    wait_port(HOLD_PORT)
-    return p
+    wait_port(port)
+    return p, port
 
 
 def main():
@@ -322,7 +326,6 @@ def main():
         f.write(WRK_LUA)
     iperf_srv = subprocess.Popen(["taskset", "-c", "1", "iperf3", "-s", "-B", "127.0.0.1", "-p", str(IPERF_PORT)],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    hold_srv = holding_backend() if "idle" in wanted else None
     time.sleep(0.3)
     rows = []
     try:
@@ -336,8 +339,10 @@ def main():
             http_srv = None
             if sc in ("keepalive", "close", "k6", "scaling"):
                 http_srv, backend = http_backend(pdir)
+            elif sc == "idle":
+                http_srv, backend = holding_backend()
             else:
-                backend = {"bulk": IPERF_PORT, "idle": HOLD_PORT}[sc]
+                backend = IPERF_PORT
             if sc == "scaling":
                 proxy = Proxy("ringlb", backend, pdir, workers=arg, cpus="0,1", runtimes=runtimes)
             else:
@@ -370,7 +375,7 @@ def main():
                     http_srv.terminate()
                     http_srv.wait()
     finally:
-        for p in (iperf_srv, hold_srv):
+        for p in (iperf_srv,):
             if p:
                 p.terminate()
                 p.wait()
