@@ -49,19 +49,19 @@ fn pick(c: &mut Criterion) {
         let mg = Maglev::new(&t, HashKey::SourceIpPort);
         let mut port = 0u16;
         g.bench_function(BenchmarkId::new("round_robin", n), |b| {
-            b.iter(|| rr.pick(|_| true))
+            b.iter(|| rr.pick_by(|_| true))
         });
         // Nothing usable: the worst case, bounded by the target count.
         g.bench_function(BenchmarkId::new("round_robin_none_usable", n), |b| {
-            b.iter(|| rr.pick(|_| false))
+            b.iter(|| rr.pick_by(|_| false))
         });
         g.bench_function(BenchmarkId::new("least_connections", n), |b| {
-            b.iter(|| lc.pick(n, |i| (active[i], weights[i]), |_| true))
+            b.iter(|| lc.pick_by(n, |i| (active[i], weights[i]), |_| true))
         });
         g.bench_function(BenchmarkId::new("maglev", n), |b| {
             b.iter(|| {
                 port = port.wrapping_add(1);
-                mg.pick(black_box(&SocketAddr::from(([192, 0, 2, 7], port))), |_| {
+                mg.pick_by(black_box(&SocketAddr::from(([192, 0, 2, 7], port))), |_| {
                     true
                 })
             })

@@ -1,5 +1,5 @@
 """Helpers shared by the bench scripts: build, start ringlb pinned, read /proc."""
-import atexit, os, re, shutil, signal, subprocess, sys, tempfile, time
+import atexit, json, os, re, shutil, signal, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TICK = os.sysconf("SC_CLK_TCK")
@@ -60,17 +60,27 @@ def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group="", binary=N
             f'target_group = "t"\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n{extra_group}\n'
         )
     log = open(f"{workdir}/ringlb.log", "w+")
+    binary = binary or f"{ROOT}/target/release/ringlb"
+    addresses = f"{workdir}/addresses.json"
+    if os.path.exists(addresses):
+        os.remove(addresses)
+    # Builds older than --address-file (A/B runs) are read from their log.
+    new = "--address-file" in subprocess.run([binary, "run", "--help"], capture_output=True, text=True).stdout
     proc = subprocess.Popen(
-        ["taskset", "-c", cpus, binary or f"{ROOT}/target/release/ringlb", "run", "--config", f"{workdir}/ringlb.toml"],
+        ["taskset", "-c", cpus, binary, "run", "--config", f"{workdir}/ringlb.toml"]
+        + (["--address-file", addresses] if new else []),
         stderr=log, stdout=subprocess.DEVNULL,
     )
     deadline = time.time() + 10
     text = ""
-    while time.time() < deadline:
+    while time.time() < deadline and proc.poll() is None:
         log.seek(0)
         text = log.read()
+        if new and os.path.exists(addresses):
+            with open(addresses) as f:
+                return proc, int(json.load(f)["listeners"]["bench"].rsplit(":", 1)[1])
         m = re.search(r"addr=127\.0\.0\.1:(\d+)", text)
-        if m and " ready " in text:
+        if not new and m and " ready " in text:
             return proc, int(m.group(1))
         time.sleep(0.05)
     proc.kill()

@@ -28,7 +28,7 @@ It prints, and asserts:
 All traffic is on 127.0.0.1. Every loop is bounded by the deadline and the
 script stops by itself; Ctrl-C stops it early and still cleans up.
 """
-import argparse, asyncio, os, random, re, signal, socket, statistics, struct, subprocess, sys, time, zlib
+import argparse, asyncio, json, os, random, re, signal, socket, statistics, struct, subprocess, sys, time, zlib
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import ROOT, ensure, rss_kib, workdir  # noqa: E402
@@ -308,21 +308,21 @@ async def main_async(args, work):
     write(f"{work}/pp.txt", targets(pp))
     write(f"{work}/ringlb.toml", config(True, health_port))
     log = open(f"{work}/ringlb.log", "w+")
-    lb = subprocess.Popen([f"{ROOT}/target/release/ringlb", "run", "--config", f"{work}/ringlb.toml"],
+    addresses = f"{work}/addresses.json"
+    lb = subprocess.Popen([f"{ROOT}/target/release/ringlb", "run", "--config", f"{work}/ringlb.toml",
+                           "--address-file", addresses],
                           stderr=log, stdout=subprocess.DEVNULL, env={**os.environ, "RUST_LOG": os.environ.get("SOAK_RUST_LOG", "info")})
     ports = {}
 
     def learn():
-        log.seek(0)
-        for line in log.read().splitlines():
-            m = re.search(r" listening listener=(\w+) addr=127\.0\.0\.1:(\d+)", line)
-            if m:
-                ports[m.group(1)] = int(m.group(2))
-            if re.search(r"listener pp removed", line):
-                ports.pop("pp", None)
+        # ringlb rewrites the file (atomically) once ready and after each SIGHUP.
+        with open(addresses) as f:
+            bound = json.load(f)["listeners"]
+        ports.clear()
+        ports.update({name: int(addr.rsplit(":", 1)[1]) for name, addr in bound.items()})
 
     start = time.monotonic()
-    while " ready " not in open(f"{work}/ringlb.log").read():
+    while not os.path.exists(addresses):
         if time.monotonic() - start > 20 or lb.poll() is not None:
             sys.exit("ringlb did not start:\n" + open(f"{work}/ringlb.log").read())
         await asyncio.sleep(0.05)

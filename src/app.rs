@@ -12,21 +12,13 @@ use arc_swap::ArcSwap;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{error, info, warn};
 
-use crate::config::{self, Config, ConfigError};
+use crate::config::Config;
 use crate::control::{BoundInfo, ControlPlane};
 use crate::listener::ListenerError;
+use crate::load::{LoadError, empty_group_warning, load};
 use crate::runtime::{self, RuntimeError, Stop, WorkerPlan};
-use crate::snapshot::{self, SharedSnapshot, Snapshot};
-use crate::targets::{self, Target, TargetsError};
+use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::{admin, notify, takeover};
-
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error("{source} (targets_file of target_group {group:?})")]
-    Targets { group: String, source: TargetsError },
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -48,100 +40,6 @@ pub enum AppError {
         addr: std::net::SocketAddr,
         source: io::Error,
     },
-}
-
-/// A validated config with every group's targets read.
-#[derive(Debug)]
-pub struct Loaded {
-    pub config: Config,
-    pub targets: Vec<Vec<Target>>,
-    /// The text each group's targets were read from, as read.
-    pub texts: Vec<String>,
-}
-
-impl Loaded {
-    /// One warning per group that has no targets (its clients are closed).
-    pub fn warnings(&self) -> Vec<String> {
-        self.config
-            .groups
-            .iter()
-            .zip(&self.targets)
-            .filter(|(_, t)| t.is_empty())
-            .map(|(g, _)| empty_group_warning(&g.name, &g.targets_file))
-            .collect()
-    }
-}
-
-/// Whether a group's algorithm can take this many targets: a Maglev table
-/// has [`TABLE_SIZE`](crate::balancer::maglev::TABLE_SIZE) slots, one target
-/// each at the least. Checked at start, in check, on SIGHUP and on reload.
-pub fn fits(group: &config::GroupConfig, targets: &[Target]) -> Result<(), TargetsError> {
-    use crate::balancer::maglev::TABLE_SIZE;
-    if matches!(group.algorithm, config::Algorithm::Maglev(_)) && targets.len() > TABLE_SIZE {
-        return Err(TargetsError {
-            file: group.targets_file.clone(),
-            line: 0,
-            message: format!(
-                "{} targets: a maglev group takes at most {TABLE_SIZE} (one per table slot)",
-                targets.len()
-            ),
-        });
-    }
-    Ok(())
-}
-
-/// The one wording for a group without targets, at start, in check and on reload.
-pub fn empty_group_warning(group: &str, file: &Path) -> String {
-    format!(
-        "target group {group:?} has no targets ({} lists none): its clients will be closed until targets are added",
-        file.display()
-    )
-}
-
-/// Reads and validates the config and every targets file it names, by the
-/// same rules at start-up, in `check` and on SIGHUP. `in_service` gives the
-/// text currently applied from a targets file, if any (see [`targets::load`]).
-pub fn load(
-    path: &Path,
-    in_service: &dyn Fn(&Path) -> Option<String>,
-) -> Result<Loaded, LoadError> {
-    let config = config::load(path)?;
-    let mut targets = Vec::with_capacity(config.groups.len());
-    let mut texts = Vec::with_capacity(config.groups.len());
-    for g in &config.groups {
-        let serving = in_service(&g.targets_file);
-        let (text, t) = targets::load(&g.targets_file, serving.as_deref()).map_err(|source| {
-            LoadError::Targets {
-                group: g.name.clone(),
-                source,
-            }
-        })?;
-        fits(g, &t).map_err(|source| LoadError::Targets {
-            group: g.name.clone(),
-            source,
-        })?;
-        texts.push(text);
-        targets.push(t);
-    }
-    Ok(Loaded {
-        config,
-        targets,
-        texts,
-    })
-}
-
-/// `ringlb check`: a one-line summary of a good config, and its warnings.
-pub fn check(path: &Path) -> Result<(String, Vec<String>), LoadError> {
-    let l = load(path, &|_| None)?;
-    let targets: usize = l.targets.iter().map(Vec::len).sum();
-    let summary = format!(
-        "{}: ok: {} listener(s), {} target group(s), {} target(s)",
-        path.display(),
-        l.config.listeners.len(),
-        l.config.groups.len(),
-        targets
-    );
-    Ok((summary, l.warnings()))
 }
 
 /// How often the control plane looks at targets files and drains.
@@ -267,28 +165,13 @@ const TAKEOVER_SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `ringlb run`: serve until SIGTERM or SIGINT; SIGHUP reloads the config.
 /// With `takeover`, first take the listening sockets over from the ringlb
-/// running with the same `[runtime] takeover_socket`.
-pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
+/// running with the same `[runtime] takeover_socket`. It reads as the
+/// start-up order, one step per statement (about 80 lines).
+pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(), AppError> {
     let loaded = load(path, &|_| None)?;
     raise_nofile_limit();
     let takeover_path = loaded.config.runtime.takeover_socket.clone();
-    let mut inherited = match (&takeover_path, takeover) {
-        (None, true) => {
-            return Err(AppError::Takeover(format!(
-                "{}: --takeover needs [runtime] takeover_socket (the running ringlb's)",
-                path.display()
-            )));
-        }
-        (Some(p), true) => {
-            let i = takeover::take(p).map_err(|e| AppError::Takeover(e.to_string()))?;
-            info!(
-                listeners = i.listeners.len(),
-                "took over the running ringlb's sockets"
-            );
-            Some(i)
-        }
-        _ => None,
-    };
+    let mut inherited = inherit(path, takeover_path.as_deref(), takeover)?;
     // The running process's role: offer its sockets to the next one. A
     // process taking over binds this only once the old one has let go.
     let takeover_listener = match (&takeover_path, &inherited) {
@@ -297,20 +180,105 @@ pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
         }
         _ => None,
     };
-
-    let control = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AppError::Io {
-            what: "control-plane runtime",
-            source,
-        })?;
-    let mut signals = {
+    let control = control_runtime()?;
+    let signals = {
         let _in_runtime = control.enter();
         Signals::install()?
     };
 
     let config = &loaded.config;
+    let (plans, bound) = plan_workers(config, inherited.as_mut())?;
+    let workers = plans.len();
+    log_targets(&loaded);
+    let handed_admin = inherited
+        .as_mut()
+        .and_then(|i| i.admin.take())
+        .filter(|(was, _)| *was == config.admin);
+    let admin_listener = match handed_admin {
+        Some((_, l)) => l,
+        None => bind_admin(config.admin)?,
+    };
+    let (splice, pipe_size) = (config.runtime.splice, config.runtime.pipe_size);
+
+    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
+    // Probe tasks are spawned on the control plane's runtime.
+    let (cp, probes) = {
+        let _in_runtime = control.enter();
+        ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers)
+    };
+    let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
+    let workers_handle = runtime::start(
+        plans,
+        runtime::Shared {
+            snapshot: shared,
+            events: events_tx,
+            stop: stop_rx,
+            stats: cp.worker_stats.clone(),
+            splice,
+            pipe_size,
+        },
+    )?;
+    let (ask_tx, asks) = tokio::sync::mpsc::channel(64);
+    let (handover_tx, handovers) = tokio::sync::mpsc::channel(1);
+    let admin = {
+        let _in_runtime = control.enter();
+        AdminTask::start(admin_listener, ask_tx.clone())?
+    };
+    info!(workers, pid = std::process::id(), "ready");
+    let mut main = Main {
+        cp,
+        workers: workers_handle,
+        signals,
+        admin,
+        ask_tx,
+        handover_tx,
+        inherited,
+        takeover_path,
+        letting_go: None,
+        status: String::new(),
+        address_file: address_file.map(Path::to_path_buf),
+    };
+    main.write_address_file();
+    control.block_on(async {
+        let taken_over = main
+            .serve(takeover_listener, probes, events, asks, handovers)
+            .await;
+        main.shut_down(taken_over, stop_tx).await;
+    });
+    info!("stopped");
+    Ok(())
+}
+
+/// The main thread's runtime: control plane, probes, admin endpoint.
+fn control_runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AppError::Io {
+            what: "control-plane runtime",
+            source,
+        })
+}
+
+/// One line per group at start: its targets, or the warning that it has none.
+fn log_targets(loaded: &crate::load::Loaded) {
+    for (g, t) in loaded.config.groups.iter().zip(&loaded.targets) {
+        if t.is_empty() {
+            warn!("{}", empty_group_warning(&g.name, &g.targets_file));
+        } else {
+            info!(group = %g.name, count = t.len(), targets = %crate::targets::describe(t), "targets loaded");
+        }
+    }
+}
+
+/// One plan per worker (`[runtime] workers`, or one per CPU ringlb may run
+/// on, each pinned), with its socket of every listener: handed over by the
+/// running process when taking over, else bound now.
+fn plan_workers(
+    config: &Config,
+    mut inherited: Option<&mut takeover::Inherited>,
+) -> Result<(Vec<WorkerPlan>, HashMap<String, BoundInfo>), AppError> {
     let cpus = runtime::allowed_cpus();
     let workers = match config.runtime.workers {
         0 => cpus.len().max(1),
@@ -325,75 +293,85 @@ pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
         .collect();
     let mut bound = HashMap::new();
     for l in &config.listeners {
-        let handed = inherited.as_mut().and_then(|i| i.listener(&l.name, l.addr));
+        let handed = inherited
+            .as_deref_mut()
+            .and_then(|i| i.listener(&l.name, l.addr));
         let (info, sockets) = match handed {
             Some(h) => BoundInfo::adopt(l, workers, h)?,
             None => BoundInfo::bind(l, workers, true)?,
         };
-        for (plan, socket) in plans.iter_mut().zip(sockets) {
-            plan.listeners.push(info.for_worker(socket));
-        }
-        let group = &config.groups[l.group];
-        info!(listener = %l.name, addr = %info.addr, group = %group.name, "listening");
+        info.deal(sockets, |i, listener| plans[i].listeners.push(listener));
         bound.insert(l.name.clone(), info);
     }
-    for (g, t) in config.groups.iter().zip(&loaded.targets) {
-        if t.is_empty() {
-            warn!("{}", empty_group_warning(&g.name, &g.targets_file));
-        } else {
-            info!(group = %g.name, count = t.len(), targets = %snapshot::describe(t), "targets loaded");
+    Ok((plans, bound))
+}
+
+/// With `--takeover`, the sockets of the ringlb running with the same
+/// `[runtime] takeover_socket`.
+fn inherit(
+    path: &Path,
+    takeover_path: Option<&Path>,
+    takeover: bool,
+) -> Result<Option<takeover::Inherited>, AppError> {
+    match (takeover_path, takeover) {
+        (None, true) => Err(AppError::Takeover(format!(
+            "{}: --takeover needs [runtime] takeover_socket (the running ringlb's)",
+            path.display()
+        ))),
+        (Some(p), true) => {
+            let i = takeover::take(p).map_err(|e| AppError::Takeover(e.to_string()))?;
+            info!(
+                listeners = i.listeners.len(),
+                "took over the running ringlb's sockets"
+            );
+            Ok(Some(i))
         }
+        _ => Ok(None),
     }
-    let handed_admin = inherited
-        .as_mut()
-        .and_then(|i| i.admin.take())
-        .filter(|(was, _)| *was == config.admin);
-    let admin_listener = match handed_admin {
-        Some((_, l)) => l,
-        None => bind_admin(config.admin)?,
-    };
-    let (splice, pipe_size) = (config.runtime.splice, config.runtime.pipe_size);
+}
 
-    let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-    // Probe tasks are spawned on the control plane's runtime.
-    let (mut cp, mut probes) = {
-        let _in_runtime = control.enter();
-        ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers)
-    };
-    let (events_tx, mut events) = tokio::sync::mpsc::unbounded_channel();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let workers_handle = runtime::start(
-        plans,
-        runtime::Shared {
-            snapshot: shared,
-            events: events_tx,
-            stop: stop_rx,
-            stats: cp.worker_stats.clone(),
-            splice,
-            pipe_size,
-        },
-    )?;
+/// The running process, as the main thread's loop sees it.
+struct Main {
+    cp: ControlPlane,
+    workers: runtime::Workers,
+    signals: Signals,
+    admin: AdminTask,
+    ask_tx: tokio::sync::mpsc::Sender<admin::Ask>,
+    handover_tx: tokio::sync::mpsc::Sender<Handover>,
+    /// Taking over: the old process's sockets until it has been told READY.
+    inherited: Option<takeover::Inherited>,
+    takeover_path: Option<std::path::PathBuf>,
+    /// The READY hand-shake with the old process, while it runs.
+    letting_go:
+        Option<tokio::task::JoinHandle<Result<std::path::PathBuf, takeover::TakeoverError>>>,
+    /// The last STATUS= told to systemd.
+    status: String,
+    /// `--address-file`.
+    address_file: Option<std::path::PathBuf>,
+}
 
-    control.block_on(async {
-        let (ask_tx, mut asks) = tokio::sync::mpsc::channel(64);
-        let mut admin = AdminTask::start(admin_listener, ask_tx.clone())?;
-        info!(workers, pid = std::process::id(), "ready");
-        let mut status = cp.status_line();
-        let (handover_tx, mut handovers) = tokio::sync::mpsc::channel(1);
-        if let (Some(p), Some(fd)) = (&takeover_path, takeover_listener) {
-            spawn_takeover_server(p.clone(), fd, handover_tx.clone());
+impl Main {
+    /// Serves until a stop signal or a takeover; true when taken over.
+    async fn serve(
+        &mut self,
+        takeover_listener: Option<std::os::fd::OwnedFd>,
+        mut probes: tokio::sync::mpsc::UnboundedReceiver<crate::health::prober::ProbeResult>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<runtime::Event>,
+        mut asks: tokio::sync::mpsc::Receiver<admin::Ask>,
+        mut handovers: tokio::sync::mpsc::Receiver<Handover>,
+    ) -> bool {
+        self.status = self.cp.status_line();
+        if let (Some(p), Some(fd)) = (&self.takeover_path, takeover_listener) {
+            spawn_takeover_server(p.clone(), fd, self.handover_tx.clone());
         }
         // Taking over: READY to the old process once every group serves
         // (or TAKEOVER_SETTLE passed); then its takeover socket is ours.
         let settle_until = tokio::time::Instant::now() + TAKEOVER_SETTLE;
-        let mut letting_go: Option<tokio::task::JoinHandle<_>> = None;
-        if inherited.is_some() {
-            notify::ready_as_main(&status);
+        if self.inherited.is_some() {
+            notify::ready_as_main(&self.status);
         } else {
-            notify::ready(&status);
+            notify::ready(&self.status);
         }
-        let mut taken_over = false;
-
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let watchdog_every = notify::watchdog_interval();
@@ -401,87 +379,131 @@ pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
             tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
         loop {
             tokio::select! {
-                name = signals.stop.next() => { info!("{name}: shutting down"); break }
-                _ = signals.hup.recv() => {
-                    info!("SIGHUP: reloading config");
-                    notify::reloading();
-                    cp.reload_config(&workers_handle);
-                    move_admin(&mut admin, cp.config().admin, &ask_tx);
-                    status = cp.status_line();
-                    notify::ready(&status);
-                }
+                name = self.signals.stop.next() => { info!("{name}: shutting down"); return false }
+                _ = self.signals.hup.recv() => self.reload(),
                 _ = tick.tick() => {
-                    if inherited.is_some()
-                        && (cp.every_group_serves() || tokio::time::Instant::now() >= settle_until)
-                        && let Some(i) = inherited.take()
-                    {
-                        letting_go = Some(tokio::task::spawn_blocking(move || i.ready()));
-                    }
-                    if letting_go.as_ref().is_some_and(|h| h.is_finished())
-                        && let Some(h) = letting_go.take()
-                    {
-                        match h.await {
-                            Ok(Ok(p)) => {
-                                info!("the old process let go; this one serves alone");
-                                takeover::tell_upgrader();
-                                match takeover::listen(&p) {
-                                    Ok(fd) => spawn_takeover_server(p, fd, handover_tx.clone()),
-                                    Err(e) => warn!(error = %e, "takeovers of this process are off"),
-                                }
-                            }
-                            Ok(Err(e)) => warn!(error = %e, "the old process did not confirm; both may accept until it stops"),
-                            Err(e) => warn!(error = %e, "takeover hand-shake failed"),
-                        }
-                    }
-                    cp.tick(&workers_handle);
-                    let now = cp.status_line();
-                    if now != status {
-                        status = now;
-                        notify::status(&status);
+                    self.let_go_of_the_old_process(settle_until).await;
+                    self.cp.tick(&self.workers);
+                    let now = self.cp.status_line();
+                    if now != self.status {
+                        self.status = now;
+                        notify::status(&self.status);
                     }
                 }
                 _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
-                Some(r) = probes.recv() => cp.on_probe(r),
-                Some(e) = events.recv() => cp.on_event(e),
+                Some(r) = probes.recv() => self.cp.on_probe(r),
+                Some(e) = events.recv() => self.cp.on_event(e),
                 Some(ask) = asks.recv() => {
                     // The asker may have gone; then there is nobody to answer.
-                    let _gone = ask.reply.send(cp.answer(ask.route));
+                    let _gone = ask.reply.send(self.cp.answer(ask.route));
                 }
                 Some(h) = handovers.recv() => match h {
                     Handover::Offer(reply) => {
-                        let admin_fd = admin
+                        let admin_fd = self
+                            .admin
                             .handover
                             .as_ref()
                             .and_then(|fd| fd.try_clone().ok())
-                            .map(|fd| (cp.config().admin, fd));
+                            .map(|fd| (self.cp.config().admin, fd));
                         let _gone = reply.send(Some(takeover::OfferOwned {
-                            listeners: cp.offer(),
+                            listeners: self.cp.offer(),
                             admin: admin_fd,
                         }));
                     }
                     Handover::Taken => {
                         info!("taken over by a new process: stop accepting, drain, exit");
-                        taken_over = true;
-                        break;
+                        return true;
                     }
                 },
             }
         }
-        cp.drop_handover();
-        admin.handover = None;
+    }
+
+    /// `--address-file`: the addresses bound now, written to a temporary
+    /// file beside it and renamed over it, so a reader never sees half.
+    fn write_address_file(&self) {
+        let Some(path) = &self.address_file else {
+            return;
+        };
+        let listeners: serde_json::Map<String, serde_json::Value> = self
+            .cp
+            .listener_addrs()
+            .into_iter()
+            .map(|(name, addr)| (name, addr.to_string().into()))
+            .collect();
+        let body = serde_json::json!({
+            "pid": std::process::id(),
+            "admin": self.admin.addr.to_string(),
+            "listeners": listeners,
+        });
+        let tmp = path.with_extension("tmp");
+        let written =
+            std::fs::write(&tmp, format!("{body}\n")).and_then(|()| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            warn!(file = %path.display(), error = %e, "cannot write the address file");
+        }
+    }
+
+    /// SIGHUP: reload the config, move the admin endpoint if it changed.
+    fn reload(&mut self) {
+        info!("SIGHUP: reloading config");
+        notify::reloading();
+        self.cp.reload_config(&self.workers);
+        move_admin(&mut self.admin, self.cp.config().admin, &self.ask_tx);
+        self.write_address_file();
+        self.status = self.cp.status_line();
+        notify::ready(&self.status);
+    }
+
+    /// Taking over: once every group serves (or `settle_until` passed), tell
+    /// the old process READY; once it confirms, serve alone and offer this
+    /// process's sockets to the next upgrade.
+    async fn let_go_of_the_old_process(&mut self, settle_until: tokio::time::Instant) {
+        if self.inherited.is_some()
+            && (self.cp.every_group_serves() || tokio::time::Instant::now() >= settle_until)
+            && let Some(i) = self.inherited.take()
+        {
+            self.letting_go = Some(tokio::task::spawn_blocking(move || i.ready()));
+        }
+        if !self.letting_go.as_ref().is_some_and(|h| h.is_finished()) {
+            return;
+        }
+        let Some(h) = self.letting_go.take() else {
+            return;
+        };
+        match h.await {
+            Ok(Ok(p)) => {
+                info!("the old process let go; this one serves alone");
+                takeover::tell_upgrader();
+                match takeover::listen(&p) {
+                    Ok(fd) => spawn_takeover_server(p, fd, self.handover_tx.clone()),
+                    Err(e) => warn!(error = %e, "takeovers of this process are off"),
+                }
+            }
+            Ok(Err(e)) => {
+                warn!(error = %e, "the old process did not confirm; both may accept until it stops")
+            }
+            Err(e) => warn!(error = %e, "takeover hand-shake failed"),
+        }
+    }
+
+    /// Stops accepting, lets the workers drain for `shutdown_timeout` (a
+    /// second SIGTERM or SIGINT cuts it short, as with HAProxy and nginx),
+    /// and joins them.
+    async fn shut_down(mut self, taken_over: bool, stop: tokio::sync::watch::Sender<Stop>) {
+        self.cp.drop_handover();
+        self.admin.handover = None;
         // After a takeover the new process is systemd's main one: this one
         // must not say STOPPING.
         if !taken_over {
             notify::stopping();
         }
-        admin.task.abort();
-        let grace = cp.config().runtime.shutdown_timeout;
-        stop_tx.send_replace(Stop::Drain(grace));
-        // Workers drain on their threads; a second SIGTERM or SIGINT cuts
-        // the grace short, as with HAProxy and nginx.
+        self.admin.task.abort();
+        let grace = self.cp.config().runtime.shutdown_timeout;
+        stop.send_replace(Stop::Drain(grace));
+        let threads = self.workers.threads;
         let mut joined = tokio::task::spawn_blocking(move || {
-            workers_handle
-                .threads
+            threads
                 .into_iter()
                 .map(|h| h.join().is_ok())
                 .filter(|ok| !ok)
@@ -489,19 +511,16 @@ pub fn run(path: &Path, takeover: bool) -> Result<(), AppError> {
         });
         let panicked = tokio::select! {
             r = &mut joined => r,
-            name = signals.stop.next() => {
+            name = self.signals.stop.next() => {
                 warn!("{name} again: closing every connection now");
-                stop_tx.send_replace(Stop::Now);
+                stop.send_replace(Stop::Now);
                 joined.await
             }
         };
         if panicked.map_or(true, |n| n > 0) {
             warn!("a worker panicked during shutdown");
         }
-        Ok::<(), AppError>(())
-    })?;
-    info!("stopped");
-    Ok(())
+    }
 }
 
 /// Moves the admin endpoint after a SIGHUP changed `[admin] listen`. If the

@@ -32,6 +32,12 @@ pub enum Command {
         /// drains and exits.
         #[arg(long)]
         takeover: bool,
+        /// Once ready (and after each SIGHUP), write the addresses actually
+        /// bound to this file as JSON: `{"pid": .., "admin": "IP:PORT",
+        /// "listeners": {"NAME": "IP:PORT"}}`. For scripts and tests that
+        /// let the kernel choose ports (`:0`); replaced atomically.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
     /// Run the reference autoscaler: it starts and stops targets and
     /// rewrites their targets file, from CPU or ringlb's connection counts.

@@ -7,7 +7,13 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::ListenerConfig;
+/// What to bind for one listener: its name (for errors), address and backlog.
+#[derive(Debug, Clone, Copy)]
+pub struct Spec<'a> {
+    pub name: &'a str,
+    pub addr: SocketAddr,
+    pub backlog: u32,
+}
 
 #[derive(Debug, thiserror::Error)]
 #[error("listener {name:?} on {addr}: {step}: {source}{hint}")]
@@ -28,7 +34,7 @@ pub struct ListenerError {
 /// wildcard address beside a specific one, before the old listener closes)
 /// binds without it.
 pub fn bind_reuseport(
-    cfg: &ListenerConfig,
+    cfg: Spec<'_>,
     count: usize,
     exclusive: bool,
 ) -> Result<(SocketAddr, Vec<TcpListener>), ListenerError> {
@@ -40,7 +46,7 @@ pub fn bind_reuseport(
             _ => "",
         };
         ListenerError {
-            name: cfg.name.clone(),
+            name: cfg.name.to_string(),
             addr: cfg.addr,
             step,
             source,
@@ -108,21 +114,17 @@ fn new_socket(addr: SocketAddr) -> Result<Socket, (&'static str, io::Error)> {
 mod tests {
     use super::*;
 
-    fn cfg(addr: &str) -> ListenerConfig {
-        ListenerConfig {
-            name: "t".into(),
+    fn cfg(addr: &str) -> Spec<'static> {
+        Spec {
+            name: "t",
             addr: addr.parse().unwrap(),
-            group: 0,
             backlog: 128,
-            allow: None,
-            max_connections: None,
-            proxy_protocol: crate::config::ProxyProtocol::Off,
         }
     }
 
     #[test]
     fn port_zero_gives_every_worker_the_same_port() {
-        let (addr, socks) = bind_reuseport(&cfg("127.0.0.1:0"), 3, true).unwrap();
+        let (addr, socks) = bind_reuseport(cfg("127.0.0.1:0"), 3, true).unwrap();
         assert_ne!(addr.port(), 0);
         for s in &socks {
             assert_eq!(s.local_addr().unwrap(), addr);
@@ -131,15 +133,15 @@ mod tests {
 
     #[test]
     fn a_second_instance_on_the_same_port_is_refused() {
-        let (addr, _first) = bind_reuseport(&cfg("127.0.0.1:0"), 2, true).unwrap();
-        let err = bind_reuseport(&cfg(&addr.to_string()), 2, true).unwrap_err();
+        let (addr, _first) = bind_reuseport(cfg("127.0.0.1:0"), 2, true).unwrap();
+        let err = bind_reuseport(cfg(&addr.to_string()), 2, true).unwrap_err();
         assert_eq!(err.source.raw_os_error(), Some(libc::EADDRINUSE));
         assert!(err.to_string().contains("bind"), "{err}");
     }
 
     #[test]
     fn accepted_sockets_inherit_nodelay_and_oobinline_from_the_listener() {
-        let (addr, socks) = bind_reuseport(&cfg("127.0.0.1:0"), 1, true).unwrap();
+        let (addr, socks) = bind_reuseport(cfg("127.0.0.1:0"), 1, true).unwrap();
         let _client = std::net::TcpStream::connect(addr).unwrap();
         socks[0].set_nonblocking(false).unwrap();
         let (accepted, _) = socks[0].accept().unwrap();
@@ -150,14 +152,14 @@ mod tests {
 
     #[test]
     fn ringlb_can_bind_a_wildcard_beside_its_own_specific_address() {
-        let (addr, _first) = bind_reuseport(&cfg("127.0.0.1:0"), 2, true).unwrap();
+        let (addr, _first) = bind_reuseport(cfg("127.0.0.1:0"), 2, true).unwrap();
         let wild: SocketAddr = format!("0.0.0.0:{}", addr.port()).parse().unwrap();
         assert!(overlaps(wild, addr));
         assert!(!overlaps(
             "[::]:1".parse().unwrap(),
             "0.0.0.0:1".parse().unwrap()
         ));
-        let (got, socks) = bind_reuseport(&cfg(&wild.to_string()), 2, false).unwrap();
+        let (got, socks) = bind_reuseport(cfg(&wild.to_string()), 2, false).unwrap();
         assert_eq!((got, socks.len()), (wild, 2));
     }
 }

@@ -28,7 +28,7 @@ fn main() -> ExitCode {
         .init();
 
     let result = match &cli.command {
-        Command::Check { config } => app::check(config)
+        Command::Check { config } => ringlb::load::check(config)
             .map(|(summary, warnings)| {
                 for w in warnings {
                     eprintln!("ringlb: warning: {w}");
@@ -36,7 +36,11 @@ fn main() -> ExitCode {
                 println!("{summary}");
             })
             .map_err(|e| e.to_string()),
-        Command::Run { config, takeover } => app::run(config, *takeover).map_err(|e| e.to_string()),
+        Command::Run {
+            config,
+            takeover,
+            address_file,
+        } => app::run(config, *takeover, address_file.as_deref()).map_err(|e| e.to_string()),
         Command::Upgrade { config } => ringlb::takeover::upgrade(config),
         Command::Autoscale {
             config,

@@ -1,13 +1,19 @@
-//! Counters and their Prometheus exposition.
+//! Counters, the per-target stats workers share, and the Prometheus text
+//! format (`control/report.rs` lists the series).
 //!
 //! Every counter lives in a per-worker slot (one cache line each) written only
 //! by that worker, with a plain load and store; a scrape sums the slots.
-//! Metric names are the constants below. The data path's shared atomics are
-//! elsewhere and few: a target's `active` count (least connections and
-//! `max_connections_per_target` need it exact across workers) and a
-//! listener's `open` count (for `max_connections`).
+//! Metric names are the constants below. Two counts are shared by all
+//! workers, each an atomic add when a connection opens and one when it
+//! closes (a compare-and-swap loop when a limit is set): a target's `active`
+//! count ([`TargetStats`]; least connections and `max_connections_per_target`
+//! need it exact across workers) and a listener's `open` count
+//! ([`ListenerStats`], for `max_connections`).
 
+use std::collections::HashMap;
 use std::fmt::Write;
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 pub const LISTENER_ACCEPTED: &str = "ringlb_listener_connections_accepted_total";
@@ -31,9 +37,9 @@ pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Ordering::Relaxed).wrapping_add(n), Ordering::Relaxed);
 }
 
-/// Subtracts from a gauge that only the calling worker writes.
+/// Subtracts one from a gauge that only the calling worker writes.
 #[inline]
-pub fn drop_one(c: &AtomicU64) {
+pub fn decrement(c: &AtomicU64) {
     c.store(c.load(Ordering::Relaxed).wrapping_sub(1), Ordering::Relaxed);
 }
 
@@ -99,6 +105,93 @@ pub struct TargetSlot {
     pub connect_failures: AtomicU64,
     pub bytes_sent: AtomicU64,
     pub bytes_received: AtomicU64,
+}
+
+/// What all workers know about one target address. Shared with every worker
+/// and with every snapshot listing the address (and its drain), so counts
+/// survive reloads.
+#[derive(Debug)]
+pub struct TargetStats {
+    /// Connections placed on this target and not yet closed, counted from the
+    /// pick so concurrent picks on other cores see it at once. Shared by all
+    /// workers: least connections and `max_connections_per_target` need it
+    /// exact (one atomic add at the pick and one at the close).
+    pub active: AtomicU64,
+    /// Everything else, per worker.
+    pub slots: Slots<TargetSlot>,
+}
+
+impl TargetStats {
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+}
+
+/// The stats of every target address in use, kept by the control plane.
+#[derive(Debug)]
+pub struct TargetStatsMap {
+    workers: usize,
+    by_addr: HashMap<SocketAddr, Arc<TargetStats>>,
+}
+
+impl TargetStatsMap {
+    pub fn new(workers: usize) -> Self {
+        TargetStatsMap {
+            workers,
+            by_addr: HashMap::new(),
+        }
+    }
+
+    /// The address's stats, made on first use.
+    pub fn get(&mut self, addr: SocketAddr) -> Arc<TargetStats> {
+        let workers = self.workers;
+        self.by_addr
+            .entry(addr)
+            .or_insert_with(|| {
+                Arc::new(TargetStats {
+                    active: AtomicU64::new(0),
+                    slots: Slots::new(workers),
+                })
+            })
+            .clone()
+    }
+
+    /// Forgets addresses no snapshot, drain or connection refers to any more.
+    pub fn prune(&mut self) {
+        self.by_addr.retain(|_, s| Arc::strong_count(s) > 1);
+    }
+}
+
+/// Counts one connection as active on a target while it lives.
+#[derive(Debug)]
+pub struct ActiveGuard(Arc<TargetStats>);
+
+impl ActiveGuard {
+    /// Counts the connection unless the target already has `max`: exact
+    /// across workers, unlike a look before the pick.
+    pub fn try_new(stats: &Arc<TargetStats>, max: Option<u64>) -> Option<Self> {
+        let Some(max) = max else {
+            stats.active.fetch_add(1, Ordering::Relaxed);
+            return Some(ActiveGuard(stats.clone()));
+        };
+        stats
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| ActiveGuard(stats.clone()))
+    }
+
+    pub fn stats(&self) -> &TargetStats {
+        &self.0
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Per-worker slots of `T`.

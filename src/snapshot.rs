@@ -2,20 +2,20 @@
 //!
 //! A worker loads the snapshot once per accepted connection, takes what the
 //! connection needs, and lets it go before proxying. A new snapshot replaces the
-//! old one with a single swap. Balancer tables are built here, when a snapshot
-//! is built, never per connection.
+//! old one with a single swap. Balancer tables are built (or reused, see
+//! [`Tables`]) when a snapshot is built, never per connection.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use crate::balancer::{LeastConnections, Maglev, RoundRobin, Tried};
-use crate::config::{Algorithm, Config, ProxyProtocol};
-use crate::metrics::{Slots, TargetSlot};
+use crate::balancer::{Balance, Candidates, Tables, Tried};
+use crate::config::Config;
+use crate::metrics::{TargetStats, TargetStatsMap};
+use crate::proxy_protocol::ProxyProtocol;
 use crate::targets::Target;
 
 pub type SharedSnapshot = Arc<ArcSwap<Snapshot>>;
@@ -89,12 +89,12 @@ pub struct GroupSnapshot {
     pub targets: Vec<TargetEntry>,
     /// Shared with earlier snapshots of the same target set: a health flip
     /// publishes a new snapshot but never rebuilds the table.
-    pub balancer: Arc<Balancer>,
+    pub balancer: Arc<dyn Balance>,
     /// No target is healthy: route to all of them, as an NLB does, rather
     /// than refuse every client.
     pub fail_open: bool,
-    /// A target with this many open connections is skipped; 0 = no limit.
-    pub max_per_target: u64,
+    /// A target with this many open connections is skipped; `None` = no limit.
+    pub max_per_target: Option<u64>,
     pub connect_timeout: Duration,
     pub connect_retries: u32,
     pub idle_timeout: Duration,
@@ -121,209 +121,74 @@ pub struct TargetEntry {
     pub stats: Arc<TargetStats>,
 }
 
-/// What all workers know about one target address, updated on the data path
-/// with one atomic per connection (not per byte).
-#[derive(Debug)]
-pub struct TargetStats {
-    /// Connections placed on this target and not yet closed (counted from the
-    /// pick, so concurrent picks on other cores see it at once). The one
-    /// shared atomic per connection: least connections needs it exact.
-    pub active: AtomicU64,
-    /// Everything else, per worker.
-    pub slots: Slots<TargetSlot>,
-}
-
-impl TargetStats {
-    pub fn active(&self) -> u64 {
-        self.active.load(Ordering::Relaxed)
-    }
-}
-
-/// Counts one connection as active on a target while it lives.
-#[derive(Debug)]
-pub struct ActiveGuard(Arc<TargetStats>);
-
-impl ActiveGuard {
-    pub fn new(stats: &Arc<TargetStats>) -> Self {
-        stats.active.fetch_add(1, Ordering::Relaxed);
-        ActiveGuard(stats.clone())
-    }
-
-    /// Counts the connection unless the target already has `max` (0 = no
-    /// limit): exact across workers, unlike a look before the pick.
-    pub fn try_new(stats: &Arc<TargetStats>, max: u64) -> Option<Self> {
-        if max == 0 {
-            return Some(Self::new(stats));
-        }
-        stats
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .ok()
-            .map(|_| ActiveGuard(stats.clone()))
-    }
-}
-
-impl ActiveGuard {
-    pub fn stats(&self) -> &TargetStats {
-        &self.0
-    }
-}
-
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-#[derive(Debug)]
-pub enum Balancer {
-    RoundRobin(RoundRobin),
-    LeastConnections(LeastConnections),
-    Maglev(Maglev),
-}
-
 impl GroupSnapshot {
     /// The target for the next connect attempt for `client`, skipping those tried.
     pub fn pick(&self, client: &SocketAddr, tried: &Tried) -> Option<usize> {
-        let usable = |i: usize| {
-            let t = &self.targets[i];
-            !tried.contains(i)
-                && (self.fail_open || t.ready)
-                && (self.max_per_target == 0 || t.stats.active() < self.max_per_target)
-        };
-        match &*self.balancer {
-            Balancer::RoundRobin(rr) => rr.pick(usable),
-            Balancer::LeastConnections(lc) => lc.pick(
-                self.targets.len(),
-                |i| (self.targets[i].stats.active(), self.targets[i].weight),
-                usable,
-            ),
-            Balancer::Maglev(m) => m.pick(client, usable),
-        }
+        self.balancer.pick(client, &ForPick { group: self, tried })
     }
 }
 
-/// State that outlives any one snapshot: the rotation position of each group
-/// and the shared stats of each target address.
-#[derive(Debug)]
-pub struct Carry {
-    workers: usize,
-    /// Slots moved by each group's last Maglev rebuild.
-    pub maglev_moved: HashMap<String, u64>,
-    rotation: HashMap<String, Arc<AtomicUsize>>,
-    stats: HashMap<SocketAddr, Arc<TargetStats>>,
-    /// Each group's last table, with the inputs it was built from.
-    tables: HashMap<String, Table>,
+/// A group's targets as one pick sees them.
+struct ForPick<'a> {
+    group: &'a GroupSnapshot,
+    tried: &'a Tried,
 }
 
-/// A built balancer and what it was built from.
-#[derive(Debug)]
-struct Table {
-    algorithm: Algorithm,
-    targets: Vec<(SocketAddr, u32)>,
-    balancer: Arc<Balancer>,
-}
-
-impl Carry {
-    pub fn new(workers: usize) -> Carry {
-        Carry {
-            workers,
-            maglev_moved: HashMap::new(),
-            rotation: HashMap::new(),
-            stats: HashMap::new(),
-            tables: HashMap::new(),
-        }
+impl Candidates for ForPick<'_> {
+    fn len(&self) -> usize {
+        self.group.targets.len()
     }
 
-    pub fn stats(&mut self, addr: SocketAddr) -> Arc<TargetStats> {
-        let workers = self.workers;
-        self.stats
-            .entry(addr)
-            .or_insert_with(|| {
-                Arc::new(TargetStats {
-                    active: AtomicU64::new(0),
-                    slots: Slots::new(workers),
-                })
-            })
-            .clone()
+    fn usable(&self, i: usize) -> bool {
+        let (g, t) = (self.group, &self.group.targets[i]);
+        !self.tried.contains(i)
+            && (g.fail_open || t.ready)
+            && g.max_per_target.is_none_or(|max| t.stats.active() < max)
     }
 
-    /// Forgets addresses no snapshot or connection refers to any more.
-    fn prune(&mut self) {
-        self.stats.retain(|_, s| Arc::strong_count(s) > 1);
+    fn load(&self, i: usize) -> (u64, u32) {
+        let t = &self.group.targets[i];
+        (t.stats.active(), t.weight)
     }
 }
 
-impl Carry {
-    /// The group's balancer: the cached one if algorithm and targets (with
-    /// weights, in order) are unchanged, else a new build.
-    fn balancer(&mut self, group: &str, algorithm: Algorithm, targets: &[Target]) -> Arc<Balancer> {
-        let pairs: Vec<(SocketAddr, u32)> = targets.iter().map(|t| (t.addr, t.weight)).collect();
-        if let Some(t) = self.tables.get(group)
-            && t.algorithm == algorithm
-            && t.targets == pairs
-        {
-            return t.balancer.clone();
-        }
-        let rotation = self.rotation.entry(group.to_string()).or_default().clone();
-        let built = Arc::new(match algorithm {
-            Algorithm::RoundRobin => {
-                let weights: Vec<u32> = pairs.iter().map(|p| p.1).collect();
-                Balancer::RoundRobin(RoundRobin::new(&weights, rotation))
-            }
-            Algorithm::LeastConnections => {
-                Balancer::LeastConnections(LeastConnections::new(rotation))
-            }
-            Algorithm::Maglev(key) => {
-                let table = Maglev::new(&pairs, key);
-                if let Some(old) = self.tables.get(group)
-                    && let Balancer::Maglev(old_table) = &*old.balancer
-                {
-                    let before: Vec<SocketAddr> = old.targets.iter().map(|p| p.0).collect();
-                    let after: Vec<SocketAddr> = pairs.iter().map(|p| p.0).collect();
-                    let moved = Maglev::slots_moved(old_table, &before, &table, &after);
-                    self.maglev_moved.insert(group.to_string(), moved as u64);
-                }
-                Balancer::Maglev(table)
-            }
-        });
-        let table = Table {
-            algorithm,
-            targets: pairs,
-            balancer: built.clone(),
-        };
-        self.tables.insert(group.to_string(), table);
-        built
-    }
+/// What a snapshot is built from besides the config: each group's targets,
+/// the targets still draining (of any group, present or gone), which
+/// targets are healthy, and the id of each listener by name.
+pub struct Inputs<'a> {
+    pub epoch: u64,
+    pub config: &'a Config,
+    pub targets: &'a [Vec<Target>],
+    pub draining: &'a [Draining],
+    pub healthy: &'a dyn Fn(&str, SocketAddr) -> bool,
+    pub listener_ids: &'a HashMap<String, u64>,
 }
 
-/// Builds a snapshot from a validated config, each group's targets, the
-/// targets still draining (of any group, present or gone), which targets are
-/// healthy, and the id of each listener by name.
-pub fn build(
-    epoch: u64,
-    config: &Config,
-    targets: &[Vec<Target>],
-    draining: &[Draining],
-    healthy: &dyn Fn(&str, SocketAddr) -> bool,
-    carry: &mut Carry,
-    listener_ids: &HashMap<String, u64>,
-) -> Snapshot {
+/// Builds a snapshot; tables and target stats come from (and are kept in)
+/// the control plane's `tables` and `stats`.
+pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap) -> Snapshot {
+    let Inputs {
+        epoch,
+        config,
+        targets,
+        draining,
+        healthy,
+        listener_ids,
+    } = inputs;
     let groups = config
         .groups
         .iter()
         .zip(targets)
         .map(|(g, t)| {
-            let balancer = carry.balancer(&g.name, g.algorithm, t);
+            let pairs: Vec<(SocketAddr, u32)> = t.iter().map(|t| (t.addr, t.weight)).collect();
+            let balancer = tables.get(&g.name, g.algorithm, &pairs);
             let entries: Vec<TargetEntry> = t
                 .iter()
                 .map(|t| TargetEntry {
                     addr: t.addr,
                     weight: t.weight,
                     ready: healthy(&g.name, t.addr),
-                    stats: carry.stats(t.addr),
+                    stats: stats.get(t.addr),
                 })
                 .collect();
             GroupSnapshot {
@@ -338,10 +203,8 @@ pub fn build(
             }
         })
         .collect();
-    carry.prune();
-    carry
-        .tables
-        .retain(|name, _| config.groups.iter().any(|g| &g.name == name));
+    stats.prune();
+    tables.retain(|name| config.groups.iter().any(|g| g.name == name));
     let listeners = config
         .listeners
         .iter()
@@ -363,44 +226,9 @@ pub fn build(
     }
 }
 
-/// Addresses in a group, for logs.
-pub fn describe(targets: &[Target]) -> String {
-    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
-    describe_addrs(&addrs)
-}
-
-/// Addresses for one log line: all of a few, the first [`LOG_ADDRS`] of many
-/// with a count of the rest, so 10,000 targets do not make a 200 KB line.
-pub fn describe_addrs(addrs: &[SocketAddr]) -> String {
-    let shown: Vec<String> = addrs
-        .iter()
-        .take(LOG_ADDRS)
-        .map(|a| a.to_string())
-        .collect();
-    match addrs.len().saturating_sub(LOG_ADDRS) {
-        0 => format!("[{}]", shown.join(", ")),
-        more => format!("[{}, ... and {more} more]", shown.join(", ")),
-    }
-}
-
-/// Addresses a log line names before it counts the rest.
-pub const LOG_ADDRS: usize = 8;
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn long_address_lists_are_logged_as_a_few_and_a_count() {
-        let addrs: Vec<SocketAddr> = (1..=10_000)
-            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
-            .collect();
-        let line = describe_addrs(&addrs);
-        assert!(line.ends_with(", ... and 9992 more]"), "{line}");
-        assert!(line.len() < 200, "{} bytes", line.len());
-        assert_eq!(describe_addrs(&addrs[..2]), "[127.0.0.1:1, 127.0.0.1:2]");
-        assert_eq!(describe_addrs(&[]), "[]");
-    }
 
     #[test]
     fn allow_lists_match_ipv4_mapped_clients_and_nothing_else() {

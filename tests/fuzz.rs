@@ -5,7 +5,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use proptest::prelude::*;
-use ringlb::{admin, config, health::probe, proxy::header, targets};
+use ringlb::{admin, config, health::probe, proxy_protocol as header, targets};
 
 const GOOD_CONFIG: &str = "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\ntarget_group = \"web\"\nallow = [\"10.0.0.0/8\"]\n\n[[target_group]]\nname = \"web\"\ntargets_file = \"t.txt\"\nconnect_timeout = \"1s\"\n\n[target_group.health_check]\nprotocol = \"http\"\npath = \"/h\"\nmatcher = \"200-399\"\n";
 

@@ -303,13 +303,13 @@ async fn sighup_adds_a_listener_and_changes_the_algorithm_without_closing_connec
             "the reload line says {change:?}: {said}"
         );
     }
-    let api: std::net::SocketAddr = field(
-        &lb.wait_log("listening listener=api", Duration::from_secs(5)),
-        "addr",
-    )
-    .unwrap()
-    .parse()
-    .unwrap();
+    // The address file is rewritten after the reload line is logged.
+    wait_until(
+        Duration::from_secs(5),
+        "the address file to name api",
+        || lb.addresses().1.contains_key("api"),
+    );
+    let api = lb.addresses().1["api"];
 
     // The long-lived connection on "web" is untouched.
     echo(&mut long, b"after reload")

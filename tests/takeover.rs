@@ -16,15 +16,22 @@ use tokio::net::TcpStream;
 
 /// `ringlb run` of `binary` on `config` (with `--takeover` if asked),
 /// once it says it is ready.
-fn start(binary: &Path, config: &Path, takeover: bool) -> Logged {
+/// `binary` running `config`, once it is ready, and the address its "web"
+/// listener is bound to.
+fn start(binary: &Path, config: &Path, takeover: bool) -> (Logged, SocketAddr) {
+    let address_file = config.with_file_name(format!("addresses-{takeover}.json"));
+    let _absent = std::fs::remove_file(&address_file);
     let mut cmd = Command::new(binary);
-    cmd.args(["run", "--config"]).arg(config);
+    cmd.args(["run", "--config"])
+        .arg(config)
+        .arg("--address-file")
+        .arg(&address_file);
     if takeover {
         cmd.arg("--takeover");
     }
     let p = Logged::spawn(cmd.env("RUST_LOG", "info"));
-    p.wait_log(" ready ", WAIT);
-    p
+    let (_, listeners) = wait_addresses(&p, &address_file);
+    (p, listeners["web"])
 }
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -44,9 +51,7 @@ async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact()
     let config = takeover_config(2, "60s");
     let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
     let path = dir.path().join("ringlb.toml");
-    let first = start(Path::new(BIN), &path, false);
-    let line = first.wait_log(" listening listener=web", WAIT);
-    let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+    let (first, addr) = start(Path::new(BIN), &path, false);
     first.wait_log("to=healthy", WAIT);
 
     // Long streams, opened on the first process.
@@ -88,7 +93,7 @@ async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact()
         // A new binary each time, as an upgrade brings.
         let binary = dir.path().join(format!("ringlb-v{}", round + 1));
         std::fs::copy(BIN, &binary).unwrap();
-        let next = start(&binary, &path, true);
+        let (next, _) = start(&binary, &path, true);
         next.wait_log("the old process let go", WAIT);
         let old = procs.last().unwrap();
         old.wait_log("taken over by a new process", WAIT);
@@ -196,9 +201,7 @@ async fn ringlb_upgrade_returns_once_the_new_process_serves() {
     let config = takeover_config(1, "5s");
     let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
     let path = dir.path().join("ringlb.toml");
-    let mut old = start(Path::new(BIN), &path, false);
-    let line = old.wait_log(" listening listener=web", WAIT);
-    let addr: SocketAddr = field(&line, "addr").unwrap().parse().unwrap();
+    let (mut old, addr) = start(Path::new(BIN), &path, false);
     old.wait_log("to=healthy", WAIT);
     // To a file: the new process inherits stderr and outlives `upgrade`.
     let log = dir.path().join("upgrade.log");

@@ -3,7 +3,7 @@
 //! the line and the key, like ringlb's own config.
 
 use std::net::{IpAddr, SocketAddr};
-use std::ops::{Range, RangeInclusive};
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,7 +11,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::duration::ConfigDuration;
-use crate::config::{ConfigError, error_at, from_toml};
+use crate::config::{ConfigError, Source, from_toml};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -219,209 +219,34 @@ pub fn load(path: &Path) -> Result<AutoscaleConfig, ConfigError> {
 
 pub fn parse(path: &Path, text: &str) -> Result<AutoscaleConfig, ConfigError> {
     let raw: RawAutoscale = from_toml(path, text)?;
-    let err =
-        |span: Range<usize>, key: String, message: String| error_at(path, text, span, key, message);
+    let at = Parser {
+        src: Source { file: path, text },
+    };
     let admin = match &raw.admin {
-        Some(a) => Some(
-            a.get_ref()
-                .parse()
-                .map_err(|e| err(a.span(), "admin".into(), format!("{:?}: {e}", a.get_ref())))?,
-        ),
+        Some(a) => Some(a.get_ref().parse().map_err(|e| {
+            at.src
+                .error(a.span(), "admin".into(), format!("{:?}: {e}", a.get_ref()))
+        })?),
         None => None,
     };
     if raw.group.is_empty() {
-        return Err(err(
-            0..0,
-            "group".into(),
-            "no [[group]] is configured".into(),
-        ));
+        return Err(at
+            .src
+            .error(0..0, "group".into(), "no [[group]] is configured".into()));
     }
     let base = path.parent().unwrap_or(Path::new("."));
     let mut groups: Vec<GroupConfig> = Vec::new();
     for (i, g) in raw.group.iter().enumerate() {
-        let key = |k: &str| format!("group[{i}].{k}");
-        let name = g.name.get_ref().clone();
-        if name.is_empty() {
-            return Err(err(g.name.span(), key("name"), "must not be empty".into()));
-        }
-        let ringlb_admin: SocketAddr = g.ringlb_admin.get_ref().parse().map_err(|e| {
-            err(
-                g.ringlb_admin.span(),
-                key("ringlb_admin"),
-                format!("{:?} is not an IP:PORT: {e}", g.ringlb_admin.get_ref()),
-            )
-        })?;
-        let host: IpAddr = g.host.get_ref().parse().map_err(|e| {
-            err(
-                g.host.span(),
-                key("host"),
-                format!("{:?} is not an IP address: {e}", g.host.get_ref()),
-            )
-        })?;
-        let ports =
-            parse_ports(g.ports.get_ref()).map_err(|m| err(g.ports.span(), key("ports"), m))?;
-        let (min, max) = (*g.min.get_ref(), *g.max.get_ref());
-        if max == 0 {
-            return Err(err(g.max.span(), key("max"), "must be at least 1".into()));
-        }
-        if min > max {
-            return Err(err(
-                g.min.span(),
-                key("min"),
-                format!("min {min} is above max {max}"),
-            ));
-        }
-        let room = u32::from(*ports.end() - *ports.start()) + 1;
-        if max > room {
-            return Err(err(
-                g.max.span(),
-                key("max"),
-                format!(
-                    "max {max} needs more ports than ports {:?} has ({room})",
-                    g.ports.get_ref()
-                ),
-            ));
-        }
-        let launcher = match (&g.exec, &g.scale_out, &g.scale_in) {
-            (Some(exec), None, None) => {
-                needs_port(exec).map_err(|m| err(exec.span(), key("exec"), m))?;
-                Launcher::Exec(exec.get_ref().clone())
-            }
-            (None, Some(out), Some(inn)) => {
-                needs_port(out).map_err(|m| err(out.span(), key("scale_out"), m))?;
-                needs_port(inn).map_err(|m| err(inn.span(), key("scale_in"), m))?;
-                Launcher::Hooks {
-                    scale_out: out.get_ref().clone(),
-                    scale_in: inn.get_ref().clone(),
-                }
-            }
-            _ => {
-                return Err(err(
-                    g.name.span(),
-                    key("exec"),
-                    "write either exec = \"...{port}...\" or both scale_out and scale_in".into(),
-                ));
-            }
-        };
-        let cpu_per_target = *g.cpu_per_target.get_ref();
-        if cpu_per_target.is_nan() || cpu_per_target <= 0.0 || cpu_per_target > 1024.0 {
-            return Err(err(
-                g.cpu_per_target.span(),
-                key("cpu_per_target"),
-                "must be a number of cores above 0".into(),
-            ));
-        }
-        let metric = match g.metric.get_ref().as_str() {
-            "cpu" => Metric::Cpu,
-            "active_connections" => Metric::ActiveConnections,
-            "new_connections_per_second" => Metric::NewConnectionsPerSecond,
-            other => {
-                return Err(err(
-                    g.metric.span(),
-                    key("metric"),
-                    format!(
-                        "unknown metric {other:?}: use \"cpu\", \"active_connections\" or \"new_connections_per_second\""
-                    ),
-                ));
-            }
-        };
-        let period = g.period.get_ref().0;
-        if period < Duration::from_millis(100) {
-            return Err(err(
-                g.period.span(),
-                key("period"),
-                "must be at least 100ms".into(),
-            ));
-        }
-        let policy = match (&g.target_tracking, &g.step_scaling) {
-            (Some(t), None) => {
-                let tt = t.get_ref();
-                if tt.target.get_ref().is_nan() || *tt.target.get_ref() <= 0.0 {
-                    return Err(err(
-                        tt.target.span(),
-                        key("target_tracking.target"),
-                        "must be above 0".into(),
-                    ));
-                }
-                if tt.scale_out_periods == 0 || tt.scale_in_periods == 0 {
-                    return Err(err(
-                        t.span(),
-                        key("target_tracking"),
-                        "scale_out_periods and scale_in_periods must be at least 1".into(),
-                    ));
-                }
-                Policy::TargetTracking {
-                    target: *tt.target.get_ref(),
-                    scale_out_periods: tt.scale_out_periods,
-                    scale_in_periods: tt.scale_in_periods,
-                    scale_out_cooldown: tt.scale_out_cooldown.0,
-                    scale_in_cooldown: tt.scale_in_cooldown.0,
-                }
-            }
-            (None, Some(s)) => {
-                let st = s.get_ref();
-                let (out, inn) = (
-                    *st.scale_out_threshold.get_ref(),
-                    *st.scale_in_threshold.get_ref(),
-                );
-                if inn.is_nan() || out.is_nan() || inn >= out {
-                    return Err(err(
-                        st.scale_in_threshold.span(),
-                        key("step_scaling.scale_in_threshold"),
-                        format!("must be below scale_out_threshold ({out})"),
-                    ));
-                }
-                if st.evaluation_periods == 0
-                    || st.scale_out_adjustment == 0
-                    || st.scale_in_adjustment == 0
-                {
-                    return Err(err(
-                        s.span(),
-                        key("step_scaling"),
-                        "evaluation_periods and the adjustments must be at least 1".into(),
-                    ));
-                }
-                Policy::Step {
-                    scale_out_threshold: out,
-                    scale_in_threshold: inn,
-                    evaluation_periods: st.evaluation_periods,
-                    scale_out_adjustment: st.scale_out_adjustment,
-                    scale_in_adjustment: st.scale_in_adjustment,
-                    cooldown: st.cooldown.0,
-                }
-            }
-            _ => {
-                return Err(err(
-                    g.name.span(),
-                    key("target_tracking"),
-                    "write exactly one of [group.target_tracking] and [group.step_scaling]".into(),
-                ));
-            }
-        };
-        let group = GroupConfig {
-            name,
-            targets_file: base.join(g.targets_file.get_ref()),
-            ringlb_admin,
-            min,
-            max,
-            host,
-            ports,
-            launcher,
-            cpu_per_target,
-            metric,
-            period,
-            health_check_grace_period: g.health_check_grace_period.0,
-            policy,
-        };
+        let group = at.group(i, g, base)?;
         if let Some(other) = groups.iter().find(|o| {
             o.targets_file == group.targets_file
                 || (o.host == group.host
                     && o.ports.start() <= group.ports.end()
                     && group.ports.start() <= o.ports.end())
         }) {
-            return Err(err(
+            return Err(at.src.error(
                 g.name.span(),
-                key("name"),
+                format!("group[{i}].name"),
                 format!(
                     "shares its targets file or ports with group {:?}: each group owns its own",
                     other.name
@@ -431,6 +256,196 @@ pub fn parse(path: &Path, text: &str) -> Result<AutoscaleConfig, ConfigError> {
         groups.push(group);
     }
     Ok(AutoscaleConfig { admin, groups })
+}
+
+/// The autoscaler's config file being validated.
+struct Parser<'a> {
+    src: Source<'a>,
+}
+
+impl Parser<'_> {
+    /// `[[group]]` number `i`; paths are relative to `base`.
+    fn group(&self, i: usize, g: &RawGroup, base: &Path) -> Result<GroupConfig, ConfigError> {
+        let key = |k: &str| format!("group[{i}].{k}");
+        let name = g.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(self
+                .src
+                .error(g.name.span(), key("name"), "must not be empty".into()));
+        }
+        let ringlb_admin: SocketAddr = g.ringlb_admin.get_ref().parse().map_err(|e| {
+            self.src.error(
+                g.ringlb_admin.span(),
+                key("ringlb_admin"),
+                format!("{:?} is not an IP:PORT: {e}", g.ringlb_admin.get_ref()),
+            )
+        })?;
+        let host: IpAddr = g.host.get_ref().parse().map_err(|e| {
+            self.src.error(
+                g.host.span(),
+                key("host"),
+                format!("{:?} is not an IP address: {e}", g.host.get_ref()),
+            )
+        })?;
+        let ports = parse_ports(g.ports.get_ref())
+            .map_err(|m| self.src.error(g.ports.span(), key("ports"), m))?;
+        let (min, max) = (*g.min.get_ref(), *g.max.get_ref());
+        let room = u32::from(*ports.end() - *ports.start()) + 1;
+        let bad_size = if max == 0 {
+            Some((g.max.span(), "max", "must be at least 1".to_string()))
+        } else if min > max {
+            Some((g.min.span(), "min", format!("min {min} is above max {max}")))
+        } else if max > room {
+            let ports = g.ports.get_ref();
+            let m = format!("max {max} needs more ports than ports {ports:?} has ({room})");
+            Some((g.max.span(), "max", m))
+        } else {
+            None
+        };
+        if let Some((span, k, message)) = bad_size {
+            return Err(self.src.error(span, key(k), message));
+        }
+        let cpu_per_target = *g.cpu_per_target.get_ref();
+        if cpu_per_target.is_nan() || cpu_per_target <= 0.0 || cpu_per_target > 1024.0 {
+            return Err(self.src.error(
+                g.cpu_per_target.span(),
+                key("cpu_per_target"),
+                "must be a number of cores above 0".into(),
+            ));
+        }
+        let period = g.period.get_ref().0;
+        if period < Duration::from_millis(100) {
+            return Err(self.src.error(
+                g.period.span(),
+                key("period"),
+                "must be at least 100ms".into(),
+            ));
+        }
+        Ok(GroupConfig {
+            name,
+            targets_file: base.join(g.targets_file.get_ref()),
+            ringlb_admin,
+            min,
+            max,
+            host,
+            ports,
+            launcher: self.launcher(g, &key)?,
+            cpu_per_target,
+            metric: self.metric(g, &key)?,
+            period,
+            health_check_grace_period: g.health_check_grace_period.0,
+            policy: self.policy(g, &key)?,
+        })
+    }
+
+    /// `exec`, or `scale_out` with `scale_in`.
+    fn launcher(
+        &self,
+        g: &RawGroup,
+        key: &dyn Fn(&str) -> String,
+    ) -> Result<Launcher, ConfigError> {
+        match (&g.exec, &g.scale_out, &g.scale_in) {
+            (Some(exec), None, None) => {
+                needs_port(exec).map_err(|m| self.src.error(exec.span(), key("exec"), m))?;
+                Ok(Launcher::Exec(exec.get_ref().clone()))
+            }
+            (None, Some(out), Some(inn)) => {
+                needs_port(out).map_err(|m| self.src.error(out.span(), key("scale_out"), m))?;
+                needs_port(inn).map_err(|m| self.src.error(inn.span(), key("scale_in"), m))?;
+                Ok(Launcher::Hooks {
+                    scale_out: out.get_ref().clone(),
+                    scale_in: inn.get_ref().clone(),
+                })
+            }
+            _ => Err(self.src.error(
+                g.name.span(),
+                key("exec"),
+                "write either exec = \"...{port}...\" or both scale_out and scale_in".into(),
+            )),
+        }
+    }
+
+    fn metric(&self, g: &RawGroup, key: &dyn Fn(&str) -> String) -> Result<Metric, ConfigError> {
+        match g.metric.get_ref().as_str() {
+            "cpu" => Ok(Metric::Cpu),
+            "active_connections" => Ok(Metric::ActiveConnections),
+            "new_connections_per_second" => Ok(Metric::NewConnectionsPerSecond),
+            other => Err(self.src.error(
+                g.metric.span(),
+                key("metric"),
+                format!(
+                    "unknown metric {other:?}: use \"cpu\", \"active_connections\" or \"new_connections_per_second\""
+                ),
+            )),
+        }
+    }
+
+    /// Exactly one of `[group.target_tracking]` and `[group.step_scaling]`.
+    fn policy(&self, g: &RawGroup, key: &dyn Fn(&str) -> String) -> Result<Policy, ConfigError> {
+        match (&g.target_tracking, &g.step_scaling) {
+            (Some(t), None) => {
+                let tt = t.get_ref();
+                if tt.target.get_ref().is_nan() || *tt.target.get_ref() <= 0.0 {
+                    return Err(self.src.error(
+                        tt.target.span(),
+                        key("target_tracking.target"),
+                        "must be above 0".into(),
+                    ));
+                }
+                if tt.scale_out_periods == 0 || tt.scale_in_periods == 0 {
+                    return Err(self.src.error(
+                        t.span(),
+                        key("target_tracking"),
+                        "scale_out_periods and scale_in_periods must be at least 1".into(),
+                    ));
+                }
+                Ok(Policy::TargetTracking {
+                    target: *tt.target.get_ref(),
+                    scale_out_periods: tt.scale_out_periods,
+                    scale_in_periods: tt.scale_in_periods,
+                    scale_out_cooldown: tt.scale_out_cooldown.0,
+                    scale_in_cooldown: tt.scale_in_cooldown.0,
+                })
+            }
+            (None, Some(s)) => {
+                let st = s.get_ref();
+                let (out, inn) = (
+                    *st.scale_out_threshold.get_ref(),
+                    *st.scale_in_threshold.get_ref(),
+                );
+                if inn.is_nan() || out.is_nan() || inn >= out {
+                    return Err(self.src.error(
+                        st.scale_in_threshold.span(),
+                        key("step_scaling.scale_in_threshold"),
+                        format!("must be below scale_out_threshold ({out})"),
+                    ));
+                }
+                if st.evaluation_periods == 0
+                    || st.scale_out_adjustment == 0
+                    || st.scale_in_adjustment == 0
+                {
+                    return Err(self.src.error(
+                        s.span(),
+                        key("step_scaling"),
+                        "evaluation_periods and the adjustments must be at least 1".into(),
+                    ));
+                }
+                Ok(Policy::Step {
+                    scale_out_threshold: out,
+                    scale_in_threshold: inn,
+                    evaluation_periods: st.evaluation_periods,
+                    scale_out_adjustment: st.scale_out_adjustment,
+                    scale_in_adjustment: st.scale_in_adjustment,
+                    cooldown: st.cooldown.0,
+                })
+            }
+            _ => Err(self.src.error(
+                g.name.span(),
+                key("target_tracking"),
+                "write exactly one of [group.target_tracking] and [group.step_scaling]".into(),
+            )),
+        }
+    }
 }
 
 /// "6400-6409" or "6400".

@@ -48,17 +48,23 @@ pub fn decide(
             why: format!("above max {max}"),
         };
     }
-    let hold = |why: String| Decision {
-        desired: current,
-        why,
-    };
     let Some(value) = value else {
         state.above = 0;
         state.below = 0;
-        return hold("no figure yet".into());
+        return Decision {
+            desired: current,
+            why: "no figure yet".into(),
+        };
     };
-    let shown = metric.show(value);
-    let since = |at: Option<Instant>, cooldown: Duration| at.is_some_and(|t| now < t + cooldown);
+    let period = Period {
+        state,
+        current,
+        value,
+        shown: metric.show(value),
+        min,
+        max,
+        now,
+    };
     match *policy {
         Policy::TargetTracking {
             target,
@@ -66,59 +72,11 @@ pub fn decide(
             scale_in_periods,
             scale_out_cooldown,
             scale_in_cooldown,
-        } => {
-            // desired = ceil(current x metric / target); with nothing in
-            // service (current 0) there is no figure, handled above.
-            let want = ((f64::from(current) * value / target) - 1e-9)
-                .ceil()
-                .max(0.0);
-            let want = (want.min(f64::from(max)) as u32).max(min);
-            if want > current {
-                state.below = 0;
-                state.above += 1;
-                if state.above < scale_out_periods {
-                    return hold(format!(
-                        "{shown} > target {target}: {}/{scale_out_periods} periods",
-                        state.above
-                    ));
-                }
-                if since(state.last_out, scale_out_cooldown) {
-                    return hold(format!("{shown} > target {target}: in scale-out cooldown"));
-                }
-                state.above = 0;
-                state.last_out = Some(now);
-                Decision {
-                    desired: want,
-                    why: format!("{shown} > target {target}"),
-                }
-            } else if want < current {
-                state.above = 0;
-                state.below += 1;
-                if state.below < scale_in_periods {
-                    return hold(format!(
-                        "{shown} < target {target}: {}/{scale_in_periods} periods",
-                        state.below
-                    ));
-                }
-                // Scale-in is the cautious side: after any scaling, wait the
-                // scale-in cooldown, and remove one target at a time.
-                if since(state.last_out, scale_in_cooldown)
-                    || since(state.last_in, scale_in_cooldown)
-                {
-                    return hold(format!("{shown} < target {target}: in scale-in cooldown"));
-                }
-                state.below = 0;
-                state.last_in = Some(now);
-                Decision {
-                    desired: current - 1,
-                    why: format!("{shown} < target {target}"),
-                }
-            } else {
-                state.above = 0;
-                state.below = 0;
-                hold(format!("{shown} near target {target}"))
-            }
-        }
+        } => period.track(
+            target,
+            (scale_out_periods, scale_in_periods),
+            (scale_out_cooldown, scale_in_cooldown),
+        ),
         Policy::Step {
             scale_out_threshold,
             scale_in_threshold,
@@ -126,53 +84,151 @@ pub fn decide(
             scale_out_adjustment,
             scale_in_adjustment,
             cooldown,
-        } => {
-            if value >= scale_out_threshold {
-                state.below = 0;
-                state.above += 1;
-            } else if value <= scale_in_threshold {
-                state.above = 0;
-                state.below += 1;
-            } else {
-                state.above = 0;
-                state.below = 0;
-                return hold(format!("{shown} between thresholds"));
+        } => period.step(
+            (scale_out_threshold, scale_in_threshold),
+            evaluation_periods,
+            (scale_out_adjustment, scale_in_adjustment),
+            cooldown,
+        ),
+    }
+}
+
+/// One period's figures, within min and max, with a measured value.
+struct Period<'a> {
+    state: &'a mut PolicyState,
+    current: u32,
+    value: f64,
+    /// The value as a log line shows it.
+    shown: String,
+    min: u32,
+    max: u32,
+    now: Instant,
+}
+
+impl Period<'_> {
+    fn hold(&self, why: String) -> Decision {
+        Decision {
+            desired: self.current,
+            why,
+        }
+    }
+
+    /// Whether `cooldown` since `at` is still running.
+    fn cooling(&self, at: Option<Instant>, cooldown: Duration) -> bool {
+        at.is_some_and(|t| self.now < t + cooldown)
+    }
+
+    /// AWS target tracking: desired = ceil(current x metric / target).
+    fn track(
+        self,
+        target: f64,
+        (out_periods, in_periods): (u32, u32),
+        (out_cooldown, in_cooldown): (Duration, Duration),
+    ) -> Decision {
+        let (current, shown) = (self.current, &self.shown);
+        // With nothing in service (current 0) there is no figure: handled
+        // before a Period is made.
+        let want = ((f64::from(current) * self.value / target) - 1e-9)
+            .ceil()
+            .max(0.0);
+        let want = (want.min(f64::from(self.max)) as u32).max(self.min);
+        if want > current {
+            self.state.below = 0;
+            self.state.above += 1;
+            if self.state.above < out_periods {
+                let n = self.state.above;
+                return self.hold(format!(
+                    "{shown} > target {target}: {n}/{out_periods} periods"
+                ));
             }
-            let in_cooldown = since(state.last_out, cooldown) || since(state.last_in, cooldown);
-            if state.above > 0 {
-                let why = format!("{shown} >= {scale_out_threshold}");
-                if state.above < evaluation_periods {
-                    return hold(format!(
-                        "{why}: {}/{evaluation_periods} periods",
-                        state.above
-                    ));
-                }
-                if in_cooldown || current >= max {
-                    return hold(format!("{why}: in cooldown or at max"));
-                }
-                state.above = 0;
-                state.last_out = Some(now);
-                Decision {
-                    desired: (current + scale_out_adjustment).min(max),
-                    why,
-                }
-            } else {
-                let why = format!("{shown} <= {scale_in_threshold}");
-                if state.below < evaluation_periods {
-                    return hold(format!(
-                        "{why}: {}/{evaluation_periods} periods",
-                        state.below
-                    ));
-                }
-                if in_cooldown || current <= min {
-                    return hold(format!("{why}: in cooldown or at min"));
-                }
-                state.below = 0;
-                state.last_in = Some(now);
-                Decision {
-                    desired: current.saturating_sub(scale_in_adjustment).max(min),
-                    why,
-                }
+            if self.cooling(self.state.last_out, out_cooldown) {
+                return self.hold(format!("{shown} > target {target}: in scale-out cooldown"));
+            }
+            self.state.above = 0;
+            self.state.last_out = Some(self.now);
+            Decision {
+                desired: want,
+                why: format!("{shown} > target {target}"),
+            }
+        } else if want < current {
+            self.state.above = 0;
+            self.state.below += 1;
+            if self.state.below < in_periods {
+                let n = self.state.below;
+                return self.hold(format!(
+                    "{shown} < target {target}: {n}/{in_periods} periods"
+                ));
+            }
+            // Scale-in is the cautious side: after any scaling, wait the
+            // scale-in cooldown, and remove one target at a time.
+            if self.cooling(self.state.last_out, in_cooldown)
+                || self.cooling(self.state.last_in, in_cooldown)
+            {
+                return self.hold(format!("{shown} < target {target}: in scale-in cooldown"));
+            }
+            self.state.below = 0;
+            self.state.last_in = Some(self.now);
+            Decision {
+                desired: current - 1,
+                why: format!("{shown} < target {target}"),
+            }
+        } else {
+            self.state.above = 0;
+            self.state.below = 0;
+            self.hold(format!("{shown} near target {target}"))
+        }
+    }
+
+    /// The course's step scaling: thresholds held for some periods move the
+    /// count by a fixed step, then one cooldown for both directions.
+    fn step(
+        self,
+        (out_threshold, in_threshold): (f64, f64),
+        periods: u32,
+        (out_step, in_step): (u32, u32),
+        cooldown: Duration,
+    ) -> Decision {
+        let (current, shown) = (self.current, &self.shown);
+        if self.value >= out_threshold {
+            self.state.below = 0;
+            self.state.above += 1;
+        } else if self.value <= in_threshold {
+            self.state.above = 0;
+            self.state.below += 1;
+        } else {
+            self.state.above = 0;
+            self.state.below = 0;
+            return self.hold(format!("{shown} between thresholds"));
+        }
+        let in_cooldown = self.cooling(self.state.last_out, cooldown)
+            || self.cooling(self.state.last_in, cooldown);
+        if self.state.above > 0 {
+            let why = format!("{shown} >= {out_threshold}");
+            if self.state.above < periods {
+                return self.hold(format!("{why}: {}/{periods} periods", self.state.above));
+            }
+            if in_cooldown || current >= self.max {
+                return self.hold(format!("{why}: in cooldown or at max"));
+            }
+            self.state.above = 0;
+            self.state.last_out = Some(self.now);
+            Decision {
+                desired: (current + out_step).min(self.max),
+                why,
+            }
+        } else {
+            let why = format!("{shown} <= {in_threshold}");
+            if self.state.below < periods {
+                return self.hold(format!("{why}: {}/{periods} periods", self.state.below));
+            }
+            if in_cooldown || current <= self.min {
+                return self.hold(format!("{why}: in cooldown or at min"));
+            }
+            self.state.below = 0;
+            self.state.last_in = Some(self.now);
+            Decision {
+                desired: current.saturating_sub(in_step).max(self.min),
+                why,
             }
         }
     }

@@ -4,6 +4,7 @@
 //! a connection accepted on any core counts. Ties are broken by starting the
 //! scan at a rotating position, not always at the first target.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -20,7 +21,7 @@ impl LeastConnections {
 
     /// `load(i)` gives target i's (active connections, weight); `usable(i)`
     /// says whether it may be picked.
-    pub fn pick(
+    pub fn pick_by(
         &self,
         n: usize,
         load: impl Fn(usize) -> (u64, u32),
@@ -47,6 +48,16 @@ impl LeastConnections {
     }
 }
 
+impl super::Balance for LeastConnections {
+    fn pick(&self, _client: &SocketAddr, targets: &dyn super::Candidates) -> Option<usize> {
+        self.pick_by(targets.len(), |i| targets.load(i), |i| targets.usable(i))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -56,7 +67,7 @@ mod tests {
     fn fill(lc: &LeastConnections, weights: &[u32], active: &RefCell<Vec<u64>>, n: usize) {
         for _ in 0..n {
             let i = lc
-                .pick(
+                .pick_by(
                     weights.len(),
                     |i| (active.borrow()[i], weights[i]),
                     |_| true,
@@ -72,7 +83,7 @@ mod tests {
         let active = RefCell::new(vec![0u64; 3]);
         let mut firsts = std::collections::HashSet::new();
         for _ in 0..3 {
-            let i = lc.pick(3, |_| (0, 1), |_| true).unwrap();
+            let i = lc.pick_by(3, |_| (0, 1), |_| true).unwrap();
             firsts.insert(i);
         }
         assert_eq!(
@@ -101,10 +112,10 @@ mod tests {
         let lc = LeastConnections::new(Arc::default());
         let active = [5u64, 1, 3];
         for _ in 0..10 {
-            assert_eq!(lc.pick(3, |i| (active[i], 1), |_| true), Some(1));
-            assert_eq!(lc.pick(3, |i| (active[i], 1), |i| i != 1), Some(2));
+            assert_eq!(lc.pick_by(3, |i| (active[i], 1), |_| true), Some(1));
+            assert_eq!(lc.pick_by(3, |i| (active[i], 1), |i| i != 1), Some(2));
         }
-        assert_eq!(lc.pick(3, |i| (active[i], 1), |_| false), None);
-        assert_eq!(lc.pick(0, |_| (0, 1), |_| true), None);
+        assert_eq!(lc.pick_by(3, |i| (active[i], 1), |_| false), None);
+        assert_eq!(lc.pick_by(0, |_| (0, 1), |_| true), None);
     }
 }

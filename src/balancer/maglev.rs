@@ -114,7 +114,7 @@ impl Maglev {
     /// order from the one in the client's slot (deterministic, so every
     /// instance still agrees). `None` when no target is usable; never more
     /// than `STEPS + targets` looks.
-    pub fn pick(&self, client: &SocketAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    pub fn pick_by(&self, client: &SocketAddr, usable: impl Fn(usize) -> bool) -> Option<usize> {
         if self.table.is_empty() {
             return None;
         }
@@ -133,7 +133,7 @@ impl Maglev {
             .find(|&i| usable(i))
     }
 
-    /// Slots owned by each target index (for tests and the build-time log).
+    /// Slots owned by each target index (for tests).
     pub fn slot_counts(&self, targets: usize) -> Vec<usize> {
         let mut counts = vec![0; targets];
         for &t in &self.table {
@@ -158,6 +158,26 @@ impl Maglev {
             .zip(&b.table)
             .filter(|(x, y)| a_targets[**x as usize] != b_targets[**y as usize])
             .count()
+    }
+}
+
+impl super::Balance for Maglev {
+    fn pick(&self, client: &SocketAddr, targets: &dyn super::Candidates) -> Option<usize> {
+        self.pick_by(client, |i| targets.usable(i))
+    }
+
+    fn moved_from(
+        &self,
+        targets: &[SocketAddr],
+        old: &dyn super::Balance,
+        old_targets: &[SocketAddr],
+    ) -> Option<u64> {
+        let old = old.as_any().downcast_ref::<Maglev>()?;
+        Some(Maglev::slots_moved(old, old_targets, self, targets) as u64)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

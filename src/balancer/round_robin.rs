@@ -16,6 +16,7 @@
 //! 1,000 cost two `u64`s per target, and a pick is one shared counter
 //! increment and a binary search.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -62,7 +63,7 @@ impl RoundRobin {
     /// The next target that `usable` accepts. Tries a few positions of the
     /// sequence, then every target once: never more than `targets + 4` looks,
     /// whatever the weights.
-    pub fn pick(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+    pub fn pick_by(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
         let n = self.ends.len();
         if n == 0 {
             return None;
@@ -76,6 +77,16 @@ impl RoundRobin {
         }
         let first = self.at(k);
         (1..n).map(|d| (first + d) % n).find(|&i| usable(i))
+    }
+}
+
+impl super::Balance for RoundRobin {
+    fn pick(&self, _client: &SocketAddr, targets: &dyn super::Candidates) -> Option<usize> {
+        self.pick_by(|i| targets.usable(i))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
@@ -108,14 +119,14 @@ mod tests {
     fn counts(rr: &RoundRobin, n: usize, targets: usize) -> Vec<usize> {
         let mut c = vec![0; targets];
         for _ in 0..n {
-            c[rr.pick(|_| true).unwrap()] += 1;
+            c[rr.pick_by(|_| true).unwrap()] += 1;
         }
         c
     }
 
     fn sequence(weights: &[u32], n: usize) -> Vec<usize> {
         let rr = RoundRobin::new(weights, Arc::default());
-        (0..n).map(|_| rr.pick(|_| true).unwrap()).collect()
+        (0..n).map(|_| rr.pick_by(|_| true).unwrap()).collect()
     }
 
     #[test]
@@ -166,7 +177,7 @@ mod tests {
         );
         let looks = std::cell::Cell::new(0);
         assert_eq!(
-            rr.pick(|_| {
+            rr.pick_by(|_| {
                 looks.set(looks.get() + 1);
                 false
             }),
@@ -182,10 +193,10 @@ mod tests {
         tried.push(0);
         tried.push(1);
         for _ in 0..5 {
-            assert_eq!(rr.pick(|i| !tried.contains(i)), Some(2));
+            assert_eq!(rr.pick_by(|i| !tried.contains(i)), Some(2));
         }
         tried.push(2);
-        assert_eq!(rr.pick(|i| !tried.contains(i)), None);
-        assert_eq!(RoundRobin::new(&[], Arc::default()).pick(|_| true), None);
+        assert_eq!(rr.pick_by(|i| !tried.contains(i)), None);
+        assert_eq!(RoundRobin::new(&[], Arc::default()).pick_by(|_| true), None);
     }
 }

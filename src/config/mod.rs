@@ -11,8 +11,9 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::balancer::HashKey;
+pub use crate::balancer::{Algorithm, HashKey};
 pub use crate::proxy::pipe::Splice;
+pub use crate::proxy_protocol::ProxyProtocol;
 pub use duration::{ConfigDuration, parse_duration};
 use raw::{RawConfig, RawHealthCheck, RawPort, RawTargetGroup};
 use toml::Spanned;
@@ -63,26 +64,6 @@ pub struct ListenerConfig {
     pub proxy_protocol: ProxyProtocol,
 }
 
-/// What to send a target before the client's first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    Off,
-    V1,
-    V2,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Smooth weighted round robin.
-    RoundRobin,
-    /// Fewest `(active + 1) / weight`; `least_connections` and
-    /// `weighted_least_connections` both mean this (weights apply to every
-    /// algorithm, as with HAProxy's leastconn).
-    LeastConnections,
-    /// Maglev consistent hashing on the client address.
-    Maglev(HashKey),
-}
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct GroupConfig {
     pub name: String,
@@ -98,8 +79,8 @@ pub struct GroupConfig {
     /// How long connections to a removed target may continue; 0 closes them at once.
     pub deregistration_delay: Duration,
     /// A target with this many open connections is skipped like a not-ready
-    /// one; 0 = unlimited.
-    pub max_connections_per_target: u64,
+    /// one; `None` = unlimited (written 0 in the file).
+    pub max_connections_per_target: Option<u64>,
     pub health: HealthCheckConfig,
 }
 
@@ -165,7 +146,10 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// resolve relative `targets_file` paths).
 pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw: RawConfig = from_toml(path, text)?;
-    Validator { file: path, text }.validate(raw)
+    Validator {
+        src: Source { file: path, text },
+    }
+    .validate(raw)
 }
 
 /// Deserializes TOML read from `path` into a raw serde shape; errors name the
@@ -215,19 +199,21 @@ pub fn error_at(
     }
 }
 
-struct Validator<'a> {
-    file: &'a Path,
-    text: &'a str,
+/// A config file being validated: where its errors point.
+pub struct Source<'a> {
+    pub file: &'a Path,
+    pub text: &'a str,
 }
 
-impl Validator<'_> {
-    fn error(&self, span: Range<usize>, key: String, message: String) -> ConfigError {
+impl Source<'_> {
+    /// An error about `key` at byte `span`.
+    pub fn error(&self, span: Range<usize>, key: String, message: String) -> ConfigError {
         error_at(self.file, self.text, span, key, message)
     }
 
     /// An error at `spanned`, or at `fallback` when `spanned` is a default with no
     /// place in the file.
-    fn at<T>(
+    pub fn at<T>(
         &self,
         spanned: &Spanned<T>,
         fallback: Range<usize>,
@@ -238,34 +224,26 @@ impl Validator<'_> {
         let span = if span.is_empty() { fallback } else { span };
         self.error(span, key, message)
     }
+}
 
+struct Validator<'a> {
+    src: Source<'a>,
+}
+
+impl Validator<'_> {
     fn validate(&self, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut groups = Vec::new();
         let mut group_index: HashMap<String, usize> = HashMap::new();
         for (i, g) in raw.target_group.iter().enumerate() {
             let key = format!("target_group[{i}]");
-            let name = g.name.get_ref();
-            if name.is_empty() {
-                return Err(self.at(
-                    &g.name,
-                    0..0,
-                    format!("{key}.name"),
-                    "must not be empty".into(),
-                ));
-            }
-            if group_index.insert(name.clone(), i).is_some() {
-                return Err(self.at(
-                    &g.name,
-                    0..0,
-                    format!("{key}.name"),
-                    format!("duplicate target group name {name:?}"),
-                ));
-            }
+            let name = self.name(&g.name, &key, "target group", |n| {
+                group_index.contains_key(n)
+            })?;
+            group_index.insert(name, i);
             groups.push(self.group(&key, g)?);
         }
-
         if raw.listener.is_empty() {
-            return Err(self.error(
+            return Err(self.src.error(
                 0..0,
                 "listener".into(),
                 "no [[listener]] is configured".into(),
@@ -273,212 +251,287 @@ impl Validator<'_> {
         }
         let mut listeners: Vec<ListenerConfig> = Vec::new();
         for (i, l) in raw.listener.iter().enumerate() {
-            let key = format!("listener[{i}]");
-            let name = l.name.get_ref().clone();
-            if name.is_empty() {
-                return Err(self.at(
-                    &l.name,
-                    0..0,
-                    format!("{key}.name"),
-                    "must not be empty".into(),
-                ));
-            }
-            if listeners.iter().any(|o| o.name == name) {
-                return Err(self.at(
-                    &l.name,
-                    0..0,
-                    format!("{key}.name"),
-                    format!("duplicate listener name {name:?}"),
-                ));
-            }
-            let addr: SocketAddr = l.listen.get_ref().parse().map_err(|_| {
-                self.at(
-                    &l.listen,
-                    l.name.span(),
-                    format!("{key}.listen"),
-                    format!(
-                        "{:?} is not IP:PORT (e.g. \"0.0.0.0:8080\" or \"[::]:8080\")",
-                        l.listen.get_ref()
-                    ),
-                )
-            })?;
-            if let Some(other) = listeners
-                .iter()
-                .find(|o| o.addr == addr && addr.port() != 0)
-            {
-                return Err(self.at(
-                    &l.listen,
-                    l.name.span(),
-                    format!("{key}.listen"),
-                    format!("{addr} is already used by listener {:?}", other.name),
-                ));
-            }
-            let group_name = l.target_group.get_ref();
-            let Some(&group) = group_index.get(group_name) else {
-                let known: Vec<&str> = raw
-                    .target_group
+            let group_of = |name: &str| group_index.get(name).copied();
+            let known = || {
+                raw.target_group
                     .iter()
-                    .map(|g| g.name.get_ref().as_str())
-                    .collect();
-                return Err(self.at(
-                    &l.target_group,
-                    l.name.span(),
-                    format!("{key}.target_group"),
-                    format!("no [[target_group]] is named {group_name:?} (known: {known:?})"),
-                ));
+                    .map(|g| g.name.get_ref().clone())
+                    .collect()
             };
-            let backlog = *l.backlog.get_ref();
-            if !(1..=65535).contains(&backlog) {
-                return Err(self.at(
-                    &l.backlog,
-                    l.name.span(),
-                    format!("{key}.backlog"),
-                    format!("{backlog} is out of range 1..=65535"),
-                ));
-            }
-            let allow = match &l.allow {
-                None => None,
-                Some(list) => Some(
-                    list.get_ref()
-                        .iter()
-                        .map(|c| {
-                            c.parse::<ipnet::IpNet>()
-                                .or_else(|_| c.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                                .map(|n| n.trunc())
-                                .map_err(|_| {
-                                    self.at(
-                                        list,
-                                        l.name.span(),
-                                        format!("{key}.allow"),
-                                        format!("{c:?} is not a CIDR range like \"10.0.0.0/8\" or \"::1/128\""),
-                                    )
-                                })
-                        })
-                        .collect::<Result<Vec<_>, _>>()?,
-                ),
-            };
-            let max_connections = match &l.max_connections {
-                Some(m) if *m.get_ref() == 0 => {
-                    return Err(self.at(
-                        m,
-                        l.name.span(),
-                        format!("{key}.max_connections"),
-                        "must be at least 1 (leave it out for no limit)".into(),
-                    ));
-                }
-                Some(m) => Some(*m.get_ref()),
-                None => None,
-            };
-            let proxy_protocol = match l.proxy_protocol.as_ref().map(|p| p.get_ref().as_str()) {
-                None | Some("off") => ProxyProtocol::Off,
-                Some("v1") => ProxyProtocol::V1,
-                Some("v2") => ProxyProtocol::V2,
-                Some(other) => {
-                    let p = l.proxy_protocol.as_ref().expect("matched Some");
-                    return Err(self.at(
-                        p,
-                        l.name.span(),
-                        format!("{key}.proxy_protocol"),
-                        format!("unknown value {other:?} (known: \"off\", \"v1\", \"v2\")"),
-                    ));
-                }
-            };
-            listeners.push(ListenerConfig {
-                name,
-                addr,
-                group,
-                backlog,
-                allow,
-                max_connections,
-                proxy_protocol,
-            });
+            let listener = self.listener(i, l, &listeners, group_of, known)?;
+            listeners.push(listener);
         }
-
-        let admin: SocketAddr = raw.admin.listen.get_ref().parse().map_err(|_| {
-            self.at(
-                &raw.admin.listen,
-                0..0,
-                "admin.listen".into(),
-                format!(
-                    "{:?} is not IP:PORT (e.g. \"127.0.0.1:9900\")",
-                    raw.admin.listen.get_ref()
-                ),
-            )
-        })?;
-        if listeners
-            .iter()
-            .any(|l| l.addr == admin && admin.port() != 0)
-        {
-            return Err(self.at(
-                &raw.admin.listen,
-                0..0,
-                "admin.listen".into(),
-                format!("{admin} is also a listener"),
-            ));
-        }
+        let admin = self.admin(&raw, &listeners)?;
         Ok(Config {
             admin,
-            file: self.file.to_path_buf(),
-            runtime: RuntimeConfig {
-                workers: raw.runtime.workers,
-                shutdown_timeout: raw.runtime.shutdown_timeout.0,
-                splice: parse_splice(raw.runtime.splice.get_ref())
-                    .map_err(|m| self.at(&raw.runtime.splice, 0..0, "runtime.splice".into(), m))?,
-                pipe_size: parse_pipe_size(raw.runtime.pipe_size.get_ref()).map_err(|m| {
-                    self.at(&raw.runtime.pipe_size, 0..0, "runtime.pipe_size".into(), m)
-                })?,
-                takeover_socket: raw
-                    .runtime
-                    .takeover_socket
-                    .as_ref()
-                    .map(|p| self.file.parent().unwrap_or(Path::new(".")).join(p)),
-            },
+            file: self.src.file.to_path_buf(),
+            runtime: self.runtime(&raw.runtime)?,
             listeners,
             groups,
         })
     }
 
-    fn group(&self, key: &str, g: &RawTargetGroup) -> Result<GroupConfig, ConfigError> {
-        let here = g.name.span();
-        let (algorithm_name, algorithm) = match g.algorithm.get_ref().as_str() {
-            "round_robin" => ("round_robin", Algorithm::RoundRobin),
-            "least_connections" => ("least_connections", Algorithm::LeastConnections),
-            "weighted_least_connections" => {
-                ("weighted_least_connections", Algorithm::LeastConnections)
-            }
-            "maglev" => (
-                "maglev",
-                Algorithm::Maglev(match &g.hash_key {
-                    None => HashKey::SourceIpPort,
-                    Some(k) => match k.get_ref().as_str() {
-                        "source_ip_port" => HashKey::SourceIpPort,
-                        "source_ip" => HashKey::SourceIp,
-                        other => {
-                            return Err(self.at(
-                            k,
-                            here,
-                            format!("{key}.hash_key"),
-                            format!("unknown hash_key {other:?} (known: \"source_ip_port\", \"source_ip\")"),
-                        ));
-                        }
-                    },
-                }),
-            ),
-            other => {
-                return Err(self.at(
-                    &g.algorithm,
+    /// A word from a closed list: the word and its value, or an error that
+    /// names the words `known` has.
+    fn word<T: Copy>(
+        &self,
+        value: &Spanned<String>,
+        fallback: &Range<usize>,
+        key: &str,
+        known: &[(&'static str, T)],
+    ) -> Result<(&'static str, T), ConfigError> {
+        let v = value.get_ref();
+        if let Some(found) = known.iter().find(|(w, _)| w == v) {
+            return Ok(*found);
+        }
+        let words: Vec<String> = known.iter().map(|(w, _)| format!("{w:?}")).collect();
+        let what = key.rsplit('.').next().unwrap_or(key);
+        Err(self.src.at(
+            value,
+            fallback.clone(),
+            key.to_string(),
+            format!("unknown {what} {v:?} (known: {})", words.join(", ")),
+        ))
+    }
+
+    /// A listener's or group's name: not empty, and not one `taken` knows.
+    fn name(
+        &self,
+        name: &Spanned<String>,
+        key: &str,
+        what: &str,
+        taken: impl Fn(&str) -> bool,
+    ) -> Result<String, ConfigError> {
+        let n = name.get_ref();
+        let message = if n.is_empty() {
+            "must not be empty".to_string()
+        } else if taken(n) {
+            format!("duplicate {what} name {n:?}")
+        } else {
+            return Ok(n.clone());
+        };
+        Err(self.src.at(name, 0..0, format!("{key}.name"), message))
+    }
+
+    /// `[[listener]]` number `i`, checked against the ones before it.
+    /// `group_of` finds a target group's index by name; `known` lists them
+    /// all for the error when it finds none.
+    fn listener(
+        &self,
+        i: usize,
+        l: &raw::RawListener,
+        before: &[ListenerConfig],
+        group_of: impl Fn(&str) -> Option<usize>,
+        known: impl Fn() -> Vec<String>,
+    ) -> Result<ListenerConfig, ConfigError> {
+        let key = format!("listener[{i}]");
+        let here = l.name.span();
+        let name = self.name(&l.name, &key, "listener", |n| {
+            before.iter().any(|o| o.name == n)
+        })?;
+        let addr = self.socket_addr(
+            &l.listen,
+            here.clone(),
+            &format!("{key}.listen"),
+            "0.0.0.0:8080\" or \"[::]:8080",
+        )?;
+        if let Some(other) = before.iter().find(|o| o.addr == addr && addr.port() != 0) {
+            return Err(self.src.at(
+                &l.listen,
+                here,
+                format!("{key}.listen"),
+                format!("{addr} is already used by listener {:?}", other.name),
+            ));
+        }
+        let group_name = l.target_group.get_ref();
+        let Some(group) = group_of(group_name) else {
+            return Err(self.src.at(
+                &l.target_group,
+                here,
+                format!("{key}.target_group"),
+                format!(
+                    "no [[target_group]] is named {group_name:?} (known: {:?})",
+                    known()
+                ),
+            ));
+        };
+        let backlog = *l.backlog.get_ref();
+        if !(1..=65535).contains(&backlog) {
+            return Err(self.src.at(
+                &l.backlog,
+                here,
+                format!("{key}.backlog"),
+                format!("{backlog} is out of range 1..=65535"),
+            ));
+        }
+        let allow = match &l.allow {
+            None => None,
+            Some(list) => Some(self.allow(list, &here, &format!("{key}.allow"))?),
+        };
+        let max_connections = match &l.max_connections {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.src.at(
+                    m,
                     here,
-                    format!("{key}.algorithm"),
-                    format!(
-                        "unknown algorithm {other:?} (known: \"round_robin\", \"least_connections\", \"weighted_least_connections\", \"maglev\")"
-                    ),
+                    format!("{key}.max_connections"),
+                    "must be at least 1 (leave it out for no limit)".into(),
                 ));
             }
+            Some(m) => Some(*m.get_ref()),
+            None => None,
+        };
+        let proxy_protocol = match &l.proxy_protocol {
+            None => ProxyProtocol::Off,
+            Some(p) => {
+                self.word(p, &here, &format!("{key}.proxy_protocol"), PROXY_PROTOCOLS)?
+                    .1
+            }
+        };
+        Ok(ListenerConfig {
+            name,
+            addr,
+            group,
+            backlog,
+            allow,
+            max_connections,
+            proxy_protocol,
+        })
+    }
+
+    /// A health check's interval and timeout: at least 100ms between probes,
+    /// and a timeout shorter than that.
+    fn timing(
+        &self,
+        h: &RawHealthCheck,
+        here: &Range<usize>,
+        key: &str,
+    ) -> Result<(Duration, Duration), ConfigError> {
+        let interval = h.interval.get_ref().0;
+        let timeout = h.timeout.get_ref().0;
+        if interval < Duration::from_millis(100) {
+            return Err(self.src.at(
+                &h.interval,
+                here.clone(),
+                format!("{key}.interval"),
+                "must be at least 100ms".into(),
+            ));
+        }
+        if timeout.is_zero() || timeout >= interval {
+            let fallback = h.interval.span();
+            return Err(self.src.at(
+                &h.timeout,
+                if fallback.is_empty() {
+                    here.clone()
+                } else {
+                    fallback
+                },
+                format!("{key}.timeout"),
+                format!(
+                    "must be more than 0 and shorter than interval ({timeout:?} >= {interval:?})"
+                ),
+            ));
+        }
+        Ok((interval, timeout))
+    }
+
+    /// An `allow` list: CIDR ranges, or single addresses.
+    fn allow(
+        &self,
+        list: &Spanned<Vec<String>>,
+        fallback: &Range<usize>,
+        key: &str,
+    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        list.get_ref()
+            .iter()
+            .map(|c| {
+                parse_cidr(c).ok_or_else(|| {
+                    self.src.at(
+                        list,
+                        fallback.clone(),
+                        key.to_string(),
+                        format!("{c:?} is not a CIDR range like \"10.0.0.0/8\" or \"::1/128\""),
+                    )
+                })
+            })
+            .collect()
+    }
+
+    /// An `IP:PORT` value; `example` goes into the error.
+    fn socket_addr(
+        &self,
+        value: &Spanned<String>,
+        fallback: Range<usize>,
+        key: &str,
+        example: &str,
+    ) -> Result<SocketAddr, ConfigError> {
+        value.get_ref().parse().map_err(|_| {
+            self.src.at(
+                value,
+                fallback,
+                key.to_string(),
+                format!("{:?} is not IP:PORT (e.g. \"{example}\")", value.get_ref()),
+            )
+        })
+    }
+
+    /// `[admin] listen`: an address no listener has.
+    fn admin(
+        &self,
+        raw: &RawConfig,
+        listeners: &[ListenerConfig],
+    ) -> Result<SocketAddr, ConfigError> {
+        let listen = &raw.admin.listen;
+        let admin = self.socket_addr(listen, 0..0, "admin.listen", "127.0.0.1:9900")?;
+        if listeners
+            .iter()
+            .any(|l| l.addr == admin && admin.port() != 0)
+        {
+            return Err(self.src.at(
+                listen,
+                0..0,
+                "admin.listen".into(),
+                format!("{admin} is also a listener"),
+            ));
+        }
+        Ok(admin)
+    }
+
+    fn runtime(&self, r: &raw::RawRuntime) -> Result<RuntimeConfig, ConfigError> {
+        Ok(RuntimeConfig {
+            workers: r.workers,
+            shutdown_timeout: r.shutdown_timeout.0,
+            splice: parse_splice(r.splice.get_ref())
+                .map_err(|m| self.src.at(&r.splice, 0..0, "runtime.splice".into(), m))?,
+            pipe_size: parse_pipe_size(r.pipe_size.get_ref()).map_err(|m| {
+                self.src
+                    .at(&r.pipe_size, 0..0, "runtime.pipe_size".into(), m)
+            })?,
+            takeover_socket: r
+                .takeover_socket
+                .as_ref()
+                .map(|p| self.src.file.parent().unwrap_or(Path::new(".")).join(p)),
+        })
+    }
+
+    fn group(&self, key: &str, g: &RawTargetGroup) -> Result<GroupConfig, ConfigError> {
+        let here = g.name.span();
+        let hash_key = match &g.hash_key {
+            None => HashKey::SourceIpPort,
+            Some(k) => {
+                self.word(k, &here, &format!("{key}.hash_key"), HASH_KEYS)?
+                    .1
+            }
+        };
+        let (algorithm_name, algorithm) =
+            self.word(&g.algorithm, &here, &format!("{key}.algorithm"), ALGORITHMS)?;
+        let algorithm = match algorithm {
+            Algorithm::Maglev(_) => Algorithm::Maglev(hash_key),
+            other => other,
         };
         if let Some(k) = &g.hash_key
             && !matches!(algorithm, Algorithm::Maglev(_))
         {
-            return Err(self.at(
+            return Err(self.src.at(
                 k,
                 here,
                 format!("{key}.hash_key"),
@@ -487,20 +540,20 @@ impl Validator<'_> {
         }
         let file = g.targets_file.get_ref();
         if file.is_empty() {
-            return Err(self.at(
+            return Err(self.src.at(
                 &g.targets_file,
                 here,
                 format!("{key}.targets_file"),
                 "must not be empty".into(),
             ));
         }
-        let targets_file = match self.file.parent() {
+        let targets_file = match self.src.file.parent() {
             Some(dir) => dir.join(file),
             None => PathBuf::from(file),
         };
         let positive = |d: &Spanned<ConfigDuration>, name: &str| {
             if d.get_ref().0.is_zero() {
-                Err(self.at(
+                Err(self.src.at(
                     d,
                     here.clone(),
                     format!("{key}.{name}"),
@@ -513,7 +566,7 @@ impl Validator<'_> {
         let connect_timeout = positive(&g.connect_timeout, "connect_timeout")?;
         let idle_timeout = positive(&g.idle_timeout, "idle_timeout")?;
         if g.connect_retries > MAX_CONNECT_RETRIES {
-            return Err(self.error(
+            return Err(self.src.error(
                 here,
                 format!("{key}.connect_retries"),
                 format!("{} is more than {MAX_CONNECT_RETRIES}", g.connect_retries),
@@ -528,7 +581,8 @@ impl Validator<'_> {
             connect_retries: g.connect_retries,
             idle_timeout,
             deregistration_delay: g.deregistration_delay.0,
-            max_connections_per_target: g.max_connections_per_target,
+            max_connections_per_target: (g.max_connections_per_target > 0)
+                .then_some(g.max_connections_per_target),
             health: self.health(&format!("{key}.health_check"), &g.health_check, here)?,
         })
     }
@@ -539,25 +593,16 @@ impl Validator<'_> {
         h: &RawHealthCheck,
         here: Range<usize>,
     ) -> Result<HealthCheckConfig, ConfigError> {
-        let protocol = match h.protocol.get_ref().as_str() {
-            "tcp" => HealthProtocol::Tcp,
-            "http" => HealthProtocol::Http,
-            other => {
-                return Err(self.at(
-                    &h.protocol,
-                    here,
-                    format!("{key}.protocol"),
-                    format!("unknown protocol {other:?} (known: \"tcp\", \"http\")"),
-                ));
-            }
-        };
+        let protocol = self
+            .word(&h.protocol, &here, &format!("{key}.protocol"), PROTOCOLS)?
+            .1;
         let port = match &h.port {
             None => None,
             Some(p) => match p.get_ref() {
                 RawPort::Text(t) if t == "traffic-port" => None,
                 RawPort::Number(n) if (1..=65535).contains(n) => Some(*n as u16),
                 _ => {
-                    return Err(self.at(
+                    return Err(self.src.at(
                         p,
                         here,
                         format!("{key}.port"),
@@ -568,7 +613,7 @@ impl Validator<'_> {
         };
         let http_only = |v: &Option<Spanned<String>>, name: &str| -> Result<(), ConfigError> {
             match v {
-                Some(s) if protocol == HealthProtocol::Tcp => Err(self.at(
+                Some(s) if protocol == HealthProtocol::Tcp => Err(self.src.at(
                     s,
                     here.clone(),
                     format!("{key}.{name}"),
@@ -583,7 +628,7 @@ impl Validator<'_> {
             Some(p)
                 if !p.get_ref().starts_with('/') || p.get_ref().contains(char::is_whitespace) =>
             {
-                return Err(self.at(
+                return Err(self.src.at(
                     p,
                     here,
                     format!("{key}.path"),
@@ -595,35 +640,15 @@ impl Validator<'_> {
         };
         let matcher = match &h.matcher {
             Some(m) => parse_matcher(m.get_ref())
-                .map_err(|msg| self.at(m, here.clone(), format!("{key}.matcher"), msg))?,
+                .map_err(|msg| self.src.at(m, here.clone(), format!("{key}.matcher"), msg))?,
             None => vec![(200, 399)],
         };
-        let interval = h.interval.get_ref().0;
-        let timeout = h.timeout.get_ref().0;
-        if interval < Duration::from_millis(100) {
-            return Err(self.at(
-                &h.interval,
-                here,
-                format!("{key}.interval"),
-                "must be at least 100ms".into(),
-            ));
-        }
-        if timeout.is_zero() || timeout >= interval {
-            let fallback = h.interval.span();
-            return Err(self.at(
-                &h.timeout,
-                if fallback.is_empty() { here } else { fallback },
-                format!("{key}.timeout"),
-                format!(
-                    "must be more than 0 and shorter than interval ({timeout:?} >= {interval:?})"
-                ),
-            ));
-        }
+        let (interval, timeout) = self.timing(h, &here, key)?;
         let threshold = |t: &Spanned<u32>, name: &str| {
             if (1..=10).contains(t.get_ref()) {
                 Ok(*t.get_ref())
             } else {
-                Err(self.at(
+                Err(self.src.at(
                     t,
                     here.clone(),
                     format!("{key}.{name}"),
@@ -643,6 +668,33 @@ impl Validator<'_> {
             proxy_protocol: h.proxy_protocol,
         })
     }
+}
+
+/// `algorithm` words. Maglev's hash key comes from `hash_key`.
+const ALGORITHMS: &[(&str, Algorithm)] = &[
+    ("round_robin", Algorithm::RoundRobin),
+    ("least_connections", Algorithm::LeastConnections),
+    ("weighted_least_connections", Algorithm::LeastConnections),
+    ("maglev", Algorithm::Maglev(HashKey::SourceIpPort)),
+];
+const HASH_KEYS: &[(&str, HashKey)] = &[
+    ("source_ip_port", HashKey::SourceIpPort),
+    ("source_ip", HashKey::SourceIp),
+];
+const PROTOCOLS: &[(&str, HealthProtocol)] =
+    &[("tcp", HealthProtocol::Tcp), ("http", HealthProtocol::Http)];
+const PROXY_PROTOCOLS: &[(&str, ProxyProtocol)] = &[
+    ("off", ProxyProtocol::Off),
+    ("v1", ProxyProtocol::V1),
+    ("v2", ProxyProtocol::V2),
+];
+
+/// A CIDR range, or one address as a range of one.
+fn parse_cidr(text: &str) -> Option<ipnet::IpNet> {
+    text.parse::<ipnet::IpNet>()
+        .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .ok()
 }
 
 /// `[runtime] splice`: "auto" (or true), "always", "never" (or false).

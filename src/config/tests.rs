@@ -87,6 +87,8 @@ fn splice_takes_a_word_or_the_old_boolean() {
     }
 }
 
+/// A table of cases (what to replace, with what, the line, the key and the
+/// message), so it is long: one row per mistake.
 #[test]
 fn every_mistake_names_key_and_line() {
     let cases: &[(&str, &str, usize, &str, &str)] = &[

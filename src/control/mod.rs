@@ -22,15 +22,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
 
-use crate::app::{self, Loaded};
+use crate::balancer::Tables;
 use crate::config::{Config, ListenerConfig};
-use crate::health::schedule::{ProbeResult, Prober};
+use crate::health::prober::{ProbeResult, Prober};
 use crate::health::{Health, State};
 use crate::listener::{self, ListenerError};
-use crate::metrics::{ListenerStats, Slots, WorkerSlot};
+use crate::load::{self, Loaded};
+use crate::metrics::{ListenerStats, Slots, TargetStatsMap, WorkerSlot};
 use crate::runtime::{BoundListener, Command, Event, Workers};
-use crate::snapshot::{self, Carry, Draining, SharedSnapshot, describe_addrs};
+use crate::snapshot::{self, Draining, SharedSnapshot};
 use crate::targets::Target;
+use crate::targets::describe_addrs;
 use crate::targets::watch::FileWatch;
 
 /// A listener as the control plane knows it.
@@ -53,7 +55,7 @@ impl BoundInfo {
         workers: usize,
         exclusive: bool,
     ) -> Result<(BoundInfo, Vec<std::net::TcpListener>), ListenerError> {
-        let (addr, sockets) = listener::bind_reuseport(config, workers, exclusive)?;
+        let (addr, sockets) = listener::bind_reuseport(spec(config), workers, exclusive)?;
         Self::with_sockets(config, workers, addr, sockets)
     }
 
@@ -73,9 +75,11 @@ impl BoundInfo {
         }
         let missing = workers - handed.sockets.len();
         if missing > 0 {
-            let mut at = config.clone();
-            at.addr = handed.addr;
-            let (_, more) = listener::bind_reuseport(&at, missing, false)?;
+            let at = listener::Spec {
+                addr: handed.addr,
+                ..spec(config)
+            };
+            let (_, more) = listener::bind_reuseport(at, missing, false)?;
             handed.sockets.extend(more);
         }
         Self::with_sockets(config, workers, handed.addr, handed.sockets)
@@ -109,14 +113,26 @@ impl BoundInfo {
         Ok((info, sockets))
     }
 
-    /// What worker `i` gets of this listener: its socket and the shared stats.
-    pub fn for_worker(&self, socket: std::net::TcpListener) -> BoundListener {
-        BoundListener {
-            id: self.id,
-            name: self.config.name.as_str().into(),
-            socket,
-            stats: self.stats.clone(),
+    /// Gives worker `i` its socket of this listener (with the shared stats)
+    /// through `give(i, ..)`, and logs that the listener is listening: the
+    /// one way a listener reaches the workers, at start and on SIGHUP.
+    pub fn deal(
+        &self,
+        sockets: Vec<std::net::TcpListener>,
+        mut give: impl FnMut(usize, BoundListener),
+    ) {
+        for (i, socket) in sockets.into_iter().enumerate() {
+            give(
+                i,
+                BoundListener {
+                    id: self.id,
+                    name: self.config.name.as_str().into(),
+                    socket,
+                    stats: self.stats.clone(),
+                },
+            );
         }
+        info!(listener = %self.config.name, addr = %self.addr, "listening");
     }
 }
 
@@ -126,7 +142,10 @@ pub struct ControlPlane {
     targets: Vec<Vec<Target>>,
     watches: Vec<FileWatch>,
     draining: Vec<Draining>,
-    carry: Carry,
+    /// Each group's balancer table, reused while its targets stay the same.
+    tables: Tables,
+    /// Every target address's shared counters, kept across snapshots.
+    target_stats: TargetStatsMap,
     epoch: u64,
     shared: SharedSnapshot,
     worker_count: usize,
@@ -213,7 +232,8 @@ impl ControlPlane {
             config: loaded.config,
             targets: loaded.targets,
             draining: Vec::new(),
-            carry: Carry::new(worker_count),
+            tables: Tables::default(),
+            target_stats: TargetStatsMap::new(worker_count),
             epoch: 0,
             shared,
             worker_count,
@@ -244,13 +264,16 @@ impl ControlPlane {
                 .is_some_and(Health::is_healthy)
         };
         let snap = snapshot::build(
-            self.epoch,
-            &self.config,
-            &self.targets,
-            &self.draining,
-            &healthy,
-            &mut self.carry,
-            &self.listener_ids,
+            snapshot::Inputs {
+                epoch: self.epoch,
+                config: &self.config,
+                targets: &self.targets,
+                draining: &self.draining,
+                healthy: &healthy,
+                listener_ids: &self.listener_ids,
+            },
+            &mut self.tables,
+            &mut self.target_stats,
         );
         self.shared.store(Arc::new(snap));
     }
@@ -335,7 +358,7 @@ impl ControlPlane {
         let mut changed = false;
         for g in 0..self.watches.len() {
             let cfg = &self.config.groups[g];
-            let Some(result) = self.watches[g].poll(|t| app::fits(cfg, t)) else {
+            let Some(result) = self.watches[g].poll(|t| load::fits(cfg, t)) else {
                 continue;
             };
             let group = self.config.groups[g].name.clone();
@@ -353,7 +376,10 @@ impl ControlPlane {
                     info!(%group, count = new.len(), added = %describe_addrs(&diff.added), removed = %describe_addrs(&diff.removed), reweighted = %describe_addrs(&diff.reweighted), "targets reloaded");
                     let cfg = &self.config.groups[g];
                     if new.is_empty() {
-                        warn!("{}", app::empty_group_warning(&cfg.name, &cfg.targets_file));
+                        warn!(
+                            "{}",
+                            load::empty_group_warning(&cfg.name, &cfg.targets_file)
+                        );
                     }
                     let delay = cfg.deregistration_delay;
                     let old = std::mem::replace(&mut self.targets[g], new);
@@ -388,7 +414,7 @@ impl ControlPlane {
             {
                 continue; // already draining: its first deadline stands
             }
-            let stats = self.carry.stats(addr);
+            let stats = self.target_stats.get(addr);
             let weight = old.iter().find(|t| t.addr == addr).map_or(1, |t| t.weight);
             if delay.is_zero() {
                 info!(%group, target = %addr, active = stats.active(), "deregistered; deregistration_delay is 0s, closing its connections");
@@ -470,7 +496,7 @@ impl ControlPlane {
     /// SIGHUP: reload the whole config. Nothing changes unless all of it is
     /// valid and every new listener could be bound.
     pub fn reload_config(&mut self, workers: &Workers) {
-        let loaded = match app::load(&self.config_path, &|p| self.in_service(p)) {
+        let loaded = match load::load(&self.config_path, &|p| self.in_service(p)) {
             Ok(l) => l,
             Err(e) => {
                 self.reload_errors += 1;
@@ -487,28 +513,7 @@ impl ControlPlane {
             }
         };
         let mut said = changes::describe(&self.config, &loaded.config);
-
-        // Targets: diff each group by name; a group that disappeared drains whole.
-        let old_groups = std::mem::take(&mut self.config.groups);
-        let old_targets = std::mem::take(&mut self.targets);
-        for (old, old_t) in old_groups.iter().zip(&old_targets) {
-            let new_idx = loaded.config.groups.iter().position(|n| n.name == old.name);
-            let new_targets: &[Target] = new_idx.map_or(&[], |i| &loaded.targets[i]);
-            let delay = new_idx.map_or(old.deregistration_delay, |i| {
-                loaded.config.groups[i].deregistration_delay
-            });
-            let diff = Diff::between(old_t, new_targets);
-            if !diff.is_empty() {
-                said.push(format!(
-                    "group {}: targets added {}, removed {}, reweighted {}",
-                    old.name,
-                    describe_addrs(&diff.added),
-                    describe_addrs(&diff.removed),
-                    describe_addrs(&diff.reweighted)
-                ));
-            }
-            self.start_drains(&old.name, &diff.removed, old_t, delay);
-        }
+        said.extend(self.drain_removed_targets(&loaded));
         for w in loaded.warnings() {
             warn!("{w}");
         }
@@ -541,6 +546,34 @@ impl ControlPlane {
         info!(epoch = self.epoch, %changes, "config reloaded");
     }
 
+    /// A reload's targets: each group is diffed with its namesake in the new
+    /// config; removed targets drain (all of a group that is gone) with the
+    /// new config's delay, or the old one's for a group that is gone.
+    /// Returns what changed, for the log line.
+    fn drain_removed_targets(&mut self, loaded: &Loaded) -> Vec<String> {
+        let mut said = Vec::new();
+        let old_groups = self.config.groups.clone();
+        for (old, old_t) in old_groups.iter().zip(std::mem::take(&mut self.targets)) {
+            let new_idx = loaded.config.groups.iter().position(|n| n.name == old.name);
+            let new_targets: &[Target] = new_idx.map_or(&[], |i| &loaded.targets[i]);
+            let delay = new_idx.map_or(old.deregistration_delay, |i| {
+                loaded.config.groups[i].deregistration_delay
+            });
+            let diff = Diff::between(&old_t, new_targets);
+            if !diff.is_empty() {
+                said.push(format!(
+                    "group {}: targets added {}, removed {}, reweighted {}",
+                    old.name,
+                    describe_addrs(&diff.added),
+                    describe_addrs(&diff.removed),
+                    describe_addrs(&diff.reweighted)
+                ));
+            }
+            self.start_drains(&old.name, &diff.removed, &old_t, delay);
+        }
+        said
+    }
+
     /// Closes the copies of the listening sockets kept for a takeover: once
     /// the workers close theirs, the sockets close and new connections are
     /// refused (graceful shutdown), not queued with nobody to accept them.
@@ -548,6 +581,17 @@ impl ControlPlane {
         for b in self.bound.values_mut() {
             b.handover.clear();
         }
+    }
+
+    /// Each listener's name and the address it is bound to, by name.
+    pub fn listener_addrs(&self) -> Vec<(String, SocketAddr)> {
+        let mut out: Vec<(String, SocketAddr)> = self
+            .bound
+            .iter()
+            .map(|(n, b)| (n.clone(), b.addr))
+            .collect();
+        out.sort();
+        out
     }
 
     /// Copies of every listener's sockets, for a process taking over.
@@ -685,15 +729,14 @@ impl ControlPlane {
             }
         }
         for (info, sockets) in fresh {
-            for (tx, socket) in workers.commands.iter().zip(sockets) {
-                if tx
-                    .send(Command::AddListener(info.for_worker(socket)))
+            info.deal(sockets, |i, listener| {
+                if workers.commands[i]
+                    .send(Command::AddListener(listener))
                     .is_err()
                 {
                     warn!("a worker is gone; listener not delivered");
                 }
-            }
-            info!(listener = %info.config.name, addr = %info.addr, "listening");
+            });
             said.push(format!(
                 "listener {} added on {}",
                 info.config.name, info.addr
@@ -701,6 +744,15 @@ impl ControlPlane {
             self.bound.insert(info.config.name.clone(), info);
         }
         said
+    }
+}
+
+/// What the listener module binds for a configured listener.
+fn spec(l: &ListenerConfig) -> listener::Spec<'_> {
+    listener::Spec {
+        name: &l.name,
+        addr: l.addr,
+        backlog: l.backlog,
     }
 }
 

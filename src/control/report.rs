@@ -1,6 +1,8 @@
 //! What the control plane tells the outside: Prometheus metrics, the targets
 //! report, the one-line status for systemd.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -8,7 +10,8 @@ use super::ControlPlane;
 use crate::admin::{Response, Route};
 use crate::config::Algorithm;
 use crate::health::Health;
-use crate::metrics::{self as m, Exposition};
+use crate::metrics::{self as m, Exposition, TargetStats};
+use crate::snapshot::Snapshot;
 
 impl ControlPlane {
     /// The answer to an admin request.
@@ -55,164 +58,21 @@ impl ControlPlane {
         format!("targets healthy {healthy}/{total}, connections {active}")
     }
 
+    /// `GET /metrics`: Prometheus text, every series from the tables below.
     pub fn metrics(&self) -> String {
         let snap = self.shared.load();
         let mut e = Exposition::default();
-        let mut names: Vec<&String> = self.bound.keys().collect();
-        names.sort();
-
-        type ListenerField = fn(&m::ListenerSlot) -> &std::sync::atomic::AtomicU64;
-        // (metric, kind, help, reason label, counter)
-        let per_listener: [(&str, &str, &str, Option<&str>, ListenerField); 5] = [
-            (
-                m::LISTENER_ACCEPTED,
-                "counter",
-                "Connections accepted by a listener.",
-                None,
-                |s| &s.accepted,
-            ),
-            (
-                m::LISTENER_ACTIVE,
-                "gauge",
-                "Connections of a listener open now.",
-                None,
-                |s| &s.active,
-            ),
-            (
-                m::LISTENER_REFUSED,
-                "counter",
-                "Connections closed without being proxied, by reason.",
-                Some("no_target"),
-                |s| &s.refused_no_target,
-            ),
-            (m::LISTENER_REFUSED, "", "", Some("not_allowed"), |s| {
-                &s.refused_not_allowed
-            }),
-            (m::LISTENER_REFUSED, "", "", Some("max_connections"), |s| {
-                &s.refused_limit
-            }),
-        ];
-        for (name, kind, help, reason, field) in per_listener {
-            if !kind.is_empty() {
-                e.family(name, kind, help);
-            }
-            for n in &names {
-                let v = self.bound[*n].stats.slots.sum(field);
-                match reason {
-                    None => e.sample(name, &[("listener", n)], v),
-                    Some(r) => e.sample(name, &[("listener", n), ("reason", r)], v),
-                }
-            }
-        }
+        self.listener_series(&mut e);
         e.family(
             m::WORKER_ACCEPTED,
             "counter",
             "Connections accepted by a worker, all listeners.",
         );
         for w in 0..self.worker_count {
-            let v = self
-                .worker_stats
-                .get(w)
-                .accepted
-                .load(std::sync::atomic::Ordering::Relaxed);
+            let v = self.worker_stats.get(w).accepted.load(Ordering::Relaxed);
             e.sample(m::WORKER_ACCEPTED, &[("worker", &w.to_string())], v);
         }
-
-        type Field = fn(&m::TargetSlot) -> &std::sync::atomic::AtomicU64;
-        let per_target: [(&str, &str, &str, Field); 4] = [
-            (
-                m::TARGET_CONNECTIONS,
-                "counter",
-                "Connections proxied to a target.",
-                |s| &s.connections,
-            ),
-            (
-                m::TARGET_CONNECT_FAILURES,
-                "counter",
-                "Failed connects to a target.",
-                |s| &s.connect_failures,
-            ),
-            (
-                m::TARGET_BYTES_SENT,
-                "counter",
-                "Bytes sent to a target (from clients).",
-                |s| &s.bytes_sent,
-            ),
-            (
-                m::TARGET_BYTES_RECEIVED,
-                "counter",
-                "Bytes received from a target (to clients).",
-                |s| &s.bytes_received,
-            ),
-        ];
-        e.family(
-            m::TARGET_ACTIVE,
-            "gauge",
-            "Connections to a target open now, all workers.",
-        );
-        for g in &snap.groups {
-            for t in &g.targets {
-                e.sample(
-                    m::TARGET_ACTIVE,
-                    &[("group", &g.name), ("target", &t.addr.to_string())],
-                    t.stats.active(),
-                );
-            }
-        }
-        for d in &snap.draining {
-            e.sample(
-                m::TARGET_ACTIVE,
-                &[("group", &d.group), ("target", &d.addr.to_string())],
-                d.stats.active(),
-            );
-        }
-        for (name, kind, help, field) in per_target {
-            e.family(name, kind, help);
-            for g in &snap.groups {
-                for t in &g.targets {
-                    e.sample(
-                        name,
-                        &[("group", &g.name), ("target", &t.addr.to_string())],
-                        t.stats.slots.sum(field),
-                    );
-                }
-            }
-        }
-        e.family(
-            m::TARGET_HEALTHY,
-            "gauge",
-            "1 if the target passes its health checks.",
-        );
-        for g in &snap.groups {
-            for t in &g.targets {
-                e.sample(
-                    m::TARGET_HEALTHY,
-                    &[("group", &g.name), ("target", &t.addr.to_string())],
-                    u64::from(t.ready),
-                );
-            }
-        }
-        e.family(
-            m::TARGET_DRAINING,
-            "gauge",
-            "1 if the target was removed and its connections are draining.",
-        );
-        for g in &snap.groups {
-            for t in &g.targets {
-                e.sample(
-                    m::TARGET_DRAINING,
-                    &[("group", &g.name), ("target", &t.addr.to_string())],
-                    0,
-                );
-            }
-        }
-        for d in &snap.draining {
-            e.sample(
-                m::TARGET_DRAINING,
-                &[("group", &d.group), ("target", &d.addr.to_string())],
-                1,
-            );
-        }
+        target_series(&mut e, &snap);
         e.family(
             m::TARGETS_RELOADS,
             "counter",
@@ -231,7 +91,7 @@ impl ControlPlane {
         );
         for g in &self.config.groups {
             if matches!(g.algorithm, Algorithm::Maglev(_)) {
-                let moved = self.carry.maglev_moved.get(&g.name).copied().unwrap_or(0);
+                let moved = self.tables.moved.get(&g.name).copied().unwrap_or(0);
                 e.sample(m::MAGLEV_SLOTS_MOVED, &[("group", &g.name)], moved);
             }
         }
@@ -242,6 +102,24 @@ impl ControlPlane {
         );
         e.sample(m::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
         e.finish()
+    }
+
+    /// Per-listener series, listeners by name.
+    fn listener_series(&self, e: &mut Exposition) {
+        let mut names: Vec<&String> = self.bound.keys().collect();
+        names.sort();
+        for (name, kind, help, reason, field) in PER_LISTENER {
+            if !kind.is_empty() {
+                e.family(name, kind, help);
+            }
+            for n in &names {
+                let v = self.bound[*n].stats.slots.sum(field);
+                match reason {
+                    None => e.sample(name, &[("listener", n)], v),
+                    Some(r) => e.sample(name, &[("listener", n), ("reason", r)], v),
+                }
+            }
+        }
     }
 
     /// `GET /targets`: the JSON shape the README documents.
@@ -323,5 +201,132 @@ impl ControlPlane {
             }));
         }
         json!({ "epoch": snap.epoch, "groups": groups })
+    }
+}
+
+type ListenerField = fn(&m::ListenerSlot) -> &AtomicU64;
+
+/// Per-listener series: (metric, kind, help, reason label, counter). A row
+/// with no kind adds samples to the family of the row above.
+const PER_LISTENER: [(&str, &str, &str, Option<&str>, ListenerField); 5] = [
+    (
+        m::LISTENER_ACCEPTED,
+        "counter",
+        "Connections accepted by a listener.",
+        None,
+        |s| &s.accepted,
+    ),
+    (
+        m::LISTENER_ACTIVE,
+        "gauge",
+        "Connections of a listener open now.",
+        None,
+        |s| &s.active,
+    ),
+    (
+        m::LISTENER_REFUSED,
+        "counter",
+        "Connections closed without being proxied, by reason.",
+        Some("no_target"),
+        |s| &s.refused_no_target,
+    ),
+    (m::LISTENER_REFUSED, "", "", Some("not_allowed"), |s| {
+        &s.refused_not_allowed
+    }),
+    (m::LISTENER_REFUSED, "", "", Some("max_connections"), |s| {
+        &s.refused_limit
+    }),
+];
+
+/// One target as the per-target series see it: listed in its group, or
+/// draining after its removal.
+struct TargetRow<'a> {
+    group: &'a str,
+    addr: String,
+    stats: &'a TargetStats,
+    ready: bool,
+    draining: bool,
+}
+
+type TargetValue = fn(&TargetRow) -> u64;
+
+/// Per-target series: (metric, kind, help, whether draining targets have
+/// it, value).
+const PER_TARGET: [(&str, &str, &str, bool, TargetValue); 7] = [
+    (
+        m::TARGET_ACTIVE,
+        "gauge",
+        "Connections to a target open now, all workers.",
+        true,
+        |t| t.stats.active(),
+    ),
+    (
+        m::TARGET_CONNECTIONS,
+        "counter",
+        "Connections proxied to a target.",
+        false,
+        |t| t.stats.slots.sum(|s| &s.connections),
+    ),
+    (
+        m::TARGET_CONNECT_FAILURES,
+        "counter",
+        "Failed connects to a target.",
+        false,
+        |t| t.stats.slots.sum(|s| &s.connect_failures),
+    ),
+    (
+        m::TARGET_BYTES_SENT,
+        "counter",
+        "Bytes sent to a target (from clients).",
+        false,
+        |t| t.stats.slots.sum(|s| &s.bytes_sent),
+    ),
+    (
+        m::TARGET_BYTES_RECEIVED,
+        "counter",
+        "Bytes received from a target (to clients).",
+        false,
+        |t| t.stats.slots.sum(|s| &s.bytes_received),
+    ),
+    (
+        m::TARGET_HEALTHY,
+        "gauge",
+        "1 if the target passes its health checks.",
+        false,
+        |t| u64::from(t.ready),
+    ),
+    (
+        m::TARGET_DRAINING,
+        "gauge",
+        "1 if the target was removed and its connections are draining.",
+        true,
+        |t| u64::from(t.draining),
+    ),
+];
+
+/// Every per-target series: listed targets in group order, then draining ones.
+fn target_series(e: &mut Exposition, snap: &Snapshot) {
+    let listed = snap.groups.iter().flat_map(|g| {
+        g.targets.iter().map(move |t| TargetRow {
+            group: &g.name,
+            addr: t.addr.to_string(),
+            stats: &t.stats,
+            ready: t.ready,
+            draining: false,
+        })
+    });
+    let draining = snap.draining.iter().map(|d| TargetRow {
+        group: &d.group,
+        addr: d.addr.to_string(),
+        stats: &d.stats,
+        ready: false,
+        draining: true,
+    });
+    let rows: Vec<TargetRow> = listed.chain(draining).collect();
+    for (name, kind, help, with_draining, value) in PER_TARGET {
+        e.family(name, kind, help);
+        for t in rows.iter().filter(|t| with_draining || !t.draining) {
+            e.sample(name, &[("group", t.group), ("target", &t.addr)], value(t));
+        }
     }
 }

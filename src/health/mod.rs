@@ -1,5 +1,5 @@
 //! Health: a pure state machine per target (this file), probes that feed it
-//! (`probe.rs`), and the schedule that runs them (`schedule.rs`).
+//! (`probe.rs`), and the `Prober` that runs them on a schedule (`prober.rs`).
 //!
 //! AWS target-group semantics: a new target is probed at once and gets traffic
 //! after its first pass; a healthy target goes down after `unhealthy_threshold`
@@ -7,7 +7,7 @@
 //! consecutive passes. A failed connect from a worker counts as a failed probe.
 
 pub mod probe;
-pub mod schedule;
+pub mod prober;
 
 use std::fmt;
 

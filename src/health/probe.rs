@@ -84,7 +84,7 @@ async fn run(cfg: &HealthCheckConfig, addr: SocketAddr) -> Result<String, Failed
         }
     })?;
     if cfg.proxy_protocol {
-        s.write_all(&crate::proxy::header::v2_local())
+        s.write_all(&crate::proxy_protocol::v2_local())
             .await
             .map_err(|e| format!("send PROXY header: {e}"))?;
     }

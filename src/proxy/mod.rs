@@ -15,7 +15,6 @@
 //! `shutdown(2)` on its socket, so the socket closes and nothing leaks; no
 //! byte already moved is lost.
 
-pub mod header;
 pub mod pipe;
 
 use std::future::Future;
@@ -236,6 +235,10 @@ impl<'a> Direction<'a> {
     /// end of stream has been passed on as a half-close (Ready(Ok); no
     /// half-close when the `other_done` direction has ended too, as the
     /// session then closes both sockets), or an error (Ready(Err)).
+    ///
+    /// About 100 lines, on purpose: it is the per-byte loop (wait, pass on
+    /// what is staged, read more), and each step depends on what the others
+    /// just did; kept as one loop so the hot path reads in one place.
     fn poll(
         &mut self,
         cx: &mut Context<'_>,

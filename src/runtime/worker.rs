@@ -18,11 +18,10 @@ use tracing::{debug, info, warn};
 
 use super::{Shared, Stop, uring};
 use crate::balancer::Tried;
-use crate::config::ProxyProtocol;
-use crate::metrics::{ListenerStats, bump, drop_one};
-use crate::proxy::header;
+use crate::metrics::{ActiveGuard, ListenerStats, bump, decrement};
 use crate::proxy::{self, ProxyError, pipe::PipePool};
-use crate::snapshot::{ActiveGuard, Snapshot};
+use crate::proxy_protocol::ProxyProtocol;
+use crate::snapshot::Snapshot;
 
 /// How often a worker closes pipes it has not needed since the last look.
 const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);
@@ -355,7 +354,7 @@ struct Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        drop_one(&self.listener.slots.get(self.worker.id).active);
+        decrement(&self.listener.slots.get(self.worker.id).active);
         self.listener.close_one();
         let mut sessions = self.worker.sessions.borrow_mut();
         sessions.try_remove(self.key);
@@ -373,6 +372,10 @@ struct Placement {
     proxy_protocol: ProxyProtocol,
 }
 
+/// One accepted connection from placement to close: pick, connect (with
+/// retries on other targets), the PROXY header, then the proxy. Longer than
+/// most (about 85 lines) because the snapshot must be held only across the
+/// placing part and dropped before proxying; one block makes that visible.
 async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, placement: Placement) {
     let proxy_protocol = placement.proxy_protocol;
     let (w, key) = (registered.worker.clone(), registered.key);
@@ -471,9 +474,8 @@ fn send_proxy_header(
         .local_addr()?
         .as_socket()
         .ok_or_else(|| io::Error::other("listener address is not inet"))?;
-    let bytes = match version {
-        ProxyProtocol::V1 => header::v1(peer, local),
-        _ => header::v2(peer, local),
+    let Some(bytes) = version.header(peer, local) else {
+        return Ok(());
     };
     let sent = SockRef::from(target).send(&bytes)?;
     if sent != bytes.len() {

@@ -230,9 +230,44 @@ fn check_port(addr: SocketAddr, text: &str) -> Result<SocketAddr, String> {
     Ok(addr)
 }
 
+/// Addresses in a group, for logs.
+pub fn describe(targets: &[Target]) -> String {
+    let addrs: Vec<SocketAddr> = targets.iter().map(|t| t.addr).collect();
+    describe_addrs(&addrs)
+}
+
+/// Addresses for one log line: all of a few, the first [`LOG_ADDRS`] of many
+/// with a count of the rest, so 10,000 targets do not make a 200 KB line.
+pub fn describe_addrs(addrs: &[SocketAddr]) -> String {
+    let shown: Vec<String> = addrs
+        .iter()
+        .take(LOG_ADDRS)
+        .map(|a| a.to_string())
+        .collect();
+    match addrs.len().saturating_sub(LOG_ADDRS) {
+        0 => format!("[{}]", shown.join(", ")),
+        more => format!("[{}, ... and {more} more]", shown.join(", ")),
+    }
+}
+
+/// Addresses a log line names before it counts the rest.
+pub const LOG_ADDRS: usize = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_address_lists_are_logged_as_a_few_and_a_count() {
+        let addrs: Vec<SocketAddr> = (1..=10_000)
+            .map(|p| SocketAddr::from(([127, 0, 0, 1], p)))
+            .collect();
+        let line = describe_addrs(&addrs);
+        assert!(line.ends_with(", ... and 9992 more]"), "{line}");
+        assert!(line.len() < 200, "{} bytes", line.len());
+        assert_eq!(describe_addrs(&addrs[..2]), "[127.0.0.1:1, 127.0.0.1:2]");
+        assert_eq!(describe_addrs(&[]), "[]");
+    }
 
     fn no_dns(name: &str) -> Result<SocketAddr, String> {
         match name {

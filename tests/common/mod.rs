@@ -339,37 +339,33 @@ impl Ringlb {
                 });
             }
         }
+        let address_file = dir.path().join("addresses.json");
+        // A file left by an earlier run in this folder would name old ports.
+        let _absent = std::fs::remove_file(&address_file);
         let proc = Logged::spawn(
             cmd.args(["run", "--config"])
                 .arg(dir.path().join("ringlb.toml"))
+                .arg("--address-file")
+                .arg(&address_file)
                 .envs(env.iter().copied())
                 .env("RUST_LOG", filter),
         );
-        proc.wait_log(" ready ", Duration::from_secs(20));
-        let mut listeners = HashMap::new();
-        let mut admin = None;
-        for line in proc.lines() {
-            if line.contains(" admin listening ") {
-                admin = field(&line, "addr").unwrap().parse().ok();
-            } else if line.contains(" listening ") {
-                let name = field(&line, "listener").unwrap();
-                let addr = field(&line, "addr").unwrap().parse().unwrap();
-                listeners.insert(name, addr);
-            }
-            if line.contains(" ready ") {
-                break;
-            }
-        }
+        let (admin, listeners) = wait_addresses(&proc, &address_file);
         Ringlb {
             proc,
             dir,
             listeners,
-            admin: admin.expect("ringlb logs its admin address"),
+            admin,
         }
     }
 
     pub fn addr(&self) -> SocketAddr {
         self.listeners["web"]
+    }
+
+    /// The addresses in `--address-file` now (it is rewritten on SIGHUP).
+    pub fn addresses(&self) -> (SocketAddr, HashMap<String, SocketAddr>) {
+        read_addresses(&self.dir.path().join("addresses.json")).expect("address file")
     }
 
     pub fn pid(&self) -> u32 {
@@ -692,4 +688,35 @@ pub async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> In
     })
     .await
     .expect("stream closed in time")
+}
+
+/// The admin address and listeners from a `ringlb run --address-file` file,
+/// if it is there.
+pub fn read_addresses(path: &Path) -> Option<(SocketAddr, HashMap<String, SocketAddr>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let admin = v["admin"].as_str()?.parse().ok()?;
+    let listeners = v["listeners"]
+        .as_object()?
+        .iter()
+        .map(|(name, addr)| Some((name.clone(), addr.as_str()?.parse().ok()?)))
+        .collect::<Option<HashMap<_, _>>>()?;
+    Some((admin, listeners))
+}
+
+/// Waits for `--address-file` (written once ringlb is ready); fails with
+/// the log if the process exits or 20 s pass first.
+pub fn wait_addresses(proc: &Logged, path: &Path) -> (SocketAddr, HashMap<String, SocketAddr>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(found) = read_addresses(path) {
+            return found;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no address file within 20 s; log:\n{}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -27,7 +27,7 @@ fn share_moved(before: &[(SocketAddr, u32)], after: &[(SocketAddr, u32)]) -> f64
     );
     let (aa, ba) = (addrs(before), addrs(after));
     let moved = clients()
-        .filter(|c| aa[a.pick(c, |_| true).unwrap()] != ba[b.pick(c, |_| true).unwrap()])
+        .filter(|c| aa[a.pick_by(c, |_| true).unwrap()] != ba[b.pick_by(c, |_| true).unwrap()])
         .count();
     moved as f64 / 100_000.0
 }
@@ -90,8 +90,8 @@ fn maglev_file_order_does_not_matter() {
     );
     for c in clients().take(10_000) {
         assert_eq!(
-            t[a.pick(&c, |_| true).unwrap()].0,
-            rev[b.pick(&c, |_| true).unwrap()].0
+            t[a.pick_by(&c, |_| true).unwrap()].0,
+            rev[b.pick_by(&c, |_| true).unwrap()].0
         );
     }
 }
@@ -101,30 +101,30 @@ fn maglev_an_unusable_target_moves_only_its_own_clients() {
     let t = targets(5);
     let m = Maglev::new(&t, HashKey::SourceIpPort);
     for c in clients().take(20_000) {
-        let normal = m.pick(&c, |_| true).unwrap();
-        let skipping = m.pick(&c, |i| i != 2).unwrap();
+        let normal = m.pick_by(&c, |_| true).unwrap();
+        let skipping = m.pick_by(&c, |i| i != 2).unwrap();
         if normal != 2 {
             assert_eq!(normal, skipping, "a healthy target's client moved");
         } else {
             assert_ne!(skipping, 2);
         }
     }
-    assert_eq!(m.pick(&clients().next().unwrap(), |_| false), None);
+    assert_eq!(m.pick_by(&clients().next().unwrap(), |_| false), None);
 }
 
 #[test]
 fn maglev_source_ip_ignores_the_port_source_ip_port_does_not() {
     let m = Maglev::new(&targets(10), HashKey::SourceIp);
-    let first = m.pick(&"192.0.2.7:1000".parse().unwrap(), |_| true);
+    let first = m.pick_by(&"192.0.2.7:1000".parse().unwrap(), |_| true);
     for port in 1001..1100 {
         assert_eq!(
-            m.pick(&SocketAddr::from(([192, 0, 2, 7], port)), |_| true),
+            m.pick_by(&SocketAddr::from(([192, 0, 2, 7], port)), |_| true),
             first
         );
     }
     let m = Maglev::new(&targets(10), HashKey::SourceIpPort);
     let seen: std::collections::HashSet<_> = (1000..1100)
-        .map(|port| m.pick(&SocketAddr::from(([192, 0, 2, 7], port)), |_| true))
+        .map(|port| m.pick_by(&SocketAddr::from(([192, 0, 2, 7], port)), |_| true))
         .collect();
     assert!(seen.len() >= 5, "ports spread over {} targets", seen.len());
 }
@@ -149,7 +149,7 @@ fn maglev_golden_picks_for_a_fixed_targets_list() {
     let m = Maglev::new(&t, HashKey::SourceIpPort);
     let picks: Vec<u16> = (0..16u8)
         .map(|i| {
-            t[m.pick(
+            t[m.pick_by(
                 &SocketAddr::from(([198, 51, 100, i], 50_000 + u16::from(i))),
                 |_| true,
             )
@@ -185,7 +185,7 @@ fn maglev_a_target_under_one_slot_of_weight_still_owns_a_slot_and_is_picked_alon
         "the light target owns a slot"
     );
     for c in clients().take(1000) {
-        assert_eq!(m.pick(&c, |i| i == 1000), Some(1000), "only usable one");
+        assert_eq!(m.pick_by(&c, |i| i == 1000), Some(1000), "only usable one");
     }
 }
 
@@ -196,7 +196,7 @@ fn maglev_pick_with_nothing_usable_is_bounded_by_the_target_count() {
     let looks = std::cell::Cell::new(0);
     let c = clients().next().unwrap();
     assert_eq!(
-        m.pick(&c, |_| {
+        m.pick_by(&c, |_| {
             looks.set(looks.get() + 1);
             false
         }),
@@ -206,6 +206,9 @@ fn maglev_pick_with_nothing_usable_is_bounded_by_the_target_count() {
     // With most targets unusable, every instance still picks the same one.
     let again = Maglev::new(&t, HashKey::SourceIpPort);
     for c in clients().take(1000) {
-        assert_eq!(m.pick(&c, |i| i % 17 == 3), again.pick(&c, |i| i % 17 == 3));
+        assert_eq!(
+            m.pick_by(&c, |i| i % 17 == 3),
+            again.pick_by(&c, |i| i % 17 == 3)
+        );
     }
 }

@@ -1,7 +1,27 @@
 //! PROXY protocol headers (HAProxy's spec, versions 1 and 2), sent to a target
-//! before any client byte so it learns who the client really was.
+//! before any client byte so it learns who the client really was. Workers
+//! send them before proxying; health probes send the v2 LOCAL header.
 
 use std::net::{IpAddr, SocketAddr};
+
+/// What to send a target before the client's first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyProtocol {
+    Off,
+    V1,
+    V2,
+}
+
+impl ProxyProtocol {
+    /// The header for a connection from `client` accepted on `local`, if any.
+    pub fn header(self, client: SocketAddr, local: SocketAddr) -> Option<Vec<u8>> {
+        match self {
+            ProxyProtocol::Off => None,
+            ProxyProtocol::V1 => Some(v1(client, local)),
+            ProxyProtocol::V2 => Some(v2(client, local)),
+        }
+    }
+}
 
 /// The 12-byte signature that starts every version 2 header.
 pub const V2_SIGNATURE: [u8; 12] = *b"\r\n\r\n\0\r\nQUIT\n";

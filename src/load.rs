@@ -1,0 +1,106 @@
+//! Loading a config and the targets files it names, by one rule set at
+//! start-up, in `ringlb check`, on SIGHUP and when a targets file changes.
+//! Both `app` (start-up, check) and `control` (SIGHUP, the watcher) use it.
+
+use std::path::Path;
+
+use crate::config::{self, Config, ConfigError};
+use crate::targets::{self, Target, TargetsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{source} (targets_file of target_group {group:?})")]
+    Targets { group: String, source: TargetsError },
+}
+
+/// A validated config with every group's targets read.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub targets: Vec<Vec<Target>>,
+    /// The text each group's targets were read from, as read.
+    pub texts: Vec<String>,
+}
+
+impl Loaded {
+    /// One warning per group that has no targets (its clients are closed).
+    pub fn warnings(&self) -> Vec<String> {
+        self.config
+            .groups
+            .iter()
+            .zip(&self.targets)
+            .filter(|(_, t)| t.is_empty())
+            .map(|(g, _)| empty_group_warning(&g.name, &g.targets_file))
+            .collect()
+    }
+}
+
+/// Whether a group's algorithm can take this many targets (a Maglev table
+/// has one slot per target at the least). Checked at start, in check, on
+/// SIGHUP and on reload.
+pub fn fits(group: &config::GroupConfig, targets: &[Target]) -> Result<(), TargetsError> {
+    group
+        .algorithm
+        .fits(targets.len())
+        .map_err(|message| TargetsError {
+            file: group.targets_file.clone(),
+            line: 0,
+            message,
+        })
+}
+
+/// The one wording for a group without targets, at start, in check and on reload.
+pub fn empty_group_warning(group: &str, file: &Path) -> String {
+    format!(
+        "target group {group:?} has no targets ({} lists none): its clients will be closed until targets are added",
+        file.display()
+    )
+}
+
+/// Reads and validates the config and every targets file it names, by the
+/// same rules at start-up, in `check` and on SIGHUP. `in_service` gives the
+/// text currently applied from a targets file, if any (see [`targets::load`]).
+pub fn load(
+    path: &Path,
+    in_service: &dyn Fn(&Path) -> Option<String>,
+) -> Result<Loaded, LoadError> {
+    let config = config::load(path)?;
+    let mut targets = Vec::with_capacity(config.groups.len());
+    let mut texts = Vec::with_capacity(config.groups.len());
+    for g in &config.groups {
+        let serving = in_service(&g.targets_file);
+        let (text, t) = targets::load(&g.targets_file, serving.as_deref()).map_err(|source| {
+            LoadError::Targets {
+                group: g.name.clone(),
+                source,
+            }
+        })?;
+        fits(g, &t).map_err(|source| LoadError::Targets {
+            group: g.name.clone(),
+            source,
+        })?;
+        texts.push(text);
+        targets.push(t);
+    }
+    Ok(Loaded {
+        config,
+        targets,
+        texts,
+    })
+}
+
+/// `ringlb check`: a one-line summary of a good config, and its warnings.
+pub fn check(path: &Path) -> Result<(String, Vec<String>), LoadError> {
+    let l = load(path, &|_| None)?;
+    let targets: usize = l.targets.iter().map(Vec::len).sum();
+    let summary = format!(
+        "{}: ok: {} listener(s), {} target group(s), {} target(s)",
+        path.display(),
+        l.config.listeners.len(),
+        l.config.groups.len(),
+        targets
+    );
+    Ok((summary, l.warnings()))
+}
