@@ -20,3 +20,4 @@ pub mod runtime;
 pub mod snapshot;
 pub mod takeover;
 pub mod targets;
+pub mod uring;

@@ -3,12 +3,15 @@
 //!
 //! Every counter lives in a per-worker slot (one cache line each) written only
 //! by that worker, with a plain load and store; a scrape sums the slots.
-//! Metric names are the constants below. Two counts are shared by all
-//! workers, each an atomic add when a connection opens and one when it
-//! closes (a compare-and-swap loop when a limit is set): a target's `active`
-//! count ([`TargetStats`]; least connections and `max_connections_per_target`
-//! need it exact across workers) and a listener's `open` count
-//! ([`ListenerStats`], for `max_connections`).
+//! Metric names are the constants below.
+//!
+//! Three atomics are shared by all workers and touched once or twice per
+//! connection: a target's `active` count ([`TargetStats`]; least connections
+//! and `max_connections_per_target` need it exact across workers), a
+//! listener's `open` count ([`ListenerStats`], for `max_connections`), both
+//! an add when a connection opens and one when it closes (a compare-and-swap
+//! loop when a limit is set), and the group's rotation position in
+//! `balancer/` (one add per pick).
 
 use std::collections::HashMap;
 use std::fmt::Write;

@@ -118,119 +118,120 @@ impl Period<'_> {
         at.is_some_and(|t| self.now < t + cooldown)
     }
 
+    /// One more period asking to scale out (`up`) or in; the other count
+    /// starts over. `Some(n)` while fewer than `periods` in a row have asked.
+    fn count(&mut self, up: bool, periods: u32) -> Option<u32> {
+        let state = &mut *self.state;
+        let (this, other) = if up {
+            (&mut state.above, &mut state.below)
+        } else {
+            (&mut state.below, &mut state.above)
+        };
+        *other = 0;
+        *this += 1;
+        (*this < periods).then_some(*this)
+    }
+
+    /// Scales to `desired` now: counts start over, the cooldown starts.
+    fn scale(self, up: bool, desired: u32, why: String) -> Decision {
+        self.state.above = 0;
+        self.state.below = 0;
+        if up {
+            self.state.last_out = Some(self.now);
+        } else {
+            self.state.last_in = Some(self.now);
+        }
+        Decision { desired, why }
+    }
+
     /// AWS target tracking: desired = ceil(current x metric / target).
     fn track(
-        self,
+        mut self,
         target: f64,
         (out_periods, in_periods): (u32, u32),
         (out_cooldown, in_cooldown): (Duration, Duration),
     ) -> Decision {
-        let (current, shown) = (self.current, &self.shown);
+        let current = self.current;
         // With nothing in service (current 0) there is no figure: handled
         // before a Period is made.
         let want = ((f64::from(current) * self.value / target) - 1e-9)
             .ceil()
             .max(0.0);
         let want = (want.min(f64::from(self.max)) as u32).max(self.min);
-        if want > current {
-            self.state.below = 0;
-            self.state.above += 1;
-            if self.state.above < out_periods {
-                let n = self.state.above;
-                return self.hold(format!(
-                    "{shown} > target {target}: {n}/{out_periods} periods"
-                ));
-            }
-            if self.cooling(self.state.last_out, out_cooldown) {
-                return self.hold(format!("{shown} > target {target}: in scale-out cooldown"));
-            }
-            self.state.above = 0;
-            self.state.last_out = Some(self.now);
-            Decision {
-                desired: want,
-                why: format!("{shown} > target {target}"),
-            }
-        } else if want < current {
-            self.state.above = 0;
-            self.state.below += 1;
-            if self.state.below < in_periods {
-                let n = self.state.below;
-                return self.hold(format!(
-                    "{shown} < target {target}: {n}/{in_periods} periods"
-                ));
-            }
-            // Scale-in is the cautious side: after any scaling, wait the
-            // scale-in cooldown, and remove one target at a time.
-            if self.cooling(self.state.last_out, in_cooldown)
-                || self.cooling(self.state.last_in, in_cooldown)
-            {
-                return self.hold(format!("{shown} < target {target}: in scale-in cooldown"));
-            }
-            self.state.below = 0;
-            self.state.last_in = Some(self.now);
-            Decision {
-                desired: current - 1,
-                why: format!("{shown} < target {target}"),
-            }
-        } else {
+        if want == current {
             self.state.above = 0;
             self.state.below = 0;
-            self.hold(format!("{shown} near target {target}"))
+            return self.hold(format!("{} near target {target}", self.shown));
         }
+        let up = want > current;
+        let (periods, sign, side) = if up {
+            (out_periods, ">", "out")
+        } else {
+            (in_periods, "<", "in")
+        };
+        let why = format!("{} {sign} target {target}", self.shown);
+        if let Some(n) = self.count(up, periods) {
+            return self.hold(format!("{why}: {n}/{periods} periods"));
+        }
+        // Scale-in is the cautious side: after any scaling, wait the
+        // scale-in cooldown, and remove one target at a time.
+        let cooling = if up {
+            self.cooling(self.state.last_out, out_cooldown)
+        } else {
+            self.cooling(self.state.last_out, in_cooldown)
+                || self.cooling(self.state.last_in, in_cooldown)
+        };
+        if cooling {
+            return self.hold(format!("{why}: in scale-{side} cooldown"));
+        }
+        let desired = if up { want } else { current - 1 };
+        self.scale(up, desired, why)
     }
 
     /// The course's step scaling: thresholds held for some periods move the
     /// count by a fixed step, then one cooldown for both directions.
     fn step(
-        self,
+        mut self,
         (out_threshold, in_threshold): (f64, f64),
         periods: u32,
         (out_step, in_step): (u32, u32),
         cooldown: Duration,
     ) -> Decision {
-        let (current, shown) = (self.current, &self.shown);
-        if self.value >= out_threshold {
-            self.state.below = 0;
-            self.state.above += 1;
+        let current = self.current;
+        let up = if self.value >= out_threshold {
+            true
         } else if self.value <= in_threshold {
-            self.state.above = 0;
-            self.state.below += 1;
+            false
         } else {
             self.state.above = 0;
             self.state.below = 0;
-            return self.hold(format!("{shown} between thresholds"));
+            return self.hold(format!("{} between thresholds", self.shown));
+        };
+        let why = if up {
+            format!("{} >= {out_threshold}", self.shown)
+        } else {
+            format!("{} <= {in_threshold}", self.shown)
+        };
+        if let Some(n) = self.count(up, periods) {
+            return self.hold(format!("{why}: {n}/{periods} periods"));
         }
         let in_cooldown = self.cooling(self.state.last_out, cooldown)
             || self.cooling(self.state.last_in, cooldown);
-        if self.state.above > 0 {
-            let why = format!("{shown} >= {out_threshold}");
-            if self.state.above < periods {
-                return self.hold(format!("{why}: {}/{periods} periods", self.state.above));
-            }
-            if in_cooldown || current >= self.max {
-                return self.hold(format!("{why}: in cooldown or at max"));
-            }
-            self.state.above = 0;
-            self.state.last_out = Some(self.now);
-            Decision {
-                desired: (current + out_step).min(self.max),
-                why,
-            }
+        let at_bound = if up {
+            current >= self.max
         } else {
-            let why = format!("{shown} <= {in_threshold}");
-            if self.state.below < periods {
-                return self.hold(format!("{why}: {}/{periods} periods", self.state.below));
-            }
-            if in_cooldown || current <= self.min {
-                return self.hold(format!("{why}: in cooldown or at min"));
-            }
-            self.state.below = 0;
-            self.state.last_in = Some(self.now);
-            Decision {
-                desired: current.saturating_sub(in_step).max(self.min),
-                why,
-            }
+            current <= self.min
+        };
+        if in_cooldown || at_bound {
+            let bound = if up { "max" } else { "min" };
+            return self.hold(format!("{why}: in cooldown or at {bound}"));
         }
+        let desired = if up {
+            (current + out_step).min(self.max)
+        } else {
+            current.saturating_sub(in_step).max(self.min)
+        };
+        self.scale(up, desired, why)
     }
 }
 

@@ -11,6 +11,7 @@
 //! escapes the close.
 
 mod changes;
+mod publish;
 mod report;
 
 use std::collections::HashMap;
@@ -30,7 +31,7 @@ use crate::listener::{self, ListenerError};
 use crate::load::{self, Loaded};
 use crate::metrics::{ListenerStats, Slots, TargetStatsMap, WorkerSlot};
 use crate::runtime::{BoundListener, Command, Event, Workers};
-use crate::snapshot::{self, Draining, SharedSnapshot};
+use crate::snapshot::{Draining, SharedSnapshot};
 use crate::targets::Target;
 use crate::targets::describe_addrs;
 use crate::targets::watch::FileWatch;
@@ -263,8 +264,8 @@ impl ControlPlane {
                 .and_then(|h| h.get(&a))
                 .is_some_and(Health::is_healthy)
         };
-        let snap = snapshot::build(
-            snapshot::Inputs {
+        let snap = publish::build(
+            publish::Inputs {
                 epoch: self.epoch,
                 config: &self.config,
                 targets: &self.targets,

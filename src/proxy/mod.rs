@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 use pipe::{Pipe, PipePool};
 
-use crate::runtime::uring::{self, PollOp};
+use crate::uring::{self, PollOp};
 
 use crate::metrics::{TargetSlot, bump};
 use std::sync::atomic::AtomicU64;

@@ -1,7 +1,6 @@
 //! Worker threads: one per core, pinned, each with its own tokio-uring runtime
 //! and its own listening sockets.
 
-pub mod uring;
 mod worker;
 
 use std::io;

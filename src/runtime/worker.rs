@@ -16,12 +16,13 @@ use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
-use super::{Shared, Stop, uring};
+use super::{Shared, Stop};
 use crate::balancer::Tried;
 use crate::metrics::{ActiveGuard, ListenerStats, bump, decrement};
 use crate::proxy::{self, ProxyError, pipe::PipePool};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::snapshot::Snapshot;
+use crate::uring;
 
 /// How often a worker closes pipes it has not needed since the last look.
 const PIPE_TRIM_EVERY: Duration = Duration::from_secs(1);

@@ -1,0 +1,86 @@
+//! Building the snapshot the control plane publishes: from the config, the
+//! targets, the drains and health, with each group's balancer table (reused
+//! while its targets stay the same) and each target's shared stats.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use crate::balancer::Tables;
+use crate::config::Config;
+use crate::metrics::TargetStatsMap;
+use crate::snapshot::{Draining, GroupSnapshot, ListenerView, Snapshot, TargetEntry};
+use crate::targets::Target;
+
+/// What a snapshot is built from besides the config: each group's targets,
+/// the targets still draining (of any group, present or gone), which
+/// targets are healthy, and the id of each listener by name.
+pub struct Inputs<'a> {
+    pub epoch: u64,
+    pub config: &'a Config,
+    pub targets: &'a [Vec<Target>],
+    pub draining: &'a [Draining],
+    pub healthy: &'a dyn Fn(&str, SocketAddr) -> bool,
+    pub listener_ids: &'a HashMap<String, u64>,
+}
+
+/// Builds a snapshot; tables and target stats come from (and are kept in)
+/// the control plane's `tables` and `stats`.
+pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap) -> Snapshot {
+    let Inputs {
+        epoch,
+        config,
+        targets,
+        draining,
+        healthy,
+        listener_ids,
+    } = inputs;
+    let groups = config
+        .groups
+        .iter()
+        .zip(targets)
+        .map(|(g, t)| {
+            let pairs: Vec<(SocketAddr, u32)> = t.iter().map(|t| (t.addr, t.weight)).collect();
+            let balancer = tables.get(&g.name, g.algorithm, &pairs);
+            let entries: Vec<TargetEntry> = t
+                .iter()
+                .map(|t| TargetEntry {
+                    addr: t.addr,
+                    weight: t.weight,
+                    ready: healthy(&g.name, t.addr),
+                    stats: stats.get(t.addr),
+                })
+                .collect();
+            GroupSnapshot {
+                fail_open: !entries.iter().any(|e| e.ready),
+                max_per_target: g.max_connections_per_target,
+                name: g.name.as_str().into(),
+                targets: entries,
+                balancer,
+                connect_timeout: g.connect_timeout,
+                connect_retries: g.connect_retries,
+                idle_timeout: g.idle_timeout,
+            }
+        })
+        .collect();
+    stats.prune();
+    tables.retain(|name| config.groups.iter().any(|g| g.name == name));
+    let listeners = config
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let view = ListenerView {
+                group: l.group,
+                allow: l.allow.clone(),
+                max_connections: l.max_connections,
+                proxy_protocol: l.proxy_protocol,
+            };
+            Some((*listener_ids.get(&l.name)?, view))
+        })
+        .collect();
+    Snapshot {
+        epoch,
+        groups,
+        listeners,
+        draining: draining.to_vec(),
+    }
+}
