@@ -8,7 +8,7 @@
 //!
 //! A new algorithm is a file here implementing [`Balance`], a variant of
 //! [`Algorithm`] with its arm in [`Algorithm::build`], and its word in the
-//! config parser (`config::validate_group`).
+//! config's `ALGORITHMS` table (`src/config/mod.rs`).
 
 mod least_connections;
 pub mod maglev;
