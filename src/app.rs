@@ -419,8 +419,7 @@ impl Main {
         }
     }
 
-    /// `--address-file`: the addresses bound now, written to a temporary
-    /// file beside it and renamed over it, so a reader never sees half.
+    /// `--address-file`: the addresses bound now.
     fn write_address_file(&self) {
         let Some(path) = &self.address_file else {
             return;
@@ -436,12 +435,7 @@ impl Main {
             "admin": self.admin.addr.to_string(),
             "listeners": listeners,
         });
-        let tmp = path.with_extension("tmp");
-        let written =
-            std::fs::write(&tmp, format!("{body}\n")).and_then(|()| std::fs::rename(&tmp, path));
-        if let Err(e) = written {
-            warn!(file = %path.display(), error = %e, "cannot write the address file");
-        }
+        crate::files::write_address_file(path, &body);
     }
 
     /// SIGHUP: reload the config, move the admin endpoint if it changed.

@@ -48,6 +48,10 @@ pub enum Command {
         /// and stop them (default: leave them running for a restart to adopt).
         #[arg(long)]
         stop_targets_on_exit: bool,
+        /// Once running, write `{"pid": .., "admin": "IP:PORT"}` (the address
+        /// its own admin endpoint is bound to, or null) to this file.
+        #[arg(long)]
+        address_file: Option<PathBuf>,
     },
     /// Replace the running ringlb with this binary and config, without
     /// refusing a connection: starts `ringlb run --takeover` in the

@@ -56,6 +56,18 @@ pub fn read_regular(path: &Path, max: u64, what: &str) -> Result<String, String>
     })
 }
 
+/// `--address-file`: writes `body` (one JSON line) to a temporary file
+/// beside `path` and renames it over `path`, so a reader never sees half.
+/// A failure is logged, not fatal: the addresses are a convenience.
+pub fn write_address_file(path: &Path, body: &serde_json::Value) {
+    let tmp = path.with_extension("tmp");
+    let written =
+        std::fs::write(&tmp, format!("{body}\n")).and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        tracing::warn!(file = %path.display(), error = %e, "cannot write the address file");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -45,7 +45,9 @@ fn main() -> ExitCode {
         Command::Autoscale {
             config,
             stop_targets_on_exit,
-        } => ringlb::autoscale::run(config, *stop_targets_on_exit).map_err(|e| e.to_string()),
+            address_file,
+        } => ringlb::autoscale::run(config, *stop_targets_on_exit, address_file.as_deref())
+            .map_err(|e| e.to_string()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

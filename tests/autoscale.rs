@@ -56,16 +56,31 @@ struct Autoscaler {
 
 impl Autoscaler {
     fn start(config: &Path, marker: &str, extra: &[&str]) -> Autoscaler {
+        let address_file = config.with_file_name("autoscale-addresses.json");
+        // A file from an earlier autoscaler in this folder would name its port.
+        let _absent = std::fs::remove_file(&address_file);
         let proc = Logged::spawn(
             Command::new(BIN)
                 .args(["autoscale", "--config"])
                 .arg(config)
+                .arg("--address-file")
+                .arg(&address_file)
                 .args(extra)
                 .env("RUST_LOG", "info"),
         );
-        let line = proc.wait_log("autoscale admin listening", Duration::from_secs(20));
+        let mut admin = None;
+        wait_until(
+            Duration::from_secs(20),
+            "the autoscaler's address file",
+            || {
+                let text = std::fs::read_to_string(&address_file).unwrap_or_default();
+                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                admin = v["admin"].as_str().and_then(|a| a.parse().ok());
+                admin.is_some()
+            },
+        );
         Autoscaler {
-            admin: field(&line, "addr").unwrap().parse().unwrap(),
+            admin: admin.expect("the autoscaler's admin address"),
             proc,
             marker: marker.to_string(),
         }

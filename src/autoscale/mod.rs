@@ -100,7 +100,11 @@ struct Group {
     ringlb_down: bool,
 }
 
-pub fn run(path: &Path, stop_targets_on_exit: bool) -> Result<(), AutoscaleError> {
+pub fn run(
+    path: &Path,
+    stop_targets_on_exit: bool,
+    address_file: Option<&Path>,
+) -> Result<(), AutoscaleError> {
     let cfg = config::load(path)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -109,11 +113,14 @@ pub fn run(path: &Path, stop_targets_on_exit: bool) -> Result<(), AutoscaleError
     let local = tokio::task::LocalSet::new();
     local.block_on(&rt, async move {
         let board: Board = Rc::default();
+        let mut admin = None;
         if let Some(addr) = cfg.admin {
             let l = TcpListener::bind(addr)
                 .await
                 .map_err(|e| AutoscaleError::Start(format!("cannot listen on {addr}: {e}")))?;
-            info!(addr = %l.local_addr().map_or(addr, |a| a), "autoscale admin listening");
+            let bound = l.local_addr().map_or(addr, |a| a);
+            info!(addr = %bound, "autoscale admin listening");
+            admin = Some(bound.to_string());
             tokio::task::spawn_local(serve_admin(l, board.clone()));
         }
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -125,6 +132,10 @@ pub fn run(path: &Path, stop_targets_on_exit: bool) -> Result<(), AutoscaleError
                 board.clone(),
                 stop_rx.clone(),
             )));
+        }
+        if let Some(path) = address_file {
+            let body = serde_json::json!({ "pid": std::process::id(), "admin": admin });
+            crate::files::write_address_file(path, &body);
         }
         let mut term = signal(SignalKind::terminate())
             .map_err(|e| AutoscaleError::Start(format!("cannot handle SIGTERM: {e}")))?;
