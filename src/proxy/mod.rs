@@ -472,4 +472,60 @@ mod tests {
             assert!(size <= 512, "proxy future is {size} bytes");
         });
     }
+
+    /// A connected pair of blocking loopback sockets.
+    fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (b, _) = l.accept().unwrap();
+        (a, b)
+    }
+
+    /// Proxies `upload` bytes from a client to a target (which sends
+    /// nothing back) under `splice = "auto"`; returns the bytes the target
+    /// got and how many clean pipes the pool holds afterwards (a pipe is
+    /// returned clean once its direction's source runs dry).
+    fn auto_proxy(upload: usize) -> (usize, usize) {
+        use std::io::{Read, Write};
+        let (mut client, proxy_client) = pair();
+        let (proxy_target, mut target) = pair();
+        for s in [&proxy_client, &proxy_target] {
+            s.set_nonblocking(true).unwrap();
+        }
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            target.read_to_end(&mut got).unwrap();
+            got.len()
+        });
+        let writer = std::thread::spawn(move || {
+            client.write_all(&vec![7u8; upload]).unwrap();
+            client.shutdown(Shutdown::Write).unwrap();
+            // Hold the client open until the proxy has passed the end on.
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).unwrap();
+        });
+        let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+        tokio_uring::start(async {
+            let counters = TargetSlot::default();
+            let idle = Duration::from_secs(10);
+            let (c, t) = (proxy_client.into(), proxy_target.into());
+            let moved = run(&pool, c, t, idle, &counters).await.unwrap();
+            assert_eq!(moved.client_to_target, upload as u64);
+        });
+        writer.join().unwrap();
+        (reader.join().unwrap(), pool.idle())
+    }
+
+    #[test]
+    fn auto_copies_small_exchanges_and_splices_bulk() {
+        let (got, pipes) = auto_proxy(100);
+        assert_eq!(got, 100);
+        assert_eq!(pipes, 0, "100 bytes fit one buffer: no pipe was lent");
+        let (got, pipes) = auto_proxy(8 << 20);
+        assert_eq!(got, 8 << 20);
+        assert!(
+            pipes >= 1,
+            "8 MiB fill buffers: the direction moved to a pipe"
+        );
+    }
 }
