@@ -68,19 +68,9 @@ impl Autoscaler {
                 .args(extra)
                 .env("RUST_LOG", "info"),
         );
-        let mut admin = None;
-        wait_until(
-            Duration::from_secs(20),
-            "the autoscaler's address file",
-            || {
-                let text = std::fs::read_to_string(&address_file).unwrap_or_default();
-                let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-                admin = v["admin"].as_str().and_then(|a| a.parse().ok());
-                admin.is_some()
-            },
-        );
+        let (admin, _) = wait_addresses(&proc, &address_file);
         Autoscaler {
-            admin: admin.expect("the autoscaler's admin address"),
+            admin,
             proc,
             marker: marker.to_string(),
         }

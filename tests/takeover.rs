@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -45,14 +45,27 @@ fn takeover_config(workers: usize, shutdown_timeout: &str) -> String {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact() {
-    let backend = Backend::tagged(7).await;
-    let config = takeover_config(2, "60s");
+/// A backend tagged `tag` and, in front of it, this build of ringlb with
+/// `workers`, `shutdown_timeout` and a takeover socket, once its target is
+/// healthy: the backend, the folder, the config's path, the process and the
+/// address of its "web" listener.
+async fn first_ringlb(
+    tag: u8,
+    workers: usize,
+    shutdown_timeout: &str,
+) -> (Backend, tempfile::TempDir, PathBuf, Logged, SocketAddr) {
+    let backend = Backend::tagged(tag).await;
+    let config = takeover_config(workers, shutdown_timeout);
     let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
     let path = dir.path().join("ringlb.toml");
-    let (first, addr) = start(Path::new(BIN), &path, false);
-    first.wait_log("to=healthy", WAIT);
+    let (proc, addr) = start(Path::new(BIN), &path, false);
+    proc.wait_log("to=healthy", WAIT);
+    (backend, dir, path, proc, addr)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_binary_replacements_refuse_nothing_and_keep_long_streams_intact() {
+    let (_backend, dir, path, first, addr) = first_ringlb(7, 2, "60s").await;
 
     // Long streams, opened on the first process.
     let mut streams = Vec::new();
@@ -197,12 +210,7 @@ fn takeover_with_nobody_running_says_so() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringlb_upgrade_returns_once_the_new_process_serves() {
-    let backend = Backend::tagged(3).await;
-    let config = takeover_config(1, "5s");
-    let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
-    let path = dir.path().join("ringlb.toml");
-    let (mut old, addr) = start(Path::new(BIN), &path, false);
-    old.wait_log("to=healthy", WAIT);
+    let (_backend, dir, path, mut old, addr) = first_ringlb(3, 1, "5s").await;
     // To a file: the new process inherits stderr and outlives `upgrade`.
     let log = dir.path().join("upgrade.log");
     let status = Command::new(BIN)

@@ -550,10 +550,11 @@ impl ControlPlane {
     /// A reload's targets: each group is diffed with its namesake in the new
     /// config; removed targets drain (all of a group that is gone) with the
     /// new config's delay, or the old one's for a group that is gone.
-    /// Returns what changed, for the log line.
+    /// Returns what changed, for the log line. Takes the old groups and
+    /// targets out of `self`; the caller puts the new config's in.
     fn drain_removed_targets(&mut self, loaded: &Loaded) -> Vec<String> {
         let mut said = Vec::new();
-        let old_groups = self.config.groups.clone();
+        let old_groups = std::mem::take(&mut self.config.groups);
         for (old, old_t) in old_groups.iter().zip(std::mem::take(&mut self.targets)) {
             let new_idx = loaded.config.groups.iter().position(|n| n.name == old.name);
             let new_targets: &[Target] = new_idx.map_or(&[], |i| &loaded.targets[i]);

@@ -447,9 +447,7 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
         debug!(worker = w.id, %peer, target = %addr, epoch = snapshot.epoch, "placed");
         (fd, addr, g.idle_timeout, active)
     };
-    if proxy_protocol != ProxyProtocol::Off
-        && let Err(e) = send_proxy_header(&client, &target, peer, proxy_protocol)
-    {
+    if let Err(e) = send_proxy_header(&client, &target, peer, proxy_protocol) {
         debug!(%peer, target = %addr, error = %e, "cannot send the PROXY header; closing");
         return;
     }
@@ -463,14 +461,18 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
     }
 }
 
-/// Writes the PROXY header for `peer` to a freshly connected target. The
-/// header (at most 52 bytes) fits an empty send buffer, so one send does it.
+/// Writes the PROXY header for `peer` to a freshly connected target, if the
+/// listener speaks it. The header (at most 52 bytes) fits an empty send
+/// buffer, so one send does it.
 fn send_proxy_header(
     client: &OwnedFd,
     target: &OwnedFd,
     peer: SocketAddr,
     version: ProxyProtocol,
 ) -> io::Result<()> {
+    if version == ProxyProtocol::Off {
+        return Ok(()); // and no getsockname for nothing
+    }
     let local = SockRef::from(client)
         .local_addr()?
         .as_socket()

@@ -102,28 +102,34 @@ impl Logged {
             .count()
     }
 
-    /// Waits until the log has a line containing `needle`; returns it. On
-    /// timeout the panic shows the whole log.
-    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+    /// Waits until `found` gives a value, and returns it; on timeout the
+    /// panic names `what` and shows this process's whole log.
+    pub fn wait_for<T>(
+        &self,
+        what: &str,
+        limit: Duration,
+        mut found: impl FnMut() -> Option<T>,
+    ) -> T {
         let deadline = Instant::now() + limit;
         loop {
-            let found = self
-                .log
-                .lock()
-                .unwrap()
-                .iter()
-                .find(|l| l.contains(needle))
-                .cloned();
-            if let Some(line) = found {
-                return line;
+            if let Some(v) = found() {
+                return v;
             }
             assert!(
                 Instant::now() < deadline,
-                "no log line with {needle:?} within {limit:?}; log:\n{}",
+                "no {what} within {limit:?}; log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Waits until the log has a line containing `needle`; returns it.
+    pub fn wait_log(&self, needle: &str, limit: Duration) -> String {
+        self.wait_for(&format!("log line with {needle:?}"), limit, || {
+            let lines = self.log.lock().unwrap();
+            lines.iter().find(|l| l.contains(needle)).cloned()
+        })
     }
 
     /// Whether the process exits within `limit` (reaping it if so).
@@ -690,33 +696,25 @@ pub async fn until_closed(s: &mut tokio::net::TcpStream, within: Duration) -> In
     .expect("stream closed in time")
 }
 
-/// The admin address and listeners from a `ringlb run --address-file` file,
-/// if it is there.
+/// The admin address and the listeners (none in the autoscaler's) from an
+/// `--address-file` of `ringlb run` or `ringlb autoscale`, if it is there.
 pub fn read_addresses(path: &Path) -> Option<(SocketAddr, HashMap<String, SocketAddr>)> {
     let text = std::fs::read_to_string(path).ok()?;
     let v: serde_json::Value = serde_json::from_str(&text).ok()?;
     let admin = v["admin"].as_str()?.parse().ok()?;
-    let listeners = v["listeners"]
-        .as_object()?
-        .iter()
-        .map(|(name, addr)| Some((name.clone(), addr.as_str()?.parse().ok()?)))
-        .collect::<Option<HashMap<_, _>>>()?;
+    let listeners = match v["listeners"].as_object() {
+        None => HashMap::new(),
+        Some(m) => m
+            .iter()
+            .map(|(name, addr)| Some((name.clone(), addr.as_str()?.parse().ok()?)))
+            .collect::<Option<HashMap<_, _>>>()?,
+    };
     Some((admin, listeners))
 }
 
-/// Waits for `--address-file` (written once ringlb is ready); fails with
-/// the log if the process exits or 20 s pass first.
+/// Waits for `--address-file` (written once the process is ready).
 pub fn wait_addresses(proc: &Logged, path: &Path) -> (SocketAddr, HashMap<String, SocketAddr>) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(found) = read_addresses(path) {
-            return found;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no address file within 20 s; log:\n{}",
-            proc.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    proc.wait_for("address file", Duration::from_secs(20), || {
+        read_addresses(path)
+    })
 }
