@@ -77,8 +77,12 @@ pub async fn run(
     counters: &TargetSlot,
 ) -> Result<Transferred, ProxyError> {
     Proxy {
-        up: Direction::new(pipes, &counters.bytes_sent),
-        down: Direction::new(pipes, &counters.bytes_received),
+        // The client's first bytes (a request) have usually arrived by the
+        // time the target has answered the connect: read them at once
+        // rather than arm a poll first. A client that waits for the server
+        // to speak costs one recv that says EAGAIN.
+        up: Direction::new(pipes, &counters.bytes_sent, true),
+        down: Direction::new(pipes, &counters.bytes_received, false),
         client,
         target,
         upload_refused: None,
@@ -118,15 +122,10 @@ impl Future for Proxy<'_> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
         let (client, target) = (this.client.as_fd(), this.target.as_fd());
-        let down_done = this.down.done;
-        match this.up.poll(
-            cx,
-            client,
-            target,
-            Side::Client,
-            down_done,
-            this.last_active,
-        ) {
+        match this
+            .up
+            .poll(cx, client, target, Side::Client, this.last_active)
+        {
             Poll::Ready(Err(
                 e @ ProxyError::Io {
                     side: Side::Target, ..
@@ -138,12 +137,28 @@ impl Future for Proxy<'_> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             _ => {}
         }
-        let up_done = this.up.done;
         if let Poll::Ready(Err(e)) =
             this.down
-                .poll(cx, target, client, Side::Target, up_done, this.last_active)
+                .poll(cx, target, client, Side::Target, this.last_active)
         {
             return Poll::Ready(Err(e));
+        }
+        // Ends are passed on only now, once both directions have had their
+        // turn: when both ended in the same pass (the client closed and so
+        // did the target), no half-close is sent at all; closing both
+        // sockets sends each FIN, as nginx does, and saves a shutdown(2).
+        let (up_done, down_done) = (this.up.done, this.down.done);
+        if let Err(e) = this.up.pass_end(target, down_done) {
+            *this.upload_refused = Some(ProxyError::Io {
+                side: Side::Target,
+                source: e,
+            });
+        }
+        if let Err(e) = this.down.pass_end(client, up_done) {
+            return Poll::Ready(Err(ProxyError::Io {
+                side: Side::Client,
+                source: e,
+            }));
         }
         if this.up.done && this.down.done {
             return Poll::Ready(match this.upload_refused.take() {
@@ -180,6 +195,21 @@ struct Direction<'a> {
     src_ready: bool,
     /// The last read filled a buffer: the next goes through a pipe.
     bulk: bool,
+    /// A poll on the source saw `POLLRDHUP`: its peer has sent FIN, so once
+    /// a read comes back short, the end of stream is next in line.
+    src_hup: bool,
+    /// What the source said after the staged bytes, read ahead once it was
+    /// known to be ending: end of stream (`Ok`) or an error, acted on when
+    /// the stage is drained. An end goes out with the last bytes (sent with
+    /// `MSG_MORE`, then the half-close: the FIN rides in their segment, one
+    /// segment and one wake-up fewer for the receiver than a separate FIN).
+    after: Option<io::Result<()>>,
+    /// The source has ended and the end is yet to be passed on.
+    half_close: bool,
+    /// Bytes went out with `MSG_MORE`: the half-close must push them, even
+    /// when the other direction has ended too (a close that resets, over
+    /// bytes the client never read, would drop them).
+    corked: bool,
 }
 
 /// A poll in flight on `fd`. Dropped before it completes, it shuts the
@@ -212,15 +242,19 @@ impl Drop for Wait {
 }
 
 impl<'a> Direction<'a> {
-    fn new(pool: &'a PipePool, counter: &'a AtomicU64) -> Self {
+    fn new(pool: &'a PipePool, counter: &'a AtomicU64, src_ready: bool) -> Self {
         Direction {
             loan: Loan { pool, stage: None },
             moved: 0,
             counter,
             done: false,
             wait: None,
-            src_ready: false,
+            src_ready,
             bulk: pool.wants_pipe(None),
+            src_hup: false,
+            after: None,
+            half_close: false,
+            corked: false,
         }
     }
 
@@ -232,9 +266,8 @@ impl<'a> Direction<'a> {
     }
 
     /// Moves bytes until a socket would block (Pending, waker registered),
-    /// end of stream has been passed on as a half-close (Ready(Ok); no
-    /// half-close when the `other_done` direction has ended too, as the
-    /// session then closes both sockets), or an error (Ready(Err)).
+    /// end of stream (Ready(Ok); [`Direction::pass_end`] passes it on), or
+    /// an error (Ready(Err)).
     ///
     /// About 100 lines, on purpose: it is the per-byte loop (wait, pass on
     /// what is staged, read more), and each step depends on what the others
@@ -245,7 +278,6 @@ impl<'a> Direction<'a> {
         src: BorrowedFd<'_>,
         dst: BorrowedFd<'_>,
         src_side: Side,
-        other_done: bool,
         last_active: &mut Instant,
     ) -> Poll<Result<(), ProxyError>> {
         if self.done {
@@ -267,11 +299,13 @@ impl<'a> Direction<'a> {
                 wait.op = None;
                 let side = wait.side;
                 self.wait = None;
-                if let Err(e) = result {
-                    return Poll::Ready(Err(ProxyError::Io { side, source: e }));
-                }
+                let events = match result {
+                    Ok(events) => events,
+                    Err(e) => return Poll::Ready(Err(ProxyError::Io { side, source: e })),
+                };
                 if side == src_side {
                     self.src_ready = true;
+                    self.src_hup |= events & libc::POLLRDHUP as u32 != 0;
                 }
             }
             // Pass on what is staged before reading more.
@@ -279,7 +313,9 @@ impl<'a> Direction<'a> {
                 && stage.pending() > 0
             {
                 let before = stage.pending();
-                match stage.drain(dst.as_raw_fd()) {
+                let more = matches!(self.after, Some(Ok(())));
+                self.corked |= more;
+                match stage.drain(dst.as_raw_fd(), more) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
                     }
@@ -294,11 +330,17 @@ impl<'a> Direction<'a> {
                 }
                 continue;
             }
+            match self.after.take() {
+                Some(Ok(())) => return self.end(),
+                Some(Err(e)) => return Poll::Ready(Err(src_err(e))),
+                None => {}
+            }
             if !self.src_ready {
                 // The stage is empty and the source may be dry: the pipe goes
                 // back until data comes.
                 self.loan.end();
-                self.wait = Some(Wait::arm(src.as_raw_fd(), libc::POLLIN, src_side));
+                let events = libc::POLLIN | libc::POLLRDHUP;
+                self.wait = Some(Wait::arm(src.as_raw_fd(), events, src_side));
                 continue;
             }
             let stage = self.loan.get(self.bulk);
@@ -308,33 +350,62 @@ impl<'a> Direction<'a> {
                     self.src_ready = false;
                 }
                 Err(e) => return Poll::Ready(Err(src_err(e))),
-                Ok(0) if other_done => {
-                    // Both directions have ended: the session closes both
-                    // sockets now, and close() sends the FIN a shutdown would.
-                    self.loan.end();
-                    self.done = true;
-                    return Poll::Ready(Ok(()));
-                }
-                Ok(0) => {
-                    self.loan.end();
-                    self.done = true;
-                    return Poll::Ready(match SockRef::from(&dst).shutdown(Shutdown::Write) {
-                        Ok(()) => Ok(()),
-                        // The peer is already gone; the other direction will see it.
-                        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
-                        Err(e) => Err(dst_err(e)),
-                    });
-                }
+                Ok(0) => return self.end(),
                 Ok(n) => {
-                    self.moved += n as u64;
-                    bump(self.counter, n as u64);
-                    *last_active = Instant::now();
                     // A short read drained the socket (or stopped at an
                     // urgent mark): the poll finds out which, without a read.
+                    // Unless the peer has sent FIN: then read on now, so the
+                    // end can leave with these bytes.
+                    let ahead = if self.src_hup && n < room {
+                        stage.read_ahead(src.as_raw_fd())
+                    } else {
+                        None
+                    };
+                    self.count(n, last_active);
                     self.src_ready = n >= room;
                     self.bulk = self.loan.pool.wants_pipe(Some(n));
+                    match ahead {
+                        Some(Ok(0)) => self.after = Some(Ok(())),
+                        Some(Ok(more)) => {
+                            self.count(more, last_active);
+                            self.src_ready = true; // stopped at an urgent mark
+                        }
+                        Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Some(Err(e)) => self.after = Some(Err(e)),
+                        None => {}
+                    }
                 }
             }
+        }
+    }
+}
+
+impl Direction<'_> {
+    fn count(&mut self, n: usize, last_active: &mut Instant) {
+        self.moved += n as u64;
+        bump(self.counter, n as u64);
+        *last_active = Instant::now();
+    }
+
+    /// The source has ended; the end waits for [`Direction::pass_end`].
+    fn end(&mut self) -> Poll<Result<(), ProxyError>> {
+        self.loan.end();
+        self.done = true;
+        self.half_close = true;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Passes an end not yet passed on to `dst` as a half-close, or nothing
+    /// when the other direction has ended too (the session then closes both
+    /// sockets, and close() sends the FIN a shutdown would).
+    fn pass_end(&mut self, dst: BorrowedFd<'_>, other_done: bool) -> io::Result<()> {
+        if !std::mem::take(&mut self.half_close) || (other_done && !self.corked) {
+            return Ok(());
+        }
+        match SockRef::from(&dst).shutdown(Shutdown::Write) {
+            // The peer is already gone; the other direction will see it.
+            Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+            other => other,
         }
     }
 }
@@ -378,15 +449,36 @@ impl Stage {
         }
     }
 
-    fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
+    /// After a short read from a source whose peer has sent FIN: one more
+    /// read into the buffer's free room, to learn whether the end of stream
+    /// is next (`Ok(0)`). `None` for a pipe, whose next poll finds out.
+    fn read_ahead(&mut self, src: RawFd) -> Option<io::Result<usize>> {
+        let Stage::Buffer { buf, end, .. } = self else {
+            return None;
+        };
+        let room = &mut buf[*end..];
+        if room.is_empty() {
+            return None;
+        }
+        // SAFETY: recv into the free tail of our own buffer.
+        let n = unsafe { libc::recv(src, room.as_mut_ptr().cast(), room.len(), 0) };
+        let n = check(n);
+        if let Ok(n) = n {
+            *end += n;
+        }
+        Some(n)
+    }
+
+    /// Sends staged bytes; `more` when a half-close follows at once, so the
+    /// FIN joins their last segment.
+    fn drain(&mut self, dst: RawFd, more: bool) -> io::Result<usize> {
         match self {
-            Stage::Pipe(p) => p.drain(dst),
+            Stage::Pipe(p) => p.drain(dst, more),
             Stage::Buffer { buf, start, end } => {
                 let chunk = &buf[*start..*end];
+                let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
                 // SAFETY: send from a live slice; MSG_NOSIGNAL turns SIGPIPE into EPIPE.
-                let n = unsafe {
-                    libc::send(dst, chunk.as_ptr().cast(), chunk.len(), libc::MSG_NOSIGNAL)
-                };
+                let n = unsafe { libc::send(dst, chunk.as_ptr().cast(), chunk.len(), flags) };
                 let n = check(n)?;
                 *start += n;
                 Ok(n)
@@ -514,6 +606,62 @@ mod tests {
         });
         writer.join().unwrap();
         (reader.join().unwrap(), pool.idle())
+    }
+
+    /// Segments socket `s` has received so far (`tcpi_segs_in`).
+    fn segments_in(s: &std::net::TcpStream) -> u32 {
+        // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+        unsafe {
+            let mut info: libc::tcp_info = std::mem::zeroed();
+            let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+            let rc = libc::getsockopt(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            );
+            assert_eq!(rc, 0, "TCP_INFO: {}", io::Error::last_os_error());
+            info.tcpi_segs_in
+        }
+    }
+
+    /// A target that answers and closes: its answer and its end reach the
+    /// client in one segment (sent with MSG_MORE, then the half-close), not
+    /// as the answer and then a FIN of its own.
+    #[test]
+    fn the_end_of_stream_rides_with_the_last_bytes() {
+        use std::io::{Read, Write};
+        let (mut client, proxy_client) = pair();
+        let (proxy_target, mut target) = pair();
+        for s in [&proxy_client, &proxy_target] {
+            s.set_nonblocking(true).unwrap();
+        }
+        target.write_all(b"the answer").unwrap();
+        target.shutdown(Shutdown::Write).unwrap();
+        let before = segments_in(&client);
+        let reader = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).unwrap();
+            let segments = segments_in(&client) - before;
+            client.shutdown(Shutdown::Write).unwrap();
+            (got, segments)
+        });
+        let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+        tokio_uring::start(async {
+            let counters = TargetSlot::default();
+            let idle = Duration::from_secs(10);
+            let (c, t) = (proxy_client.into(), proxy_target.into());
+            let moved = run(&pool, c, t, idle, &counters).await.unwrap();
+            assert_eq!(moved.target_to_client, 10);
+        });
+        let (got, segments) = reader.join().unwrap();
+        assert_eq!(got, b"the answer");
+        assert_eq!(
+            segments, 1,
+            "the answer and the FIN came in {segments} segments"
+        );
+        drop(target);
     }
 
     #[test]
