@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Paired A/B of two ringlb builds (or two [runtime] settings), loaded at the same time.
+
+On a shared VM a proxy's CPU per connection moves by 20-50% from one run to the
+next, which hides any change smaller than that in compare.py's rotated rounds.
+Here both builds run side by side, each with one worker pinned to CPU 0, and in
+every round each gets its own load generator (pinned to CPU 1, like the
+backend) for the same seconds: whatever slows the machine slows both, and the
+per-round ratio new/old holds within about 1% (an A/A run, the same binary
+twice, shows this floor).
+
+    bench/pair.py --old OLD_BINARY [--new target/release/ringlb]
+                  [--only close,keepalive,bulk] [--rounds 6] [--seconds 4]
+                  [--runtime TOML] [--old-runtime TOML]
+
+Scenarios: close (wrk -c50 with Connection: close, CPU µs per connection),
+keepalive (wrk -c50, CPU µs per request), bulk (one iperf3 stream each, to its
+own iperf3 server; CPU-s per GB). Prints each round and the median ratio with
+its range, and writes bench/results/pair.json. All traffic is on 127.0.0.1.
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, ensure, workdir  # noqa: E402
+import compare  # noqa: E402
+
+UNITS = {"close": "CPU µs per connection", "keepalive": "CPU µs per request", "bulk": "CPU-s per GB"}
+
+
+def load(scenario, proxy, seconds, lua, out):
+    """Runs one load generator against `proxy`; stores (operations, CPU seconds)."""
+    before = proxy.cpu()
+    if scenario == "bulk":
+        _, nbytes = compare.iperf(proxy.port, seconds, 1)
+        ops = nbytes / 1e9
+    else:
+        ops, errors, _, _ = compare.wrk(proxy.port, seconds, scenario == "close", lua)
+        if errors:
+            raise RuntimeError(f"{proxy.kind}: {errors} wrk errors")
+    out[proxy.kind.removeprefix("ringlb-")] = (ops, proxy.cpu() - before)
+
+
+def ringlb(which, backend, work, binaries, runtimes):
+    """The `which` ("new" or "old") build in front of `backend`, pinned to CPU 0."""
+    kind = f"ringlb-{which}"
+    return compare.Proxy(kind, backend, work, binaries={kind: binaries[which]}, runtimes={kind: runtimes[which]})
+
+
+def cost(scenario, ops, seconds):
+    return seconds / ops if scenario == "bulk" else seconds / ops * 1e6
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--old", required=True, metavar="OLD_BINARY")
+    ap.add_argument("--new", default=f"{ROOT}/target/release/ringlb", metavar="NEW_BINARY")
+    ap.add_argument("--only", default="close,keepalive")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--runtime", default="", metavar="TOML", help="lines for the new build's [runtime]")
+    ap.add_argument("--old-runtime", default="", metavar="TOML", help="the same for the old build")
+    args = ap.parse_args()
+    if not 1 <= args.rounds <= 30 or not 1 <= args.seconds <= 60:
+        sys.exit("--rounds must be 1-30 and --seconds 1-60")
+    wanted = args.only.split(",")
+    if set(wanted) - set(UNITS):
+        sys.exit(f"--only takes {','.join(UNITS)}")
+    ensure(["iperf3", "wrk", "nginx"])
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    binaries = {"new": os.path.abspath(args.new), "old": os.path.abspath(args.old)}
+    runtimes = {"new": args.runtime.replace("\\n", "\n"), "old": args.old_runtime.replace("\\n", "\n")}
+
+    work = workdir("ringlb-pair-")
+    lua = f"{work}/report.lua"
+    with open(lua, "w") as f:
+        f.write(compare.WRK_LUA)
+    children, proxies = [], {}
+    try:
+        backend, port = compare.http_backend(work)
+        children.append(backend)
+        for kind in ("new", "old"):
+            proxies[("http", kind)] = ringlb(kind, port, f"{work}/{kind}", binaries, runtimes)
+        if "bulk" in wanted:
+            for i, kind in enumerate(("new", "old")):
+                iperf_port = compare.IPERF_PORT + i
+                children.append(subprocess.Popen(["taskset", "-c", "1", "iperf3", "-s", "-B", "127.0.0.1", "-p",
+                                                  str(iperf_port)], stdout=subprocess.DEVNULL,
+                                                 stderr=subprocess.DEVNULL))
+                compare.wait_port(iperf_port)
+                proxies[("bulk", kind)] = ringlb(kind, iperf_port, f"{work}/bulk-{kind}", binaries, runtimes)
+        rows = []
+        for rnd in range(args.rounds):
+            for sc in wanted:
+                family = "bulk" if sc == "bulk" else "http"
+                out = {}
+                # Who starts first alternates: a head start of a millisecond must not favour one.
+                order = ("new", "old") if rnd % 2 == 0 else ("old", "new")
+                threads = [threading.Thread(target=load, args=(sc, proxies[(family, k)], args.seconds, lua, out))
+                           for k in order]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(timeout=args.seconds + 60)
+                if len(out) != 2:
+                    sys.exit(f"round {rnd + 1} {sc}: a load generator failed")
+                new, old = (cost(sc, *out[k]) for k in ("new", "old"))
+                rows.append({"round": rnd + 1, "scenario": sc, "new": new, "old": old, "ratio": new / old,
+                             "new_ops": out["new"][0], "old_ops": out["old"][0]})
+                print(f"round {rnd + 1} {sc:9} {UNITS[sc]}: new {new:.4g}  old {old:.4g}  ratio {new / old:.3f}",
+                      flush=True)
+                time.sleep(1)
+    finally:
+        for p in proxies.values():
+            p.close()
+        for c in children:
+            c.terminate()
+            c.wait(timeout=10)
+    print(f"\nnew = {binaries['new']} {runtimes['new']!r}\nold = {binaries['old']} {runtimes['old']!r}")
+    print("| scenario | figure | new (median) | old (median) | new / old, median | range |")
+    print("|---|---|---|---|---|---|")
+    for sc in wanted:
+        mine = [r for r in rows if r["scenario"] == sc]
+        ratios = [r["ratio"] for r in mine]
+        print(f"| {sc} | {UNITS[sc]} | {statistics.median(r['new'] for r in mine):.4g} | "
+              f"{statistics.median(r['old'] for r in mine):.4g} | {statistics.median(ratios):.3f}x | "
+              f"{min(ratios):.3f}-{max(ratios):.3f} |")
+    os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
+    with open(f"{ROOT}/bench/results/pair.json", "w") as f:
+        json.dump({"new": binaries["new"], "old": binaries["old"], "runtimes": runtimes, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
