@@ -27,9 +27,19 @@ pub enum Stop {
     Now,
 }
 
-/// Pipes one worker may lend at once. Non-root users get about 1,024 full-size
-/// pipes in all (`fs.pipe-user-pages-soft`); past the cap a connection copies.
-pub const PIPES_PER_WORKER: usize = 512;
+/// Pipe capacity one worker may lend at once: 32 MiB, so two workers fit a
+/// non-root user's 64 MiB of pipes (`fs.pipe-user-pages-soft`, 16,384 pages;
+/// past it the kernel shrinks new pipes to 8 KiB). Past the cap a connection
+/// copies through a buffer.
+pub const PIPE_BYTES_PER_WORKER: usize = 32 << 20;
+/// Pipes one worker may lend at once, however small.
+pub const MAX_PIPES_PER_WORKER: usize = 512;
+
+/// How many pipes of `pipe_size` bytes one worker may lend at once: 128 of
+/// the default 256 KiB, 512 of 64 KiB, 32 of 1 MiB.
+pub fn pipes_to_lend(pipe_size: usize) -> usize {
+    (PIPE_BYTES_PER_WORKER / pipe_size.max(1)).clamp(1, MAX_PIPES_PER_WORKER)
+}
 /// Clean pipes a worker keeps for reuse.
 pub const IDLE_PIPES_PER_WORKER: usize = 64;
 
@@ -126,7 +136,7 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                 rt.block_on(async move {
                     let pipes = PipePool::new(
                         shared.splice,
-                        PIPES_PER_WORKER,
+                        pipes_to_lend(shared.pipe_size),
                         IDLE_PIPES_PER_WORKER,
                         shared.pipe_size,
                     );
