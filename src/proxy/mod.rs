@@ -594,11 +594,7 @@ mod tests {
     /// returned clean once its direction's source runs dry).
     fn auto_proxy(upload: usize) -> (usize, usize) {
         use std::io::{Read, Write};
-        let (mut client, proxy_client) = pair();
-        let (proxy_target, mut target) = pair();
-        for s in [&proxy_client, &proxy_target] {
-            s.set_nonblocking(true).unwrap();
-        }
+        let (mut client, proxy_client, proxy_target, mut target) = sockets();
         let reader = std::thread::spawn(move || {
             let mut got = Vec::new();
             target.read_to_end(&mut got).unwrap();
@@ -612,15 +608,41 @@ mod tests {
             client.read_to_end(&mut rest).unwrap();
         });
         let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+        let moved = proxy(&pool, proxy_client, proxy_target);
+        assert_eq!(moved.client_to_target, upload as u64);
+        writer.join().unwrap();
+        (reader.join().unwrap(), pool.idle())
+    }
+
+    /// A client and a target, each connected to the proxy's own
+    /// non-blocking end: (client, proxy's client side, proxy's target side, target).
+    fn sockets() -> (
+        std::net::TcpStream,
+        std::net::TcpStream,
+        std::net::TcpStream,
+        std::net::TcpStream,
+    ) {
+        let (client, proxy_client) = pair();
+        let (proxy_target, target) = pair();
+        for s in [&proxy_client, &proxy_target] {
+            s.set_nonblocking(true).unwrap();
+        }
+        (client, proxy_client, proxy_target, target)
+    }
+
+    /// Proxies between the two sockets until both directions end.
+    fn proxy(
+        pool: &PipePool,
+        client: std::net::TcpStream,
+        target: std::net::TcpStream,
+    ) -> Transferred {
         tokio_uring::start(async {
             let counters = TargetSlot::default();
             let idle = Duration::from_secs(10);
-            let (c, t) = (proxy_client.into(), proxy_target.into());
-            let moved = run(&pool, c, t, idle, &counters).await.unwrap();
-            assert_eq!(moved.client_to_target, upload as u64);
-        });
-        writer.join().unwrap();
-        (reader.join().unwrap(), pool.idle())
+            run(pool, client.into(), target.into(), idle, &counters)
+                .await
+                .unwrap()
+        })
     }
 
     /// Segments socket `s` has received so far (`tcpi_segs_in`).
@@ -647,11 +669,7 @@ mod tests {
     #[test]
     fn the_end_of_stream_rides_with_the_last_bytes() {
         use std::io::{Read, Write};
-        let (mut client, proxy_client) = pair();
-        let (proxy_target, mut target) = pair();
-        for s in [&proxy_client, &proxy_target] {
-            s.set_nonblocking(true).unwrap();
-        }
+        let (mut client, proxy_client, proxy_target, mut target) = sockets();
         target.write_all(b"the answer").unwrap();
         target.shutdown(Shutdown::Write).unwrap();
         let before = segments_in(&client);
@@ -663,13 +681,8 @@ mod tests {
             (got, segments)
         });
         let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
-        tokio_uring::start(async {
-            let counters = TargetSlot::default();
-            let idle = Duration::from_secs(10);
-            let (c, t) = (proxy_client.into(), proxy_target.into());
-            let moved = run(&pool, c, t, idle, &counters).await.unwrap();
-            assert_eq!(moved.target_to_client, 10);
-        });
+        let moved = proxy(&pool, proxy_client, proxy_target);
+        assert_eq!(moved.target_to_client, 10);
         let (got, segments) = reader.join().unwrap();
         assert_eq!(got, b"the answer");
         assert_eq!(
