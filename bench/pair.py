@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Paired A/B of two ringlb builds (or two [runtime] settings), loaded at the same time.
 
-On a shared VM a proxy's CPU per connection moves by 20-50% from one run to the
-next, which hides any change smaller than that in compare.py's rotated rounds.
+On a shared VM a proxy's CPU per connection moves by up to 20% from one round
+to the next (bench/RESULTS.md), which hides any change smaller than that in
+compare.py's rotated rounds.
 Here both builds run side by side, each with one worker pinned to CPU 0, and in
 every round each gets its own load generator (pinned to CPU 1, like the
 backend) for the same seconds: whatever slows the machine slows both, and the
-per-round ratio new/old holds within about 1% (an A/A run, the same binary
-twice, shows this floor).
+per-round ratio new/old holds within about 1% per connection or request and
+3% per GB (an A/A run, the same binary twice, shows this floor).
 
     bench/pair.py --old OLD_BINARY [--new target/release/ringlb]
                   [--only close,keepalive,bulk] [--rounds 6] [--seconds 4]

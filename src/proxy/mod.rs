@@ -205,12 +205,20 @@ struct Direction<'a> {
     /// `MSG_MORE`, then the half-close: the FIN rides in their segment, one
     /// segment and one wake-up fewer for the receiver than a separate FIN).
     after: Ahead,
-    /// The source has ended and the end is yet to be passed on.
-    half_close: bool,
-    /// Bytes went out with `MSG_MORE`: the half-close must push them, even
-    /// when the other direction has ended too (a close that resets, over
-    /// bytes the client never read, would drop them).
-    corked: bool,
+    /// An end of stream read and not yet passed on.
+    unpassed: Unpassed,
+}
+
+/// An end of stream waiting for [`Direction::pass_end`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unpassed {
+    Nothing,
+    End,
+    /// The end came from a read-ahead, so the last bytes went out with
+    /// `MSG_MORE`: the half-close must push them even when the other
+    /// direction has ended too (a close that resets, over bytes the client
+    /// never read, would drop them).
+    CorkedEnd,
 }
 
 /// What a read ahead found after the staged bytes. An errno, not an
@@ -263,8 +271,7 @@ impl<'a> Direction<'a> {
             bulk: pool.wants_pipe(None),
             src_hup: false,
             after: Ahead::Unknown,
-            half_close: false,
-            corked: false,
+            unpassed: Unpassed::Nothing,
         }
     }
 
@@ -323,9 +330,7 @@ impl<'a> Direction<'a> {
                 && stage.pending() > 0
             {
                 let before = stage.pending();
-                let more = self.after == Ahead::End;
-                self.corked |= more;
-                match stage.drain(dst.as_raw_fd(), more) {
+                match stage.drain(dst.as_raw_fd(), self.after == Ahead::End) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
                     }
@@ -341,7 +346,7 @@ impl<'a> Direction<'a> {
                 continue;
             }
             match std::mem::replace(&mut self.after, Ahead::Unknown) {
-                Ahead::End => return self.end(),
+                Ahead::End => return self.end(Unpassed::CorkedEnd),
                 Ahead::Error(code) => {
                     return Poll::Ready(Err(src_err(io::Error::from_raw_os_error(code))));
                 }
@@ -362,7 +367,7 @@ impl<'a> Direction<'a> {
                     self.src_ready = false;
                 }
                 Err(e) => return Poll::Ready(Err(src_err(e))),
-                Ok(0) => return self.end(),
+                Ok(0) => return self.end(Unpassed::End),
                 Ok(n) => {
                     // A short read drained the socket (or stopped at an
                     // urgent mark): the poll finds out which, without a read.
@@ -402,10 +407,10 @@ impl Direction<'_> {
     }
 
     /// The source has ended; the end waits for [`Direction::pass_end`].
-    fn end(&mut self) -> Poll<Result<(), ProxyError>> {
+    fn end(&mut self, how: Unpassed) -> Poll<Result<(), ProxyError>> {
         self.loan.end();
         self.done = true;
-        self.half_close = true;
+        self.unpassed = how;
         Poll::Ready(Ok(()))
     }
 
@@ -413,8 +418,10 @@ impl Direction<'_> {
     /// when the other direction has ended too (the session then closes both
     /// sockets, and close() sends the FIN a shutdown would).
     fn pass_end(&mut self, dst: BorrowedFd<'_>, other_done: bool) -> io::Result<()> {
-        if !std::mem::take(&mut self.half_close) || (other_done && !self.corked) {
-            return Ok(());
+        match std::mem::replace(&mut self.unpassed, Unpassed::Nothing) {
+            Unpassed::Nothing => return Ok(()),
+            Unpassed::End if other_done => return Ok(()),
+            Unpassed::End | Unpassed::CorkedEnd => {}
         }
         match SockRef::from(&dst).shutdown(Shutdown::Write) {
             // The peer is already gone; the other direction will see it.
@@ -487,7 +494,8 @@ impl Stage {
     /// FIN joins their last segment.
     fn drain(&mut self, dst: RawFd, more: bool) -> io::Result<usize> {
         match self {
-            Stage::Pipe(p) => p.drain(dst, more),
+            // Never `more`: only a buffer reads ahead.
+            Stage::Pipe(p) => p.drain(dst),
             Stage::Buffer { buf, start, end } => {
                 let chunk = &buf[*start..*end];
                 let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };

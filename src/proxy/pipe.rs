@@ -56,7 +56,7 @@ impl Pipe {
             self.pending, 0,
             "fill only an empty pipe: EAGAIN must mean the socket is dry"
         );
-        let n = match splice(src, self.write.as_raw_fd(), self.capacity, 0) {
+        let n = match splice(src, self.write.as_raw_fd(), self.capacity) {
             // splice(2) never reads past a TCP urgent mark (tcp_read_sock
             // stops there), so at the mark it says EAGAIN however much data
             // waits: read past it with recv (SO_OOBINLINE keeps the urgent
@@ -95,11 +95,9 @@ impl Pipe {
         Ok(n)
     }
 
-    /// Moves pending bytes from the pipe into socket `dst`; `more` when
-    /// more is to follow at once (`SPLICE_F_MORE`, as `MSG_MORE`).
-    pub fn drain(&mut self, dst: RawFd, more: bool) -> io::Result<usize> {
-        let more = if more { libc::SPLICE_F_MORE } else { 0 };
-        let n = splice(self.read.as_raw_fd(), dst, self.pending, more)?;
+    /// Moves pending bytes from the pipe into socket `dst`.
+    pub fn drain(&mut self, dst: RawFd) -> io::Result<usize> {
+        let n = splice(self.read.as_raw_fd(), dst, self.pending)?;
         self.pending -= n;
         Ok(n)
     }
@@ -116,8 +114,8 @@ fn at_urgent_mark(fd: RawFd) -> bool {
     rc == 0 && at != 0
 }
 
-fn splice(from: RawFd, to: RawFd, len: usize, more: libc::c_uint) -> io::Result<usize> {
-    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE | more;
+fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
+    let flags = libc::SPLICE_F_NONBLOCK | libc::SPLICE_F_MOVE;
     // SAFETY: plain syscall on descriptors the caller keeps open; null offsets
     // mean "current position", as required for pipes and sockets.
     let n = unsafe {
@@ -327,7 +325,7 @@ mod tests {
         while got < 12 {
             got += pipe.fill(b.as_raw_fd()).unwrap_or(0);
         }
-        assert_eq!(pipe.drain(c.as_raw_fd(), false).unwrap(), 12);
+        assert_eq!(pipe.drain(c.as_raw_fd()).unwrap(), 12);
         assert_eq!(pipe.pending, 0);
         let mut buf = [0u8; 12];
         d.read_exact(&mut buf).unwrap();

@@ -31,13 +31,13 @@ pub enum Stop {
 /// non-root user's 64 MiB of pipes (`fs.pipe-user-pages-soft`, 16,384 pages;
 /// past it the kernel shrinks new pipes to 8 KiB). Past the cap a connection
 /// copies through a buffer.
-pub const PIPE_BYTES_PER_WORKER: usize = 32 << 20;
+const PIPE_BYTES_PER_WORKER: usize = 32 << 20;
 /// Pipes one worker may lend at once, however small.
-pub const MAX_PIPES_PER_WORKER: usize = 512;
+const MAX_PIPES_PER_WORKER: usize = 512;
 
 /// How many pipes of `pipe_size` bytes one worker may lend at once: 128 of
 /// the default 256 KiB, 512 of 64 KiB, 32 of 1 MiB.
-pub fn pipes_to_lend(pipe_size: usize) -> usize {
+fn pipes_to_lend(pipe_size: usize) -> usize {
     (PIPE_BYTES_PER_WORKER / pipe_size.max(1)).clamp(1, MAX_PIPES_PER_WORKER)
 }
 /// Clean pipes a worker keeps for reuse.
@@ -191,5 +191,17 @@ fn pin_to_cpu(cpu: usize) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pipes_to_lend_keeps_a_worker_within_32_mib() {
+        assert_eq!(pipes_to_lend(64 << 10), 512);
+        assert_eq!(pipes_to_lend(256 << 10), 128);
+        assert_eq!(pipes_to_lend(1 << 20), 32);
     }
 }
