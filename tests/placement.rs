@@ -147,3 +147,85 @@ async fn an_unreachable_only_target_closes_the_client_after_connect_timeout() {
     );
     assert!(lb.stop().success());
 }
+
+/// `tcp_info` of a connected socket.
+fn tcp_info(s: &std::net::TcpStream) -> libc::tcp_info {
+    use std::os::fd::AsRawFd;
+    // SAFETY: tcp_info is plain data; getsockopt fills at most `len` bytes of it.
+    unsafe {
+        let mut info: libc::tcp_info = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let rc = libc::getsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&raw mut info).cast(),
+            &mut len,
+        );
+        assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
+        info
+    }
+}
+
+/// Accepts one connection on `l` within `within`, as a blocking stream.
+fn accept_within(l: &std::net::TcpListener, within: Duration) -> std::net::TcpStream {
+    l.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        match l.accept() {
+            Ok((s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                return s;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "ringlb never connected");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A client that speaks first: its first bytes carry the handshake's last ACK
+/// to the target (one segment fewer). A target that speaks first gets that
+/// ACK at once: the kernel measures the handshake's round trip from it, and
+/// a held-back ACK would show as 200 ms (the kernel's longest ACK delay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_handshake_ack_rides_with_the_clients_first_bytes_and_never_holds_up_a_target() {
+    use std::io::{Read, Write};
+    let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let lb = Ringlb::in_front_of(1, "", &[target.local_addr().unwrap()]);
+
+    // ringlb is stopped while the client connects and sends, so its bytes
+    // are surely there when ringlb accepts (as they nearly always are).
+    lb.signal(libc::SIGSTOP);
+    let mut client = std::net::TcpStream::connect(lb.addr()).unwrap();
+    client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    lb.signal(libc::SIGCONT);
+    let mut t = accept_within(&target, Duration::from_secs(10));
+    let mut got = [0u8; 18];
+    t.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(
+        tcp_info(&t).tcpi_segs_in,
+        2,
+        "the target took in a SYN, then the ACK with the bytes"
+    );
+
+    let mut client = std::net::TcpStream::connect(lb.addr()).unwrap();
+    let mut t = accept_within(&target, Duration::from_secs(10));
+    let rtt = tcp_info(&t).tcpi_rtt;
+    assert!(
+        rtt < 100_000,
+        "the handshake's last ACK was held back: round trip {rtt} µs"
+    );
+    t.write_all(b"220 ready\r\n").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut banner = [0u8; 11];
+    client.read_exact(&mut banner).unwrap();
+    assert_eq!(&banner, b"220 ready\r\n");
+    assert!(lb.stop().success());
+}

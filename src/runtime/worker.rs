@@ -381,6 +381,10 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
     let proxy_protocol = placement.proxy_protocol;
     let (w, key) = (registered.worker.clone(), registered.key);
     // TCP_NODELAY and SO_OOBINLINE come from the listener (inherited on accept).
+    let first = proxy::FirstRead::new(&w.pipes, &client);
+    // Bytes to send the moment the target is connected: the handshake's
+    // last ACK can wait for them.
+    let speaks_first = first.has_bytes() || proxy_protocol != ProxyProtocol::Off;
     // Keep the snapshot only while placing the connection (an Arc, not a
     // Guard: the connect awaits); it is dropped at the end of this block.
     let (target, addr, idle, active) = {
@@ -402,7 +406,7 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
             let Some(active) = ActiveGuard::try_new(&t.stats, g.max_per_target) else {
                 continue;
             };
-            match connect(t.addr, g.connect_timeout).await {
+            match connect(t.addr, g.connect_timeout, speaks_first).await {
                 Ok(fd) => {
                     bump(&t.stats.slots.get(w.id).connections, 1);
                     placed = Some((fd, t.addr, active));
@@ -452,7 +456,7 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
         return;
     }
     let counters = active.stats().slots.get(w.id);
-    match proxy::run(&w.pipes, client, target, idle, counters).await {
+    match proxy::run(&w.pipes, first, client, target, idle, counters).await {
         Ok(t) => {
             debug!(%peer, target = %addr, up = t.client_to_target, down = t.target_to_client, "closed")
         }
@@ -507,7 +511,17 @@ impl ConnectError {
 
 /// Connects to `addr`, giving up after `timeout`. On timeout the kernel connect
 /// is cancelled and reaped before the socket is closed.
-async fn connect(addr: SocketAddr, timeout: Duration) -> Result<OwnedFd, ConnectError> {
+///
+/// With `data_waiting` (bytes go out the moment it connects) the handshake's
+/// last ACK is held back to ride with them (HAProxy's `tcp-smart-connect`).
+/// The kernel holds it for at most 200 ms and is back to quick ACKs once
+/// connected; without bytes waiting it must not be held, or a target that
+/// speaks first (SMTP, MySQL) would wait those 200 ms to accept.
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+    data_waiting: bool,
+) -> Result<OwnedFd, ConnectError> {
     let local = ConnectError::Local;
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -519,6 +533,9 @@ async fn connect(addr: SocketAddr, timeout: Duration) -> Result<OwnedFd, Connect
     // A TCP urgent byte from the target stays in the stream (the client's
     // socket inherits the same from its listener).
     socket.set_out_of_band_inline(true).map_err(local)?;
+    if data_waiting {
+        socket.set_tcp_quickack(false).map_err(local)?;
+    }
     let socket: OwnedFd = socket.into();
     let raw = socket.as_raw_fd();
     let mut op = uring::connect(socket, addr);
