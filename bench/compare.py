@@ -9,7 +9,8 @@ so the backend is not what limits the proxies; a row where direct is under
 --rounds times (default 3) with the order of the proxies rotated each round (so
 the TIME_WAIT sockets one leaves do not always fall on the same next one), and
 the table shows medians. Proxy CPU is read from /proc (the whole process tree),
-memory as RSS; with --syscalls, a short extra pass per proxy counts system
+memory as RSS, TCP segments per request or connection from /proc/net/snmp (all
+segments sent on the machine during the run: client, proxy and backend); with --syscalls, a short extra pass per proxy counts system
 calls per request and per connection with strace (io_uring operations count as
 the io_uring_enter that submits them). All traffic is on 127.0.0.1.
 
@@ -188,6 +189,14 @@ def wrk(port, seconds, close, lua, cpus="1"):
     return n, errors, p50 / 1000, p99 / 1000
 
 
+def tcp_out_segments():
+    """TCP segments this machine has sent so far (/proc/net/snmp, Tcp OutSegs):
+    over a run, every segment of client, proxy and backend, all on loopback."""
+    with open("/proc/net/snmp") as f:
+        head, values = [line.split() for line in f if line.startswith("Tcp:")][:2]
+    return int(values[head.index("OutSegs")])
+
+
 def idle(proxy, count):
     """Opens `count` connections through `proxy` to the holding backend; returns KiB of proxy RSS each."""
     before = proxy.rss()
@@ -356,8 +365,10 @@ def main():
                     if c0 is not None:
                         row["cpu_s_per_gb"] = (proxy.cpu() - c0) / (nbytes / 1e9)
                 elif sc in ("keepalive", "close", "scaling"):
+                    s0 = tcp_out_segments()
                     n, errors, p50, p99 = wrk(proxy.port, secs, sc == "close", lua, cpus="0,1" if sc == "scaling" else "1")
-                    row.update(per_s=n / secs, p50_ms=p50, p99_ms=p99, errors=errors)
+                    row.update(per_s=n / secs, p50_ms=p50, p99_ms=p99, errors=errors,
+                               segments_per_req=(tcp_out_segments() - s0) / max(n, 1))
                     if sc == "scaling":
                         row["workers"] = arg
                     if c0 is not None:
@@ -390,10 +401,12 @@ FIGURES = [
     ("keepalive", "p99_ms", "p99 ms", "lower"),
     ("keepalive", "cpu_us_per_req", "CPU µs per request", "lower"),
     ("keepalive", "syscalls_per_req", "system calls per request", "lower"),
+    ("keepalive", "segments_per_req", "TCP segments per request (client, proxy and backend)", "lower"),
     ("close", "per_s", "connections/s", "higher"),
     ("close", "p99_ms", "p99 ms", "lower"),
     ("close", "cpu_us_per_req", "CPU µs per connection", "lower"),
     ("close", "syscalls_per_req", "system calls per connection", "lower"),
+    ("close", "segments_per_req", "TCP segments per connection (client, proxy and backend)", "lower"),
     ("idle", "bytes_per_conn", "bytes per idle connection", "lower"),
     ("k6", "p99_ms", "k6 p99 ms", "lower"),
     ("k6", "failed", "k6 failed requests", "lower"),
