@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""What would ringlb's own io_uring completion loop buy? (issue #13)
+
+Measures examples/uring_loop.rs, a prototype proxy on its own completion loop
+(no tokio: SINGLE_ISSUER | DEFER_TASKRUN, multishot accept, recv, send,
+connect, shutdown and close all on the ring), beside ringlb and nginx stream.
+As in bench/pair.py, the three run at the same time, each with one thread
+pinned to CPU 0 behind one nginx backend on CPU 1, and in every round each gets
+its own wrk -c50 (CPU 1) for the same seconds, the start order rotating: what
+slows the machine slows all three, so the per-round ratios to nginx hold still.
+The prototype has none of ringlb's timeouts, retries, health, limits or
+metrics, so its figure is a floor for an own loop, not a promise.
+
+    bench/loop_probe.py [--rounds 5] [--seconds 5] [--only close,keepalive]
+
+Prints each round, then the median CPU µs per connection (close) and per
+request (keepalive) and the median per-round ratio to nginx with its range;
+writes bench/results/loop_probe.json. All traffic is on 127.0.0.1.
+"""
+import argparse, json, os, resource, statistics, subprocess, sys, threading, time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import ROOT, ensure, stop, workdir  # noqa: E402
+import compare  # noqa: E402
+import pair  # noqa: E402
+
+KINDS = ["uring_loop", "ringlb", "nginx"]
+
+
+class Loop:
+    """The prototype in front of `backend`, pinned to CPU 0."""
+
+    def __init__(self, backend):
+        self.kind = "uring_loop"
+        self.port = compare.free_port()
+        binary = f"{ROOT}/target/release/examples/uring_loop"
+        self.proc = subprocess.Popen(["taskset", "-c", "0", binary, f"127.0.0.1:{self.port}",
+                                      f"127.0.0.1:{backend}"], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        compare.wait_port(self.port)
+
+    def cpu(self):
+        return compare.cpu(self.proc.pid)
+
+    def close(self):
+        stop(self.proc)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--only", default="close,keepalive")
+    args = ap.parse_args()
+    if not 1 <= args.rounds <= 30 or not 1 <= args.seconds <= 60:
+        sys.exit("--rounds must be 1-30 and --seconds 1-60")
+    scenarios = args.only.split(",")
+    if set(scenarios) - {"close", "keepalive"}:
+        sys.exit("--only takes close,keepalive")
+    ensure(["wrk", "nginx"])
+    if not os.path.exists("/usr/lib/nginx/modules/ngx_stream_module.so"):
+        subprocess.run(["apt-get", "install", "-y", "-qq", "libnginx-mod-stream"], check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--example", "uring_loop"], cwd=ROOT, check=True)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    work = workdir("ringlb-loop-probe-")
+    lua = f"{work}/report.lua"
+    with open(lua, "w") as f:
+        f.write(compare.WRK_LUA)
+    proxies, rows = {}, []
+    srv, backend = compare.http_backend(work)
+    try:
+        proxies["uring_loop"] = Loop(backend)
+        for kind in ("ringlb", "nginx"):
+            proxies[kind] = compare.Proxy(kind, backend, f"{work}/{kind}" if kind == "ringlb" else work)
+        for rnd in range(args.rounds):
+            for sc in scenarios:
+                order = KINDS[rnd % len(KINDS):] + KINDS[:rnd % len(KINDS)]
+                out = {}
+                threads = [threading.Thread(target=pair.load, args=(sc, proxies[k], args.seconds, lua, out))
+                           for k in order]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(timeout=args.seconds + 60)
+                if len(out) != len(KINDS):
+                    sys.exit(f"round {rnd + 1} {sc}: a load generator failed")
+                us = {k: 1e6 * out[k][1] / out[k][0] for k in KINDS}
+                rows.append({"round": rnd + 1, "scenario": sc, **us})
+                print(f"round {rnd + 1} {sc:9} " + "  ".join(f"{k} {us[k]:.1f}" for k in KINDS) +
+                      f"  (µs per {'connection' if sc == 'close' else 'request'})", flush=True)
+                time.sleep(1)
+    finally:
+        for p in proxies.values():
+            p.close()
+        srv.terminate()
+        srv.wait()
+    print("\n| scenario | figure | uring_loop | ringlb | nginx | uring_loop / nginx | ringlb / nginx | "
+          "uring_loop / ringlb |")
+    print("|---|---|---|---|---|---|---|---|")
+    for sc in scenarios:
+        mine = [r for r in rows if r["scenario"] == sc]
+        med = {k: statistics.median(r[k] for r in mine) for k in KINDS}
+
+        def ratio(a, b):
+            rs = [r[a] / r[b] for r in mine]
+            return f"{statistics.median(rs):.3f}x ({min(rs):.3f}-{max(rs):.3f})"
+
+        unit = "CPU µs per connection" if sc == "close" else "CPU µs per request"
+        print(f"| {sc} | {unit} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | {med['nginx']:.1f} | "
+              f"{ratio('uring_loop', 'nginx')} | {ratio('ringlb', 'nginx')} | {ratio('uring_loop', 'ringlb')} |")
+    os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
+    with open(f"{ROOT}/bench/results/loop_probe.json", "w") as f:
+        json.dump(rows, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
