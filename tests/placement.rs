@@ -167,6 +167,29 @@ fn tcp_info(s: &std::net::TcpStream) -> libc::tcp_info {
     }
 }
 
+/// Waits until every thread of `pid` has stopped (a SIGSTOP takes effect
+/// only when each thread is next interrupted).
+fn wait_stopped(pid: u32) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        let all_stopped = tasks.map(|t| t.unwrap().path().join("stat")).all(|stat| {
+            let stat = std::fs::read_to_string(stat).unwrap_or_default();
+            // The state follows the parenthesised name: "pid (name) T ...".
+            let state = stat
+                .rsplit(") ")
+                .next()
+                .and_then(|rest| rest.chars().next());
+            matches!(state, Some('T' | 't'))
+        });
+        if all_stopped {
+            return;
+        }
+        assert!(Instant::now() < deadline, "ringlb did not stop");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Accepts one connection on `l` within `within`, as a blocking stream.
 fn accept_within(l: &std::net::TcpListener, within: Duration) -> std::net::TcpStream {
     l.set_nonblocking(true).unwrap();
@@ -200,6 +223,7 @@ async fn the_handshake_ack_rides_with_the_clients_first_bytes_and_never_holds_up
     // ringlb is stopped while the client connects and sends, so its bytes
     // are surely there when ringlb accepts (as they nearly always are).
     lb.signal(libc::SIGSTOP);
+    wait_stopped(lb.pid());
     let mut client = std::net::TcpStream::connect(lb.addr()).unwrap();
     client.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
     lb.signal(libc::SIGCONT);
