@@ -209,6 +209,11 @@ async fn targets_report_shows_a_health_flip_and_a_drain() {
     let t = target_of(&report(body), b.addr.to_string());
     assert_eq!(t["draining"], true, "{t}");
     assert_eq!(t["active_connections"], 1);
+    // The same fields as a listed target, in the config's own words.
+    assert_eq!(t["health"], "draining", "{t}");
+    assert_eq!(t["ready"], false, "{t}");
+    assert_eq!(t["weight"], 1, "{t}");
+    assert_eq!(t["reason"], "deregistration in progress", "{t}");
     let left = t["drain_seconds_left"].as_f64().unwrap();
     assert!(left > 25.0 && left <= 30.0, "{left}");
     drop(held);
