@@ -71,7 +71,6 @@ struct Conn {
     /// after closing.
     inflight: u32,
     closing: bool,
-    failed: bool,
 }
 
 struct Proxy {
@@ -120,7 +119,6 @@ impl Proxy {
             dirs: [dir(), dir()],
             inflight: 1, // the connect below
             closing: false,
-            failed: false,
         };
         let id = match self.free.pop() {
             Some(id) => {
@@ -252,7 +250,7 @@ impl Proxy {
             return;
         }
         match op {
-            Op::Connect if res < 0 => self.fail(id),
+            Op::Connect if res < 0 => self.close(id),
             Op::Connect => {
                 c.connected = true;
                 let staged = c.dirs[0].end > c.dirs[0].start;
@@ -266,7 +264,7 @@ impl Proxy {
             Op::Recv0 | Op::Recv1 => {
                 let d = usize::from(op == Op::Recv1);
                 match res {
-                    n if n < 0 => self.fail(id),
+                    n if n < 0 => self.close(id),
                     0 if d == 0 && !c.connected => c.dirs[0].ended = true,
                     0 => self.ended(id, d),
                     n => {
@@ -280,7 +278,7 @@ impl Proxy {
             Op::Send0 | Op::Send1 => {
                 let d = usize::from(op == Op::Send1);
                 if res < 0 {
-                    return self.fail(id);
+                    return self.close(id);
                 }
                 c.dirs[d].start += res as usize;
                 if c.dirs[d].start < c.dirs[d].end {
@@ -289,14 +287,9 @@ impl Proxy {
                     self.recv(id, d);
                 }
             }
-            Op::Shutdown if res < 0 => self.fail(id),
+            Op::Shutdown if res < 0 => self.close(id),
             Op::Shutdown | Op::Close => {}
         }
-    }
-
-    fn fail(&mut self, id: usize) {
-        self.conn(id).failed = true;
-        self.close(id);
     }
 }
 

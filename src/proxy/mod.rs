@@ -30,7 +30,7 @@ use socket2::SockRef;
 use tokio::time::Instant;
 
 use pipe::PipePool;
-use stage::{Loan, Stage, check};
+use stage::{Loan, Stage, recv_into};
 
 use crate::uring::{self, PollOp};
 
@@ -104,9 +104,7 @@ impl FirstRead {
         }
         first.tried = true;
         let mut buf = pool.take_buffer();
-        // SAFETY: recv into our own buffer of `buf.len()` bytes.
-        let n = unsafe { libc::recv(client.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        match check(n) {
+        match recv_into(client.as_raw_fd(), &mut buf) {
             Ok(0) => first.after = Ahead::End,
             Ok(n) => {
                 first.len = n as u32; // at most one buffer
@@ -114,7 +112,7 @@ impl FirstRead {
                 return first;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            Err(e) => first.after = Ahead::Error(e.raw_os_error().unwrap_or(libc::EIO)),
+            Err(e) => first.after = Ahead::error(&e),
         }
         pool.give_back_buffer(buf);
         first
@@ -140,22 +138,7 @@ pub fn run<'a>(
 ) -> impl Future<Output = Result<Transferred, ProxyError>> + 'a {
     let mut last_active = Instant::now();
     let mut up = Direction::new(pipes, &counters.bytes_sent);
-    // Not tried: read at once (the client has usually spoken by now).
-    up.src_ready = !first.tried;
-    up.after = first.after;
-    if let Some(buf) = first.buf {
-        let len = first.len as usize;
-        up.count(len, &mut last_active);
-        // A full buffer may have more behind it; a short read drained the
-        // socket (a poll says when there is more).
-        up.src_ready = len >= buf.len();
-        up.bulk = pipes.wants_pipe(Some(len));
-        up.loan.stage = Some(Stage::Buffer {
-            buf,
-            start: 0,
-            end: len,
-        });
-    }
+    up.start_with(first, &mut last_active);
     Proxy {
         up,
         down: Direction::new(pipes, &counters.bytes_received),
@@ -305,6 +288,12 @@ enum Ahead {
     Error(i32),
 }
 
+impl Ahead {
+    fn error(e: &io::Error) -> Ahead {
+        Ahead::Error(e.raw_os_error().unwrap_or(libc::EIO))
+    }
+}
+
 /// A poll in flight on `fd`. Dropped before it completes, it shuts the
 /// socket down so the poll completes and releases the socket.
 struct Wait {
@@ -348,6 +337,27 @@ impl<'a> Direction<'a> {
             after: Ahead::Unknown,
             unpassed: Unpassed::Nothing,
         }
+    }
+
+    /// Takes over what was read from the source before the proxy ran.
+    fn start_with(&mut self, first: FirstRead, last_active: &mut Instant) {
+        // Not tried: read at once (the client has usually spoken by now).
+        self.src_ready = !first.tried;
+        self.after = first.after;
+        let Some(buf) = first.buf else {
+            return;
+        };
+        let len = first.len as usize;
+        self.count(len, last_active);
+        // A full buffer may have more behind it; a short read drained the
+        // socket (a poll says when there is more).
+        self.src_ready = len >= buf.len();
+        self.bulk = self.loan.pool.wants_pipe(Some(len));
+        self.loan.stage = Some(Stage::Buffer {
+            buf,
+            start: 0,
+            end: len,
+        });
     }
 
     /// Gives up on this direction: no more reads, its pipe goes back (closed
@@ -463,9 +473,7 @@ impl<'a> Direction<'a> {
                             self.src_ready = true; // stopped at an urgent mark
                         }
                         Some(Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Some(Err(e)) => {
-                            self.after = Ahead::Error(e.raw_os_error().unwrap_or(libc::EIO));
-                        }
+                        Some(Err(e)) => self.after = Ahead::error(&e),
                         None => {}
                     }
                 }

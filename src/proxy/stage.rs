@@ -37,9 +37,7 @@ impl Stage {
         match self {
             Stage::Pipe(p) => p.fill(src),
             Stage::Buffer { buf, start, end } => {
-                // SAFETY: recv into our own buffer of `buf.len()` bytes.
-                let n = unsafe { libc::recv(src, buf.as_mut_ptr().cast(), buf.len(), 0) };
-                let n = check(n)?;
+                let n = recv_into(src, buf)?;
                 (*start, *end) = (0, n);
                 Ok(n)
             }
@@ -57,9 +55,7 @@ impl Stage {
         if room.is_empty() {
             return None;
         }
-        // SAFETY: recv into the free tail of our own buffer.
-        let n = unsafe { libc::recv(src, room.as_mut_ptr().cast(), room.len(), 0) };
-        let n = check(n);
+        let n = recv_into(src, room);
         if let Ok(n) = n {
             *end += n;
         }
@@ -85,7 +81,13 @@ impl Stage {
     }
 }
 
-pub(super) fn check(n: isize) -> io::Result<usize> {
+/// One non-blocking `recv` from `src` into `buf`.
+pub(super) fn recv_into(src: RawFd, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: recv into a live, writable slice of `buf.len()` bytes.
+    check(unsafe { libc::recv(src, buf.as_mut_ptr().cast(), buf.len(), 0) })
+}
+
+fn check(n: isize) -> io::Result<usize> {
     if n < 0 {
         Err(io::Error::last_os_error())
     } else {

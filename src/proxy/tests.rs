@@ -1,11 +1,9 @@
 use super::*;
 
-/// Every idle connection holds one of these, inside its session's task:
-/// keep both from growing back. Nested futures once made it 1,752 bytes,
-/// and idle memory 3 KB. Tasks are allocated in steps, so a few bytes can
-/// cost many: a session future of 680 bytes cost 1,134 bytes of RSS per
-/// idle connection, one of 656 or 648 cost 1,043. The proxy future is
-/// 384 bytes and the client's first read 32; with them the session is 648.
+/// Every idle connection holds one of these, inside its session's task
+/// (whose size `runtime::worker`'s test holds): keep it from growing back.
+/// Nested futures once made it 1,752 bytes, and idle memory 3 KB. The
+/// client's first read, which the session holds while it connects, is 32.
 #[test]
 fn proxy_future_stays_small() {
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -556,3 +556,57 @@ async fn connect(
     };
     result.map(|()| socket).map_err(ConnectError::classify)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::pipe::{DEFAULT_PIPE_SIZE, Splice};
+    use crate::runtime::Stop;
+
+    /// Every open connection is one session task. Tokio allocates a task's
+    /// cell at 128-byte alignment on x86_64 (`repr(align(128))` in its
+    /// `runtime/task/core.rs`), so a few bytes of future can cost a whole
+    /// step: in the release binary a session future of 680 bytes cost 1,134
+    /// bytes of RSS per idle connection, one of 656 or 648 cost 1,043
+    /// (`bench/run.sh --only idle --rounds 1 --ab OLD`; sizes from a build
+    /// that printed them). Test builds add tokio's `rt-multi-thread` (a
+    /// dev-dependency), which makes the same future 16 bytes larger: 664 here
+    /// is 648 in the binary.
+    #[test]
+    fn session_future_stays_within_its_allocation_step() {
+        let (events, _) = mpsc::unbounded_channel();
+        let (_, stop) = watch::channel(Stop::Run);
+        let shared = Shared {
+            snapshot: Arc::new(arc_swap::ArcSwap::from_pointee(Snapshot::empty())),
+            events,
+            stop,
+            stats: Arc::new(crate::metrics::Slots::new(1)),
+            splice: Splice::Auto,
+            pipe_size: DEFAULT_PIPE_SIZE,
+        };
+        let pipes = PipePool::new(Splice::Auto, 1, 1, DEFAULT_PIPE_SIZE);
+        let worker = Worker::new(0, shared, pipes);
+        let listener = Arc::new(ListenerStats::new(1));
+        // As `serve` does before a session exists.
+        bump(&listener.slots.get(0).active, 1);
+        assert!(listener.try_open(None));
+        let key = worker.sessions.borrow_mut().insert(SessionEntry::default());
+        let registered = Registered {
+            worker: worker.clone(),
+            key,
+            listener,
+        };
+        let placement = Placement {
+            snapshot: Arc::new(Snapshot::empty()),
+            group: 0,
+            proxy_protocol: ProxyProtocol::Off,
+        };
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let peer = client.local_addr().unwrap();
+        let fut = session(registered, client.into(), peer, placement);
+        let size = std::mem::size_of_val(&fut);
+        println!("session future: {size} bytes");
+        assert!(size <= 664, "session future is {size} bytes");
+    }
+}
