@@ -16,6 +16,7 @@ pub mod notify;
 pub mod oserror;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod rt;
 pub mod runtime;
 pub mod snapshot;
 pub mod takeover;

@@ -1,56 +1,40 @@
-//! The io_uring operations ringlb submits itself: accept, connect, poll and cancel.
+//! The io_uring operations the workers submit: accept, connect, poll and cancel.
 //!
-//! tokio-uring 0.5 does not cancel an operation whose future is dropped: the
-//! kernel op keeps running and its result is thrown away (an accepted fd would
-//! leak, a connect would hold its socket for minutes). So nothing here is ever
-//! dropped while in flight: callers that give up call [`cancel_fd`] and then
-//! await the operation to completion. As a second line of defence each op owns
-//! everything its SQE points at, so even a dropped op cannot touch freed memory.
+//! Each op owns what its SQE points at (boxed, so it does not move), and the
+//! runtime keeps that alive until the completion arrives even if the op is
+//! dropped first ([`crate::rt::Op`]). Dropping an op does not cancel the
+//! kernel's work, though: a connect would hold its socket until it gives up.
+//! So callers that give up call [`cancel_fd`] and then await the operation to
+//! completion.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 
-use io_uring::{cqueue, opcode, types};
+use io_uring::{opcode, types};
 use socket2::{SockAddr, SockAddrStorage};
-use tokio_uring::{InFlightOneshot, OneshotOutputTransform, UnsubmittedOneshot};
 
-fn cqe_result(cqe: &cqueue::Entry) -> io::Result<u32> {
-    let res = cqe.result();
-    if res < 0 {
-        Err(io::Error::from_raw_os_error(-res))
+use crate::rt::Op;
+
+fn check(result: i32) -> io::Result<u32> {
+    if result < 0 {
+        Err(io::Error::from_raw_os_error(-result))
     } else {
-        Ok(res as u32)
+        Ok(result as u32)
     }
 }
 
-/// Storage the kernel writes the peer address into. Boxed so it does not move
-/// while the op is in flight.
+/// Storage the kernel writes the peer address into.
 pub struct AcceptData {
     storage: SockAddrStorage,
     len: libc::socklen_t,
 }
 
-pub struct AcceptTransform;
-
-impl OneshotOutputTransform for AcceptTransform {
-    type Output = io::Result<(OwnedFd, Option<SocketAddr>)>;
-    type StoredData = Box<AcceptData>;
-
-    fn transform_oneshot_output(self, data: Self::StoredData, cqe: cqueue::Entry) -> Self::Output {
-        let fd = cqe_result(&cqe)? as RawFd;
-        // SAFETY: a non-negative accept result is a new descriptor the kernel
-        // gave to us alone; wrapping it transfers ownership.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let AcceptData { storage, len } = *data;
-        // SAFETY: the kernel wrote a valid socket address of `len` bytes (at
-        // most the storage's size) into `storage`.
-        let addr = unsafe { SockAddr::new(storage, len) };
-        Ok((fd, addr.as_socket()))
-    }
-}
-
-pub type Accept = InFlightOneshot<Box<AcceptData>, AcceptTransform>;
+/// An accept in flight: the new socket and its peer's address.
+pub struct Accept(Op<AcceptData>);
 
 /// Submits one accept on `listener`; the new socket is non-blocking and close-on-exec.
 pub fn accept(listener: RawFd) -> Accept {
@@ -65,7 +49,25 @@ pub fn accept(listener: RawFd) -> Accept {
     )
     .flags(libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC)
     .build();
-    UnsubmittedOneshot::new(data, AcceptTransform, sqe).submit()
+    // SAFETY: the SQE points only into the boxed `data`, which the op owns.
+    Accept(unsafe { Op::submit(data, sqe, true) })
+}
+
+impl Future for Accept {
+    type Output = io::Result<(OwnedFd, Option<SocketAddr>)>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (data, result, _) = ready!(Pin::new(&mut self.0).poll(cx));
+        let fd = check(result)? as RawFd;
+        // SAFETY: a non-negative accept result is a new descriptor the kernel
+        // gave to us alone; wrapping it transfers ownership.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let AcceptData { storage, len } = *data;
+        // SAFETY: the kernel wrote a valid socket address of `len` bytes (at
+        // most the storage's size) into `storage`.
+        let addr = unsafe { SockAddr::new(storage, len) };
+        Poll::Ready(Ok((fd, addr.as_socket())))
+    }
 }
 
 /// The socket and the address a connect SQE points at.
@@ -74,21 +76,11 @@ pub struct ConnectData {
     addr: SockAddr,
 }
 
-pub struct ConnectTransform;
-
-impl OneshotOutputTransform for ConnectTransform {
-    type Output = (OwnedFd, io::Result<()>);
-    type StoredData = Box<ConnectData>;
-
-    fn transform_oneshot_output(self, data: Self::StoredData, cqe: cqueue::Entry) -> Self::Output {
-        (data.socket, cqe_result(&cqe).map(drop))
-    }
-}
-
-pub type Connect = InFlightOneshot<Box<ConnectData>, ConnectTransform>;
+/// A connect in flight; it hands the socket back with the result.
+pub struct Connect(Op<ConnectData>);
 
 /// Submits a connect of `socket` to `addr`. The op owns the socket until it
-/// completes and hands it back with the result.
+/// completes.
 pub fn connect(socket: OwnedFd, addr: SocketAddr) -> Connect {
     let data = Box::new(ConnectData {
         socket,
@@ -100,18 +92,29 @@ pub fn connect(socket: OwnedFd, addr: SocketAddr) -> Connect {
         data.addr.len(),
     )
     .build();
-    UnsubmittedOneshot::new(data, ConnectTransform, sqe).submit()
+    // SAFETY: the SQE points only into the boxed `data` (its socket and
+    // address), which the op owns.
+    Connect(unsafe { Op::submit(data, sqe, false) })
 }
 
-/// For ops that own nothing and answer a count or flags: the CQE's result.
-pub struct ResultTransform;
+impl Future for Connect {
+    type Output = (OwnedFd, io::Result<()>);
 
-impl OneshotOutputTransform for ResultTransform {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (data, result, _) = ready!(Pin::new(&mut self.0).poll(cx));
+        Poll::Ready((data.socket, check(result).map(drop)))
+    }
+}
+
+/// An op that owns nothing and answers a count or flags.
+pub struct Plain(Op<()>);
+
+impl Future for Plain {
     type Output = io::Result<u32>;
-    type StoredData = ();
 
-    fn transform_oneshot_output(self, _: (), cqe: cqueue::Entry) -> Self::Output {
-        cqe_result(&cqe)
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (_, result, _) = ready!(Pin::new(&mut self.0).poll(cx));
+        Poll::Ready(check(result))
     }
 }
 
@@ -121,16 +124,14 @@ impl OneshotOutputTransform for ResultTransform {
 /// `ENOENT` (nothing left to cancel: it had already completed) counts as 0.
 pub async fn cancel_fd(fd: RawFd) -> io::Result<u32> {
     let sqe = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all()).build();
-    match UnsubmittedOneshot::new((), ResultTransform, sqe)
-        .submit()
-        .await
-    {
+    // SAFETY: the SQE points at nothing.
+    match Plain(unsafe { Op::submit(Box::new(()), sqe, false) }).await {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(0),
         other => other,
     }
 }
 
-pub type PollOp = InFlightOneshot<(), ResultTransform>;
+pub type PollOp = Plain;
 
 /// Submits a one-shot poll of `fd` for `events` (`POLLIN`, `POLLOUT`);
 /// completes with the events that are ready. Readiness is checked when the
@@ -140,5 +141,6 @@ pub type PollOp = InFlightOneshot<(), ResultTransform>;
 /// (`shutdown(2)` does) or the socket outlives its close.
 pub fn poll(fd: RawFd, events: u32) -> PollOp {
     let sqe = opcode::PollAdd::new(types::Fd(fd), events).build();
-    UnsubmittedOneshot::new((), ResultTransform, sqe).submit()
+    // SAFETY: the SQE points at nothing.
+    Plain(unsafe { Op::submit(Box::new(()), sqe, false) })
 }

@@ -27,11 +27,12 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use socket2::SockRef;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use pipe::PipePool;
 use stage::{Loan, Stage, recv_into};
 
+use crate::rt;
 use crate::uring::{self, PollOp};
 
 use crate::metrics::{TargetSlot, bump};
@@ -147,7 +148,7 @@ pub fn run<'a>(
         upload_refused: None,
         idle,
         last_active,
-        timer: tokio::time::sleep(idle),
+        timer: rt::time::sleep(idle),
     }
 }
 
@@ -171,7 +172,7 @@ pin_project_lite::pin_project! {
         idle: Duration,
         last_active: Instant,
         #[pin]
-        timer: tokio::time::Sleep,
+        timer: rt::time::Sleep,
     }
 }
 

@@ -6,10 +6,7 @@ use super::*;
 /// client's first read, which the session holds while it connects, is 32.
 #[test]
 fn proxy_future_stays_small() {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = crate::rt::Runtime::new().unwrap();
     rt.block_on(async {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
@@ -79,7 +76,7 @@ fn sockets() -> (
 
 /// Proxies between the two sockets until both directions end.
 fn proxy(pool: &PipePool, client: std::net::TcpStream, target: std::net::TcpStream) -> Transferred {
-    tokio_uring::start(async {
+    crate::rt::Runtime::new().unwrap().block_on(async {
         let counters = TargetSlot::default();
         let idle = Duration::from_secs(10);
         let client = OwnedFd::from(client);

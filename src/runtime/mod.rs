@@ -1,5 +1,5 @@
-//! Worker threads: one per core, pinned, each with its own tokio-uring runtime
-//! and its own listening sockets.
+//! Worker threads: one per core, pinned, each with its own io_uring runtime
+//! ([`crate::rt`]) and its own listening sockets.
 
 mod worker;
 
@@ -60,18 +60,6 @@ pub struct WorkerPlan {
     pub listeners: Vec<BoundListener>,
 }
 
-/// The worker's io_uring runtime. `IORING_SETUP_COOP_TASKRUN`: completions
-/// (poll, accept, connect) are not pushed at the thread as a signal-like
-/// interruption of whatever syscall it is in (measured: 9% of a worker's CPU
-/// in `get_signal`/task work under keep-alive load), but run at its next
-/// kernel transition. Kernels before 5.19 lack the flag: then without it.
-fn new_ring() -> io::Result<tokio_uring::Runtime> {
-    let mut coop = tokio_uring::uring_builder();
-    coop.setup_coop_taskrun().setup_taskrun_flag();
-    tokio_uring::Runtime::new(tokio_uring::builder().uring_builder(&coop))
-        .or_else(|_| tokio_uring::Runtime::new(&tokio_uring::builder()))
-}
-
 /// What every worker shares with the control plane.
 #[derive(Clone)]
 pub struct Shared {
@@ -123,7 +111,7 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                 {
                     tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker to its CPU");
                 }
-                let rt = match new_ring() {
+                let rt = match crate::rt::Runtime::new() {
                     Ok(rt) => rt,
                     Err(source) => {
                         // The receiver outlives every worker's first message.

@@ -13,7 +13,6 @@ use std::time::Duration;
 use slab::Slab;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::sync::{Notify, mpsc, watch};
-use tokio::task::{AbortHandle, JoinHandle};
 use tracing::{debug, info, warn};
 
 use super::{Shared, Stop};
@@ -21,6 +20,7 @@ use crate::balancer::Tried;
 use crate::metrics::{ActiveGuard, ListenerStats, bump, decrement};
 use crate::proxy::{self, ProxyError, pipe::PipePool};
 use crate::proxy_protocol::ProxyProtocol;
+use crate::rt::{self, AbortHandle, JoinHandle};
 use crate::snapshot::Snapshot;
 use crate::uring;
 
@@ -119,7 +119,7 @@ impl Worker {
         for l in listeners {
             self.add_listener(l);
         }
-        let mut trim = tokio::time::interval(PIPE_TRIM_EVERY);
+        let mut trim = rt::time::interval(PIPE_TRIM_EVERY);
         loop {
             tokio::select! {
                 _ = trim.tick() => {
@@ -157,7 +157,7 @@ impl Worker {
             };
             let cut = async {
                 tokio::select! {
-                    () = tokio::time::sleep(grace) => "shutdown_timeout reached; closing connections",
+                    () = rt::time::sleep(grace) => "shutdown_timeout reached; closing connections",
                     _ = stop.wait_for(|s| *s == Stop::Now) => "told to stop now; closing connections",
                 }
             };
@@ -213,7 +213,7 @@ impl Worker {
         }
         let (stop, stopped) = watch::channel(false);
         let name = l.name.clone();
-        let task = tokio_uring::spawn(accept_loop(self.clone(), l, stopped));
+        let task = rt::spawn(accept_loop(self.clone(), l, stopped));
         let replaced = self
             .listeners
             .borrow_mut()
@@ -285,7 +285,7 @@ async fn accept_loop(
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
                 tokio::select! {
-                    () = tokio::time::sleep(backoff) => {}
+                    () = rt::time::sleep(backoff) => {}
                     _ = stop.wait_for(|&stop| stop) => return l,
                 }
             }
@@ -333,9 +333,9 @@ fn serve(w: &Rc<Worker>, l: &BoundListener, client: OwnedFd, peer: Option<Socket
         group,
         proxy_protocol,
     };
-    let task = tokio_uring::spawn(session(registered, client, peer, placement));
+    let task = rt::spawn_detached(session(registered, client, peer, placement));
     if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
-        entry.task = Some(task.abort_handle());
+        entry.task = Some(task);
     }
 }
 
@@ -542,7 +542,7 @@ async fn connect(
     let (socket, result) = tokio::select! {
         biased;
         r = &mut op => r,
-        () = tokio::time::sleep(timeout) => {
+        () = rt::time::sleep(timeout) => {
             if let Err(e) = uring::cancel_fd(raw).await {
                 // Still reap the op below: it ends when the kernel gives up.
                 warn!(target = %addr, error = %e, "cancelling a timed-out connect failed");

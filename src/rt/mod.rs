@@ -1,0 +1,635 @@
+//! ringlb's own per-core runtime: one thread, one io_uring ring, tasks that
+//! never leave the thread.
+//!
+//! It replaces tokio-uring under the workers (issue #13). What it does that
+//! tokio-uring could not:
+//!
+//! - it waits in `io_uring_enter` itself, not in `epoll_wait` on the ring's
+//!   fd, so the ring can be set up `SINGLE_ISSUER | DEFER_TASKRUN`: the
+//!   kernel runs completion work in one batch when the loop asks for events,
+//!   never as an interruption of some other system call;
+//! - one `io_uring_enter` per turn of the loop submits every SQE the tasks
+//!   queued and collects every completion, for all connections at once;
+//! - tasks are plain boxed futures in a slab with a run queue, no budget, no
+//!   shared scheduler;
+//! - an operation dropped in flight keeps what its SQE points at alive until
+//!   its completion arrives, and an accepted socket that nobody waits for any
+//!   more is closed, not leaked.
+//!
+//! Timers are a `BTreeMap` by deadline ([`time`]); wakes from other threads
+//! (the control plane's commands) go through a mutex-guarded queue and an
+//! eventfd the ring keeps a read armed on. Wakes from the worker's own thread,
+//! all of the data path's, take no lock.
+
+mod op;
+pub mod time;
+
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::future::Future;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::pin::{Pin, pin};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+use io_uring::{IoUring, opcode, squeue, types};
+use slab::Slab;
+
+pub use op::Op;
+
+/// SQEs (and twice as many CQEs) per ring.
+const RING_ENTRIES: u32 = 1024;
+/// `user_data` of the eventfd read that wakes the loop for other threads.
+const WAKE_TOKEN: u64 = u64::MAX;
+/// `user_data` of the cancel-everything SQE sent when the runtime stops.
+const TEARDOWN_TOKEN: u64 = u64::MAX - 1;
+/// `IORING_ENTER_GETEVENTS` (io-uring 0.6 keeps its `sys` module private).
+const ENTER_GETEVENTS: u32 = 1;
+
+thread_local! {
+    static CONTEXT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` with the runtime of this thread. Panics off a runtime thread: the
+/// data path's types are only ever built on one.
+fn with_inner<R>(f: impl FnOnce(&Inner) -> R) -> R {
+    CONTEXT.with(|c| {
+        let c = c.borrow();
+        let inner = c
+            .as_ref()
+            .expect("ringlb::rt used outside a worker runtime (call Runtime::block_on)");
+        f(inner)
+    })
+}
+
+/// Like [`with_inner`], but `None` when no runtime runs here (a drop after
+/// the runtime is gone).
+fn try_with_inner<R>(f: impl FnOnce(&Inner) -> R) -> Option<R> {
+    CONTEXT
+        .try_with(|c| c.borrow().as_ref().map(|inner| f(inner)))
+        .ok()
+        .flatten()
+}
+
+/// One worker's runtime. Build it on the thread that will run it: the ring is
+/// `SINGLE_ISSUER`, bound to its creator.
+pub struct Runtime {
+    inner: Rc<Inner>,
+}
+
+struct Inner {
+    ring: RefCell<IoUring>,
+    ops: RefCell<Slab<op::Slot>>,
+    timers: RefCell<time::Timers>,
+    tasks: RefCell<Slab<TaskEntry>>,
+    ready: RefCell<VecDeque<Arc<Header>>>,
+    remote: Arc<Remote>,
+    /// Where the eventfd read lands; boxed so its address holds while armed.
+    wake_buf: RefCell<Box<u64>>,
+    /// The eventfd read is in the ring.
+    wake_armed: Cell<bool>,
+    /// Completions taken from the ring in one go, kept to reuse its memory.
+    reaped: RefCell<Vec<(u64, i32, u32)>>,
+    /// How the ring was set up, for logs and tests.
+    mode: RingMode,
+}
+
+/// Which of the ring set-ups the kernel took.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RingMode {
+    /// `SINGLE_ISSUER | DEFER_TASKRUN` (Linux 6.1 and later).
+    DeferTaskrun,
+    /// `COOP_TASKRUN` (Linux 5.19 and later).
+    CoopTaskrun,
+    /// Neither.
+    Plain,
+}
+
+/// Wakes that come from other threads.
+struct Remote {
+    queue: Mutex<Vec<Arc<Header>>>,
+    /// Something is in `queue` that the loop has not taken yet.
+    pending: AtomicBool,
+    eventfd: OwnedFd,
+}
+
+impl Remote {
+    fn push(&self, task: Arc<Header>) {
+        self.queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(task);
+        if !self.pending.swap(true, Ordering::AcqRel) {
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd we own. It
+            // cannot fail short of the counter overflowing, which one write
+            // per drained queue never reaches.
+            unsafe { libc::write(self.eventfd.as_raw_fd(), (&raw const one).cast(), 8) };
+        }
+    }
+}
+
+/// What a waker points at: a task's slot, whether it is queued to run, and
+/// the way back to its runtime from another thread.
+struct Header {
+    key: usize,
+    queued: AtomicBool,
+    aborted: AtomicBool,
+    remote: Arc<Remote>,
+}
+
+impl Wake for Header {
+    fn wake(self: Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            schedule(self);
+        }
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            schedule(self.clone());
+        }
+    }
+}
+
+/// Queues a task to run: straight onto the run queue from its own thread,
+/// through the remote queue and the eventfd from any other.
+fn schedule(task: Arc<Header>) {
+    let mut task = Some(task);
+    // At thread exit the context may be gone: then the remote queue takes it.
+    let _ = CONTEXT.try_with(|c| {
+        if let Some(inner) = c.borrow().as_ref()
+            && let Some(t) = task.take_if(|t| Arc::ptr_eq(&t.remote, &inner.remote))
+        {
+            inner.ready.borrow_mut().push_back(t);
+        }
+    });
+    if let Some(t) = task {
+        t.remote.clone().push(t);
+    }
+}
+
+struct TaskEntry {
+    header: Arc<Header>,
+    waker: Waker,
+    /// `None` while it is being polled.
+    future: Option<Pin<Box<dyn Future<Output = ()>>>>,
+}
+
+impl Runtime {
+    /// Sets up the ring: `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has
+    /// it, else `COOP_TASKRUN`, else plain.
+    pub fn new() -> io::Result<Runtime> {
+        let (ring, mode) = new_ring()?;
+        // SAFETY: eventfd either fails or returns a new descriptor we own.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh descriptor from eventfd, owned by nobody else.
+        let eventfd = unsafe { OwnedFd::from_raw_fd(efd) };
+        let inner = Rc::new(Inner {
+            ring: RefCell::new(ring),
+            ops: RefCell::new(Slab::with_capacity(256)),
+            timers: RefCell::new(time::Timers::default()),
+            tasks: RefCell::new(Slab::with_capacity(256)),
+            ready: RefCell::new(VecDeque::with_capacity(256)),
+            remote: Arc::new(Remote {
+                queue: Mutex::new(Vec::new()),
+                pending: AtomicBool::new(false),
+                eventfd,
+            }),
+            wake_buf: RefCell::new(Box::new(0)),
+            wake_armed: Cell::new(false),
+            reaped: RefCell::new(Vec::with_capacity(256)),
+            mode,
+        });
+        inner.arm_wake();
+        Ok(Runtime { inner })
+    }
+
+    pub fn mode(&self) -> RingMode {
+        self.inner.mode
+    }
+
+    /// Runs `fut` and every task spawned meanwhile until `fut` completes.
+    /// Tasks still running then stay (a later `block_on` runs them) until
+    /// the runtime is dropped.
+    pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
+        let _enter = Enter::new(&self.inner);
+        let inner = &*self.inner;
+        let main = Arc::new(Header {
+            key: usize::MAX,
+            queued: AtomicBool::new(true),
+            aborted: AtomicBool::new(false),
+            remote: inner.remote.clone(),
+        });
+        let waker = Waker::from(main.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut fut = pin!(fut);
+        inner.ready.borrow_mut().push_back(main.clone());
+        loop {
+            // Run what is queued now; tasks woken meanwhile wait a turn, so
+            // completions are collected between batches.
+            let batch = inner.ready.borrow().len();
+            for _ in 0..batch {
+                let Some(task) = inner.ready.borrow_mut().pop_front() else {
+                    break;
+                };
+                task.queued.store(false, Ordering::Release);
+                if Arc::ptr_eq(&task, &main) {
+                    if let Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                        return out;
+                    }
+                } else {
+                    inner.run_task(&task);
+                }
+            }
+            inner.take_remote();
+            let idle = inner.ready.borrow().is_empty();
+            inner.enter(idle);
+            inner.reap();
+            inner.fire_timers();
+        }
+    }
+}
+
+impl Drop for Runtime {
+    /// Drops every task (their sockets close), then cancels what is left in
+    /// the ring and waits (at most a second) until the kernel has let go of
+    /// every buffer an SQE points at.
+    fn drop(&mut self) {
+        let _enter = Enter::new(&self.inner);
+        let inner = &*self.inner;
+        // A dropped task can wake or spawn others; a few passes settle it.
+        for _ in 0..4 {
+            let futures: Vec<_> = inner
+                .tasks
+                .borrow_mut()
+                .drain()
+                .filter_map(|t| t.future)
+                .collect();
+            if futures.is_empty() {
+                break;
+            }
+            drop(futures);
+        }
+        inner.ready.borrow_mut().clear();
+        inner
+            .remote
+            .queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::any())
+            .build()
+            .user_data(TEARDOWN_TOKEN);
+        // SAFETY: the SQE points at nothing.
+        unsafe { inner.push(&cancel) };
+        let give_up = Instant::now() + Duration::from_secs(1);
+        while inner.in_flight() && Instant::now() < give_up {
+            inner.enter(false);
+            inner.reap();
+        }
+    }
+}
+
+/// Makes a runtime this thread's current one, and puts back whatever was
+/// current before when dropped.
+struct Enter {
+    previous: Option<Rc<Inner>>,
+}
+
+impl Enter {
+    fn new(inner: &Rc<Inner>) -> Enter {
+        let previous = CONTEXT.with(|c| c.borrow_mut().replace(inner.clone()));
+        Enter { previous }
+    }
+}
+
+impl Drop for Enter {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        // At thread exit the slot may be gone already; nothing to restore then.
+        if CONTEXT.try_with(|c| *c.borrow_mut() = previous).is_err() {
+            // The thread-local is being destroyed with the thread.
+        }
+    }
+}
+
+fn new_ring() -> io::Result<(IoUring, RingMode)> {
+    let defer = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(RING_ENTRIES);
+    if let Ok(ring) = defer {
+        return Ok((ring, RingMode::DeferTaskrun));
+    }
+    let coop = IoUring::builder()
+        .setup_coop_taskrun()
+        .setup_taskrun_flag()
+        .build(RING_ENTRIES);
+    if let Ok(ring) = coop {
+        return Ok((ring, RingMode::CoopTaskrun));
+    }
+    Ok((IoUring::new(RING_ENTRIES)?, RingMode::Plain))
+}
+
+impl Inner {
+    fn spawn(&self, future: Pin<Box<dyn Future<Output = ()>>>) -> AbortHandle {
+        let mut tasks = self.tasks.borrow_mut();
+        let slot = tasks.vacant_entry();
+        let header = Arc::new(Header {
+            key: slot.key(),
+            queued: AtomicBool::new(true),
+            aborted: AtomicBool::new(false),
+            remote: self.remote.clone(),
+        });
+        slot.insert(TaskEntry {
+            header: header.clone(),
+            waker: Waker::from(header.clone()),
+            future: Some(future),
+        });
+        drop(tasks);
+        self.ready.borrow_mut().push_back(header.clone());
+        AbortHandle { header }
+    }
+
+    /// Polls one task once, or drops it if it was aborted. A task that
+    /// panics is dropped and the panic logged; the worker goes on.
+    fn run_task(&self, task: &Arc<Header>) {
+        let taken = {
+            let mut tasks = self.tasks.borrow_mut();
+            match tasks.get_mut(task.key) {
+                Some(e) if Arc::ptr_eq(&e.header, task) => {
+                    e.future.take().map(|f| (f, e.waker.clone()))
+                }
+                _ => None, // finished; a late wake
+            }
+        };
+        let Some((mut future, waker)) = taken else {
+            return;
+        };
+        if task.aborted.load(Ordering::Acquire) {
+            self.tasks.borrow_mut().remove(task.key);
+            drop(future);
+            return;
+        }
+        let mut cx = Context::from_waker(&waker);
+        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            future.as_mut().poll(&mut cx)
+        }));
+        match polled {
+            Ok(Poll::Pending) => {
+                if let Some(e) = self.tasks.borrow_mut().get_mut(task.key) {
+                    e.future = Some(future);
+                }
+            }
+            Ok(Poll::Ready(())) => {
+                self.tasks.borrow_mut().remove(task.key);
+                drop(future);
+            }
+            Err(_) => {
+                tracing::error!("a task panicked; it is dropped and the worker goes on");
+                self.tasks.borrow_mut().remove(task.key);
+                drop(future);
+            }
+        }
+    }
+
+    fn take_remote(&self) {
+        if self.remote.pending.swap(false, Ordering::AcqRel) {
+            let woken = std::mem::take(
+                &mut *self
+                    .remote
+                    .queue
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner),
+            );
+            self.ready.borrow_mut().extend(woken);
+        }
+    }
+
+    /// Queues one SQE, submitting what is queued first if the ring is full.
+    ///
+    /// # Safety
+    /// Whatever `sqe` points at must stay valid until its completion is reaped.
+    unsafe fn push(&self, sqe: &squeue::Entry) {
+        for _ in 0..64 {
+            let submitted = {
+                let mut ring = self.ring.borrow_mut();
+                // SAFETY: passed on from the caller.
+                if unsafe { ring.submission().push(sqe) }.is_ok() {
+                    return;
+                }
+                ring.submit()
+            };
+            if let Err(e) = submitted
+                && e.raw_os_error() != Some(libc::EINTR)
+            {
+                // The completion queue is full: take completions off it.
+                self.reap();
+            }
+        }
+        panic!("io_uring submission queue stays full");
+    }
+
+    /// Submits queued SQEs and collects completions. `idle` (nothing to run):
+    /// waits for at least one completion or the next timer.
+    fn enter(&self, idle: bool) {
+        let wait = if idle {
+            match self.timers.borrow().next_deadline() {
+                None => Some(None),
+                Some(at) => {
+                    let now = Instant::now();
+                    (at > now).then(|| Some(at - now))
+                }
+            }
+        } else {
+            None
+        };
+        let mut ring = self.ring.borrow_mut();
+        let result = match wait {
+            Some(None) => ring.submit_and_wait(1),
+            Some(Some(timeout)) => {
+                let ts = types::Timespec::from(timeout);
+                let args = types::SubmitArgs::new().timespec(&ts);
+                ring.submitter().submit_with_args(1, &args)
+            }
+            None => {
+                let queued = ring.submission().len() as u32;
+                // SAFETY: no argument; GETEVENTS without a minimum only runs
+                // the deferred completion work and returns.
+                unsafe {
+                    ring.submitter()
+                        .enter::<libc::sigset_t>(queued, 0, ENTER_GETEVENTS, None)
+                }
+            }
+        };
+        match result {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => tracing::warn!(error = %e, "io_uring_enter failed"),
+        }
+    }
+
+    /// Hands every completion in the ring to its operation.
+    fn reap(&self) {
+        let mut reaped = std::mem::take(&mut *self.reaped.borrow_mut());
+        loop {
+            reaped.clear();
+            {
+                let mut ring = self.ring.borrow_mut();
+                reaped.extend(
+                    ring.completion()
+                        .map(|c| (c.user_data(), c.result(), c.flags())),
+                );
+            }
+            if reaped.is_empty() {
+                break;
+            }
+            for &(user_data, result, flags) in &reaped {
+                match user_data {
+                    WAKE_TOKEN => self.woken(result),
+                    TEARDOWN_TOKEN => {}
+                    key => op::complete(self, key as usize, result, flags),
+                }
+            }
+        }
+        *self.reaped.borrow_mut() = reaped;
+    }
+
+    fn fire_timers(&self) {
+        let now = Instant::now();
+        loop {
+            // One at a time: a waker may not run code that reaches the timers
+            // while they are borrowed.
+            let Some(waker) = self.timers.borrow_mut().pop_due(now) else {
+                break;
+            };
+            waker.wake();
+        }
+    }
+
+    /// Arms a read of the eventfd that other threads write to wake the loop.
+    fn arm_wake(&self) {
+        let mut buf = self.wake_buf.borrow_mut();
+        let sqe = opcode::Read::new(
+            types::Fd(self.remote.eventfd.as_raw_fd()),
+            (&raw mut **buf).cast(),
+            8,
+        )
+        .build()
+        .user_data(WAKE_TOKEN);
+        drop(buf);
+        // SAFETY: the buffer is boxed in `Inner`, which outlives the ring's
+        // last completion (dropping the runtime reaps everything first).
+        unsafe { self.push(&sqe) };
+        self.wake_armed.set(true);
+    }
+
+    fn woken(&self, result: i32) {
+        self.wake_armed.set(false);
+        if result == -libc::ECANCELED {
+            return; // the runtime is stopping
+        }
+        self.take_remote();
+        self.arm_wake();
+    }
+
+    /// Operations the kernel may still write into, the wake read included.
+    fn in_flight(&self) -> bool {
+        !self.ops.borrow().is_empty() || self.wake_armed.get()
+    }
+}
+
+/// Spawns a task on this thread's runtime and returns a handle to abort it.
+pub fn spawn_detached(future: impl Future<Output = ()> + 'static) -> AbortHandle {
+    with_inner(|inner| inner.spawn(Box::pin(future)))
+}
+
+/// Spawns a task on this thread's runtime; its handle awaits its output.
+pub fn spawn<T: 'static>(future: impl Future<Output = T> + 'static) -> JoinHandle<T> {
+    let slot = Rc::new(RefCell::new(Joined {
+        out: None,
+        ended: false,
+        waker: None,
+    }));
+    let end = JoinEnd(slot.clone());
+    spawn_detached(async move {
+        let out = future.await;
+        end.0.borrow_mut().out = Some(out);
+    });
+    JoinHandle { slot }
+}
+
+/// Stops a task: it is dropped the next time the runtime would run it.
+#[derive(Clone)]
+pub struct AbortHandle {
+    header: Arc<Header>,
+}
+
+impl AbortHandle {
+    pub fn abort(&self) {
+        self.header.aborted.store(true, Ordering::Release);
+        self.header.wake_by_ref();
+    }
+}
+
+pub struct JoinHandle<T> {
+    slot: Rc<RefCell<Joined<T>>>,
+}
+
+struct Joined<T> {
+    out: Option<T>,
+    /// The task is gone, finished or not.
+    ended: bool,
+    waker: Option<Waker>,
+}
+
+/// Owned by the task: marks it ended however it ends, and wakes the joiner.
+struct JoinEnd<T>(Rc<RefCell<Joined<T>>>);
+
+impl<T> Drop for JoinEnd<T> {
+    fn drop(&mut self) {
+        let waker = {
+            let mut j = self.0.borrow_mut();
+            j.ended = true;
+            j.waker.take()
+        };
+        if let Some(w) = waker {
+            w.wake();
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the task was dropped before it finished (it panicked, or its runtime stopped)")]
+pub struct JoinError;
+
+impl<T> Future for JoinHandle<T> {
+    type Output = Result<T, JoinError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut j = self.slot.borrow_mut();
+        if let Some(out) = j.out.take() {
+            return Poll::Ready(Ok(out));
+        }
+        if j.ended {
+            return Poll::Ready(Err(JoinError));
+        }
+        j.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+use std::cell::Cell;
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use super::*;
+
+#[test]
+fn spawned_tasks_run_and_hand_back_their_output() {
+    let rt = Runtime::new().unwrap();
+    println!("ring set up as {:?}", rt.mode());
+    let out = rt.block_on(async {
+        let a = spawn(async { 40 });
+        let b = spawn(async {
+            time::sleep(Duration::from_millis(5)).await;
+            2
+        });
+        a.await.unwrap() + b.await.unwrap()
+    });
+    assert_eq!(out, 42);
+}
+
+/// Marks a flag when dropped.
+struct DropFlag(Rc<Cell<bool>>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.set(true);
+    }
+}
+
+#[test]
+fn an_aborted_task_is_dropped_and_never_finishes() {
+    let rt = Runtime::new().unwrap();
+    let dropped = Rc::new(Cell::new(false));
+    let finished = Rc::new(Cell::new(false));
+    let (d, f) = (dropped.clone(), finished.clone());
+    rt.block_on(async move {
+        let task = spawn_detached(async move {
+            let _flag = DropFlag(d);
+            time::sleep(Duration::from_secs(60)).await;
+            f.set(true);
+        });
+        time::sleep(Duration::from_millis(2)).await;
+        task.abort();
+        time::sleep(Duration::from_millis(2)).await;
+    });
+    assert!(dropped.get(), "the aborted task's future was not dropped");
+    assert!(!finished.get());
+    // Its 60 s timer went with it.
+    assert!(rt.inner.timers.borrow().next_deadline().is_none());
+}
+
+#[test]
+fn timers_fire_in_deadline_order_never_early_and_reset_moves_them() {
+    let rt = Runtime::new().unwrap();
+    let order = Rc::new(RefCell::new(Vec::new()));
+    let start = Instant::now();
+    rt.block_on({
+        let order = order.clone();
+        async move {
+            let mut tasks = Vec::new();
+            for ms in [30u64, 10, 20] {
+                let order = order.clone();
+                tasks.push(spawn(async move {
+                    time::sleep(Duration::from_millis(ms)).await;
+                    order.borrow_mut().push((ms, start.elapsed()));
+                }));
+            }
+            let mut moved = time::sleep(Duration::from_secs(60));
+            moved.reset(Instant::now() + Duration::from_millis(5));
+            moved.await;
+            order.borrow_mut().push((5, start.elapsed()));
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    });
+    let order = order.borrow();
+    let names: Vec<u64> = order.iter().map(|(ms, _)| *ms).collect();
+    assert_eq!(names, [5, 10, 20, 30]);
+    for (ms, at) in order.iter() {
+        assert!(
+            *at >= Duration::from_millis(*ms),
+            "{ms} ms timer fired at {at:?}"
+        );
+    }
+    assert!(rt.inner.timers.borrow().next_deadline().is_none());
+}
+
+#[test]
+fn a_wake_from_another_thread_ends_the_wait_in_the_ring() {
+    let rt = Runtime::new().unwrap();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let sender = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(50));
+        tx.send(7).unwrap();
+    });
+    let start = Instant::now();
+    // No timer is registered: only the eventfd can end the wait.
+    let got = rt.block_on(async { rx.recv().await });
+    assert_eq!(got, Some(7));
+    assert!(start.elapsed() < Duration::from_secs(5));
+    sender.join().unwrap();
+}
+
+#[test]
+fn a_panicking_task_is_dropped_and_the_others_go_on() {
+    let rt = Runtime::new().unwrap();
+    let out = rt.block_on(async {
+        let bad = spawn(async {
+            time::sleep(Duration::from_millis(1)).await;
+            panic!("on purpose");
+        });
+        let good = spawn(async {
+            time::sleep(Duration::from_millis(5)).await;
+            1
+        });
+        (bad.await.is_err(), good.await.unwrap())
+    });
+    assert_eq!(out, (true, 1));
+}
+
+/// An accept dropped while in flight: the connection that completes it is
+/// closed by the runtime, not leaked (its client reads end of stream).
+#[test]
+fn an_accept_dropped_in_flight_does_not_leak_its_socket() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rt = Runtime::new().unwrap();
+    let mut client = rt.block_on(async {
+        let op = crate::uring::accept(listener.as_raw_fd());
+        // Submitted with the next turn of the loop.
+        time::sleep(Duration::from_millis(5)).await;
+        drop(op);
+        let client = TcpStream::connect(addr).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while rt_ops_in_flight() > 0 && Instant::now() < deadline {
+            time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(rt_ops_in_flight(), 0, "the orphaned accept never completed");
+        client
+    });
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut buf = [0u8; 1];
+    let n =
+        std::io::Read::read(&mut client, &mut buf).expect("the accepted socket was never closed");
+    assert_eq!(n, 0);
+}
+
+fn rt_ops_in_flight() -> usize {
+    with_inner(|inner| inner.ops.borrow().len())
+}
+
+/// Dropping the runtime with ops in flight cancels them and waits for the
+/// kernel to let go: it returns at once, and its accept no longer takes
+/// connections.
+#[test]
+fn dropping_the_runtime_with_ops_in_flight_cancels_them() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    // Accepted, so the accept below waits, and open, so the polls wait.
+    let server = listener.accept().unwrap();
+    let rt = Runtime::new().unwrap();
+    let (client_fd, listener_fd) = (client.as_raw_fd(), listener.as_raw_fd());
+    rt.block_on(async {
+        for _ in 0..10 {
+            spawn_detached(crate::uring::poll(client_fd, libc::POLLIN as u32).map_ok());
+        }
+        spawn_detached(async move {
+            crate::uring::accept(listener_fd).await.ok();
+        });
+        time::sleep(Duration::from_millis(5)).await;
+        assert_eq!(rt_ops_in_flight(), 11);
+    });
+    let start = Instant::now();
+    drop(rt);
+    assert!(start.elapsed() < Duration::from_millis(500));
+    let _late = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match listener.accept() {
+            Ok(_) => break,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("the cancelled accept took the connection: {e}"),
+        }
+    }
+    drop(server);
+}
+
+trait MapOk {
+    async fn map_ok(self);
+}
+
+impl<F: Future<Output = io::Result<u32>>> MapOk for F {
+    async fn map_ok(self) {
+        self.await.ok();
+    }
+}
