@@ -1,6 +1,6 @@
 //! Listening sockets: one `SO_REUSEPORT` socket per worker per listener, so the
-//! kernel spreads accepts across cores. Built with socket2 (tokio-uring's
-//! `bind` sets SO_REUSEPORT silently and fixes the backlog at 1024).
+//! kernel spreads accepts across cores. Built with socket2, so that
+//! `SO_REUSEPORT`, the backlog and `IPV6_V6ONLY` are each set on purpose.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};

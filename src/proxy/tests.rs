@@ -20,7 +20,7 @@ fn proxy_future_stays_small() {
         let fut = run(&pool, first, a, b.into(), Duration::from_secs(1), &counters);
         let size = std::mem::size_of_val(&fut);
         println!("proxy future: {size} bytes");
-        assert!(size <= 384, "proxy future is {size} bytes");
+        assert!(size <= 312, "proxy future is {size} bytes");
     });
 }
 

@@ -52,6 +52,12 @@ fn an_aborted_task_is_dropped_and_never_finishes() {
     assert!(rt.inner.timers.borrow().next_deadline().is_none());
 }
 
+/// Every connection holds one timer (its idle timeout): keep it small.
+#[test]
+fn a_timer_is_40_bytes() {
+    assert_eq!(std::mem::size_of::<time::Sleep>(), 40);
+}
+
 #[test]
 fn timers_fire_in_deadline_order_never_early_and_reset_moves_them() {
     let rt = Runtime::new().unwrap();
@@ -98,10 +104,20 @@ fn a_wake_from_another_thread_ends_the_wait_in_the_ring() {
         tx.send(7).unwrap();
     });
     let start = Instant::now();
-    // No timer is registered: only the eventfd can end the wait.
-    let got = rt.block_on(async { rx.recv().await });
+    // Only the eventfd can end the wait before the 10 s timer (which keeps
+    // a broken wake from hanging the test).
+    let got = rt.block_on(async {
+        tokio::select! {
+            got = rx.recv() => got,
+            () = time::sleep(Duration::from_secs(10)) => None,
+        }
+    });
     assert_eq!(got, Some(7));
-    assert!(start.elapsed() < Duration::from_secs(5));
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "woken after {:?}",
+        start.elapsed()
+    );
     sender.join().unwrap();
 }
 
