@@ -137,7 +137,7 @@ pub fn run<'a>(
     idle: Duration,
     counters: &'a TargetSlot,
 ) -> impl Future<Output = Result<Transferred, ProxyError>> + 'a {
-    let mut last_active = Instant::now();
+    let mut last_active = rt::time::now();
     let mut up = Direction::new(pipes, &counters.bytes_sent);
     up.start_with(first, &mut last_active);
     Proxy {
@@ -232,7 +232,7 @@ impl Future for Proxy<'_> {
         // The timer is moved forward lazily: only when it fires early.
         while this.timer.as_mut().poll(cx).is_ready() {
             let deadline = *this.last_active + *this.idle;
-            if Instant::now() >= deadline {
+            if rt::time::now() >= deadline {
                 return Poll::Ready(Err(ProxyError::Idle(*this.idle)));
             }
             this.timer.as_mut().reset(deadline);
@@ -422,7 +422,7 @@ impl<'a> Direction<'a> {
                     }
                     Err(e) => return Poll::Ready(Err(dst_err(e))),
                     Ok(n) => {
-                        *last_active = Instant::now();
+                        *last_active = rt::time::now();
                         if n < before {
                             // The socket's send buffer is full: wait for room.
                             self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
@@ -487,7 +487,7 @@ impl Direction<'_> {
     fn count(&mut self, n: usize, last_active: &mut Instant) {
         self.moved += n as u64;
         bump(self.counter, n as u64);
-        *last_active = Instant::now();
+        *last_active = rt::time::now();
     }
 
     /// The source has ended; the end waits for [`Direction::pass_end`].

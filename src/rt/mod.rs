@@ -51,28 +51,26 @@ const TEARDOWN_TOKEN: u64 = u64::MAX - 1;
 const ENTER_GETEVENTS: u32 = 1;
 
 thread_local! {
-    static CONTEXT: RefCell<Option<Rc<Inner>>> = const { RefCell::new(None) };
+    /// The runtime running on this thread, set by [`Enter`]. A plain pointer
+    /// with no destructor: every op, timer and wake reads it, and this is
+    /// the cheapest thread-local there is.
+    static CONTEXT: Cell<*const Inner> = const { Cell::new(std::ptr::null()) };
 }
 
 /// Runs `f` with the runtime of this thread. Panics off a runtime thread: the
 /// data path's types are only ever built on one.
 fn with_inner<R>(f: impl FnOnce(&Inner) -> R) -> R {
-    CONTEXT.with(|c| {
-        let c = c.borrow();
-        let inner = c
-            .as_ref()
-            .expect("ringlb::rt used outside a worker runtime (call Runtime::block_on)");
-        f(inner)
-    })
+    try_with_inner(f).expect("ringlb::rt used outside a worker runtime (call Runtime::block_on)")
 }
 
 /// Like [`with_inner`], but `None` when no runtime runs here (a drop after
 /// the runtime is gone).
 fn try_with_inner<R>(f: impl FnOnce(&Inner) -> R) -> Option<R> {
-    CONTEXT
-        .try_with(|c| c.borrow().as_ref().map(|inner| f(inner)))
-        .ok()
-        .flatten()
+    let inner = CONTEXT.with(Cell::get);
+    // SAFETY: a non-null pointer was set by an `Enter` that holds an `Rc` to
+    // that `Inner` and puts the previous pointer back when dropped, so it
+    // points at a live `Inner` for as long as it is set.
+    unsafe { inner.as_ref() }.map(f)
 }
 
 /// One worker's runtime. Build it on the thread that will run it: the ring is
@@ -96,6 +94,9 @@ struct Inner {
     reaped: RefCell<Vec<(u64, i32, u32)>>,
     /// How the ring was set up, for logs and tests.
     mode: RingMode,
+    /// The time when the loop last came back from the kernel: what the data
+    /// path reads instead of the clock ([`time::now`]).
+    now: Cell<Instant>,
 }
 
 /// Which of the ring set-ups the kernel took.
@@ -160,11 +161,8 @@ impl Wake for Header {
 /// through the remote queue and the eventfd from any other.
 fn schedule(task: Arc<Header>) {
     let mut task = Some(task);
-    // At thread exit the context may be gone: then the remote queue takes it.
-    let _ = CONTEXT.try_with(|c| {
-        if let Some(inner) = c.borrow().as_ref()
-            && let Some(t) = task.take_if(|t| Arc::ptr_eq(&t.remote, &inner.remote))
-        {
+    try_with_inner(|inner| {
+        if let Some(t) = task.take_if(|t| Arc::ptr_eq(&t.remote, &inner.remote)) {
             inner.ready.borrow_mut().push_back(t);
         }
     });
@@ -207,6 +205,7 @@ impl Runtime {
             wake_armed: Cell::new(false),
             reaped: RefCell::new(Vec::with_capacity(256)),
             mode,
+            now: Cell::new(Instant::now()),
         });
         inner.arm_wake();
         Ok(Runtime { inner })
@@ -222,6 +221,7 @@ impl Runtime {
     pub fn block_on<F: Future>(&self, fut: F) -> F::Output {
         let _enter = Enter::new(&self.inner);
         let inner = &*self.inner;
+        inner.now.set(Instant::now());
         let main = Arc::new(Header {
             key: usize::MAX,
             queued: AtomicBool::new(true),
@@ -298,26 +298,26 @@ impl Drop for Runtime {
     }
 }
 
-/// Makes a runtime this thread's current one, and puts back whatever was
-/// current before when dropped.
+/// Makes a runtime this thread's current one, keeping it alive, and puts
+/// back whatever was current before when dropped.
 struct Enter {
-    previous: Option<Rc<Inner>>,
+    _current: Rc<Inner>,
+    previous: *const Inner,
 }
 
 impl Enter {
     fn new(inner: &Rc<Inner>) -> Enter {
-        let previous = CONTEXT.with(|c| c.borrow_mut().replace(inner.clone()));
-        Enter { previous }
+        let previous = CONTEXT.with(|c| c.replace(Rc::as_ptr(inner)));
+        Enter {
+            _current: inner.clone(),
+            previous,
+        }
     }
 }
 
 impl Drop for Enter {
     fn drop(&mut self) {
-        let previous = self.previous.take();
-        // At thread exit the slot may be gone already; nothing to restore then.
-        if CONTEXT.try_with(|c| *c.borrow_mut() = previous).is_err() {
-            // The thread-local is being destroyed with the thread.
-        }
+        CONTEXT.with(|c| c.set(self.previous));
     }
 }
 
@@ -365,9 +365,12 @@ impl Inner {
         let taken = {
             let mut tasks = self.tasks.borrow_mut();
             match tasks.get_mut(task.key) {
-                Some(e) if Arc::ptr_eq(&e.header, task) => {
-                    e.future.take().map(|f| (f, e.waker.clone()))
-                }
+                // The waker is lent, not cloned (an atomic increment and
+                // decrement per poll); a noop one stands in meanwhile.
+                Some(e) if Arc::ptr_eq(&e.header, task) => e
+                    .future
+                    .take()
+                    .map(|f| (f, std::mem::replace(&mut e.waker, Waker::noop().clone()))),
                 _ => None, // finished; a late wake
             }
         };
@@ -387,6 +390,7 @@ impl Inner {
             Ok(Poll::Pending) => {
                 if let Some(e) = self.tasks.borrow_mut().get_mut(task.key) {
                     e.future = Some(future);
+                    e.waker = waker;
                 }
             }
             Ok(Poll::Ready(())) => {
@@ -509,6 +513,7 @@ impl Inner {
 
     fn fire_timers(&self) {
         let now = Instant::now();
+        self.now.set(now);
         loop {
             // One at a time: a waker may not run code that reaches the timers
             // while they are borrowed.

@@ -54,6 +54,13 @@ pub fn sleep_until(deadline: Instant) -> Sleep {
     }
 }
 
+/// The time the worker's loop last came back from the kernel: at most one
+/// turn of the loop behind the clock, never ahead of it. The data path
+/// stamps activity with it instead of reading the clock per read.
+pub fn now() -> Instant {
+    try_with_inner(|inner| inner.now.get()).unwrap_or_else(Instant::now)
+}
+
 impl Sleep {
     pub fn deadline(&self) -> Instant {
         self.deadline
@@ -77,7 +84,9 @@ impl Future for Sleep {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if Instant::now() >= self.deadline {
+        // Never early: `now()` is never ahead of the clock. When it lags past
+        // the deadline, the timer registered below fires on the next turn.
+        if now() >= self.deadline {
             self.unregister();
             return Poll::Ready(());
         }
