@@ -250,8 +250,13 @@ impl Runtime {
                 }
             }
             inner.take_remote();
-            let idle = inner.ready.borrow().is_empty();
-            inner.enter(idle);
+            // Nothing left to run: wait for a completion or the next timer.
+            let wait = if inner.ready.borrow().is_empty() {
+                Wait::Until(inner.timers.borrow().next_deadline())
+            } else {
+                Wait::No
+            };
+            inner.enter(wait);
             inner.reap();
             inner.fire_timers();
         }
@@ -292,10 +297,32 @@ impl Drop for Runtime {
         unsafe { inner.push(&cancel) };
         let give_up = Instant::now() + Duration::from_secs(1);
         while inner.in_flight() && Instant::now() < give_up {
-            inner.enter(false);
+            inner.enter(Wait::Until(Some(
+                Instant::now() + Duration::from_millis(10),
+            )));
             inner.reap();
         }
+        if inner.in_flight() {
+            // The kernel may still write into what these ops own: leak it
+            // rather than free it under the kernel.
+            tracing::warn!(
+                ops = inner.ops.borrow().len(),
+                "io_uring ops still in flight after a second; their buffers are leaked"
+            );
+            std::mem::forget(std::mem::take(&mut *inner.ops.borrow_mut()));
+            std::mem::forget(std::mem::replace(
+                &mut *inner.wake_buf.borrow_mut(),
+                Box::new(0),
+            ));
+        }
     }
+}
+
+/// How long [`Inner::enter`] may wait for a completion.
+enum Wait {
+    No,
+    /// Until a completion arrives or the instant passes (`None`: no limit).
+    Until(Option<Instant>),
 }
 
 /// Makes a runtime this thread's current one, keeping it alive, and puts
@@ -442,19 +469,16 @@ impl Inner {
         panic!("io_uring submission queue stays full");
     }
 
-    /// Submits queued SQEs and collects completions. `idle` (nothing to run):
-    /// waits for at least one completion or the next timer.
-    fn enter(&self, idle: bool) {
-        let wait = if idle {
-            match self.timers.borrow().next_deadline() {
-                None => Some(None),
-                Some(at) => {
-                    let now = Instant::now();
-                    (at > now).then(|| Some(at - now))
-                }
+    /// Submits queued SQEs and has the kernel post completions; with
+    /// [`Wait::Until`], waits until there is at least one (or the deadline).
+    fn enter(&self, wait: Wait) {
+        let wait = match wait {
+            Wait::No => None,
+            Wait::Until(None) => Some(None),
+            Wait::Until(Some(at)) => {
+                let now = Instant::now();
+                (at > now).then(|| Some(at - now))
             }
-        } else {
-            None
         };
         let mut ring = self.ring.borrow_mut();
         let result = match wait {

@@ -6,10 +6,24 @@ use std::time::{Duration, Instant};
 
 use super::*;
 
+/// Linux 6.1 and later take `SINGLE_ISSUER | DEFER_TASKRUN`; a set-up that
+/// quietly fell back would lose the batching the runtime exists for.
+#[test]
+fn the_ring_defers_task_work_where_the_kernel_can() {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
+    let mut parts = release.trim().split(['.', '-']);
+    let major: u32 = parts.next().unwrap().parse().unwrap();
+    let minor: u32 = parts.next().unwrap().parse().unwrap();
+    let mode = Runtime::new().unwrap().mode();
+    println!("Linux {major}.{minor}: ring set up as {mode:?}");
+    if (major, minor) >= (6, 1) {
+        assert_eq!(mode, RingMode::DeferTaskrun);
+    }
+}
+
 #[test]
 fn spawned_tasks_run_and_hand_back_their_output() {
     let rt = Runtime::new().unwrap();
-    println!("ring set up as {:?}", rt.mode());
     let out = rt.block_on(async {
         let a = spawn(async { 40 });
         let b = spawn(async {
