@@ -28,15 +28,17 @@ KINDS = ["uring_loop", "ringlb", "nginx"]
 
 
 class Loop:
-    """The prototype in front of `backend`, pinned to CPU 0."""
+    """The prototype in front of `backend`, pinned to CPU 0; with `syscalls`,
+    receiving and sending by system call as ringlb does (UL_SYSCALLS=1)."""
 
-    def __init__(self, backend):
-        self.kind = "uring_loop"
+    def __init__(self, backend, syscalls=False):
+        self.kind = "uring_loop_sys" if syscalls else "uring_loop"
         self.port = compare.free_port()
         binary = f"{ROOT}/target/release/examples/uring_loop"
+        env = dict(os.environ, UL_SYSCALLS="1" if syscalls else "0")
         self.proc = subprocess.Popen(["taskset", "-c", "0", binary, f"127.0.0.1:{self.port}",
                                       f"127.0.0.1:{backend}"], stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, env=env)
         compare.wait_port(self.port)
 
     def cpu(self):
@@ -51,7 +53,10 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--only", default="close,keepalive")
+    ap.add_argument("--syscalls", action="store_true",
+                    help="also run the prototype receiving and sending by system call, as ringlb does")
     args = ap.parse_args()
+    kinds = KINDS + ["uring_loop_sys"] if args.syscalls else KINDS
     if not 1 <= args.rounds <= 30 or not 1 <= args.seconds <= 60:
         sys.exit("--rounds must be 1-30 and --seconds 1-60")
     scenarios = args.only.split(",")
@@ -71,11 +76,13 @@ def main():
     srv, backend = compare.http_backend(work)
     try:
         proxies["uring_loop"] = Loop(backend)
+        if args.syscalls:
+            proxies["uring_loop_sys"] = Loop(backend, syscalls=True)
         for kind in ("ringlb", "nginx"):
             proxies[kind] = compare.Proxy(kind, backend, f"{work}/{kind}" if kind == "ringlb" else work)
         for rnd in range(args.rounds):
             for sc in scenarios:
-                order = KINDS[rnd % len(KINDS):] + KINDS[:rnd % len(KINDS)]
+                order = kinds[rnd % len(kinds):] + kinds[:rnd % len(kinds)]
                 out = {}
                 threads = [threading.Thread(target=pair.load, args=(sc, proxies[k], args.seconds, lua, out))
                            for k in order]
@@ -83,11 +90,11 @@ def main():
                     t.start()
                 for t in threads:
                     t.join(timeout=args.seconds + 60)
-                if len(out) != len(KINDS):
+                if len(out) != len(kinds):
                     sys.exit(f"round {rnd + 1} {sc}: a load generator failed")
-                us = {k: 1e6 * out[k][1] / out[k][0] for k in KINDS}
+                us = {k: 1e6 * out[k][1] / out[k][0] for k in kinds}
                 rows.append({"round": rnd + 1, "scenario": sc, **us})
-                print(f"round {rnd + 1} {sc:9} " + "  ".join(f"{k} {us[k]:.1f}" for k in KINDS) +
+                print(f"round {rnd + 1} {sc:9} " + "  ".join(f"{k} {us[k]:.1f}" for k in kinds) +
                       f"  (µs per {'connection' if sc == 'close' else 'request'})", flush=True)
                 time.sleep(1)
     finally:
@@ -109,6 +116,16 @@ def main():
         unit = "CPU µs per connection" if sc == "close" else "CPU µs per request"
         print(f"| {sc} | {unit} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | {med['nginx']:.1f} | "
               f"{ratio('uring_loop', 'nginx')} | {ratio('ringlb', 'nginx')} | {ratio('uring_loop', 'ringlb')} |")
+    if args.syscalls:
+        print("\n| scenario | figure | uring_loop | uring_loop_sys | uring_loop / uring_loop_sys |")
+        print("|---|---|---|---|---|")
+        for sc in scenarios:
+            mine = [r for r in rows if r["scenario"] == sc]
+            rs = [r["uring_loop"] / r["uring_loop_sys"] for r in mine]
+            unit = "CPU µs per connection" if sc == "close" else "CPU µs per request"
+            print(f"| {sc} | {unit} | {statistics.median(r['uring_loop'] for r in mine):.1f} | "
+                  f"{statistics.median(r['uring_loop_sys'] for r in mine):.1f} | "
+                  f"{statistics.median(rs):.3f}x ({min(rs):.3f}-{max(rs):.3f}) |")
     os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
     with open(f"{ROOT}/bench/results/loop_probe.json", "w") as f:
         json.dump(rows, f, indent=1)

@@ -13,6 +13,11 @@
 //!     taskset -c 0 target/release/examples/uring_loop 127.0.0.1:18600 127.0.0.1:18500
 //!
 //! `bench/loop_probe.py` measures it beside nginx and ringlb.
+//!
+//! With `UL_SYSCALLS=1` it receives and sends as ringlb does: a one-shot
+//! poll on the ring, then `recv(2)`, and `send(2)` at once (the ring's send
+//! only when the socket is full). `bench/loop_probe.py --syscalls` runs both
+//! variants side by side, which prices putting receive and send on the ring.
 
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd, RawFd};
@@ -75,6 +80,8 @@ struct Conn {
 
 struct Proxy {
     ring: IoUring,
+    /// Receive and send by system call, as ringlb does (`UL_SYSCALLS=1`).
+    syscalls: bool,
     conns: Vec<Option<Conn>>,
     free: Vec<usize>,
     target: SockAddr,
@@ -153,13 +160,63 @@ impl Proxy {
         let (ptr, len) = (buf.as_mut_ptr(), buf.len() as u32);
         c.inflight += 1;
         let op = if d == 0 { Op::Recv0 } else { Op::Recv1 };
-        let sqe = opcode::Recv::new(types::Fd(fd), ptr, len)
-            .build()
-            .user_data(ud(id, op));
-        self.push(sqe);
+        let sqe = if self.syscalls {
+            opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32).build()
+        } else {
+            opcode::Recv::new(types::Fd(fd), ptr, len).build()
+        };
+        self.push(sqe.user_data(ud(id, op)));
+    }
+
+    /// After a poll said `fds[d]` is readable: the receive by system call,
+    /// as the ring's recv would have answered it (`None`: dry, poll again).
+    fn recv_now(&mut self, id: usize, d: usize) -> Option<i32> {
+        let c = self.conn(id);
+        let buf = &mut c.dirs[d].buf;
+        // SAFETY: receives into a live buffer of its own length.
+        let n = unsafe {
+            libc::recv(
+                c.fds[d],
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n >= 0 {
+            return Some(n as i32);
+        }
+        let errno = std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno == libc::EAGAIN {
+            self.recv(id, d);
+            return None;
+        }
+        Some(-errno)
     }
 
     fn send(&mut self, id: usize, d: usize) {
+        if self.syscalls {
+            let c = self.conn(id);
+            let dir = &c.dirs[d];
+            let chunk = &dir.buf[dir.start..dir.end];
+            // SAFETY: sends from a live slice.
+            let n = unsafe {
+                libc::send(
+                    c.fds[1 - d],
+                    chunk.as_ptr().cast(),
+                    chunk.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n > 0 {
+                return self.sent(id, d, n as i32);
+            }
+            if n < 0 && std::io::Error::last_os_error().raw_os_error() != Some(libc::EAGAIN) {
+                return self.close(id);
+            }
+            // Full: the ring's send waits for room.
+        }
         let c = self.conn(id);
         let fd = c.fds[1 - d];
         let dir = &c.dirs[d];
@@ -263,6 +320,14 @@ impl Proxy {
             }
             Op::Recv0 | Op::Recv1 => {
                 let d = usize::from(op == Op::Recv1);
+                let res = match res {
+                    r if r >= 0 && self.syscalls => match self.recv_now(id, d) {
+                        Some(r) => r,
+                        None => return,
+                    },
+                    r => r,
+                };
+                let c = self.conn(id);
                 match res {
                     n if n < 0 => self.close(id),
                     0 if d == 0 && !c.connected => c.dirs[0].ended = true,
@@ -277,18 +342,26 @@ impl Proxy {
             }
             Op::Send0 | Op::Send1 => {
                 let d = usize::from(op == Op::Send1);
-                if res < 0 {
-                    return self.close(id);
-                }
-                c.dirs[d].start += res as usize;
-                if c.dirs[d].start < c.dirs[d].end {
-                    self.send(id, d);
-                } else {
-                    self.recv(id, d);
-                }
+                self.sent(id, d, res);
             }
             Op::Shutdown if res < 0 => self.close(id),
             Op::Shutdown | Op::Close => {}
+        }
+    }
+}
+
+impl Proxy {
+    /// `res` bytes of direction `d` went out (or an error).
+    fn sent(&mut self, id: usize, d: usize, res: i32) {
+        if res < 0 {
+            return self.close(id);
+        }
+        let c = self.conn(id);
+        c.dirs[d].start += res as usize;
+        if c.dirs[d].start < c.dirs[d].end {
+            self.send(id, d);
+        } else {
+            self.recv(id, d);
         }
     }
 }
@@ -318,6 +391,7 @@ fn main() {
         .expect("io_uring with SINGLE_ISSUER | DEFER_TASKRUN");
     let mut p = Proxy {
         ring,
+        syscalls: std::env::var_os("UL_SYSCALLS").is_some_and(|v| v == "1"),
         conns: Vec::new(),
         free: Vec::new(),
         target: target.into(),
