@@ -283,6 +283,12 @@ impl Drop for Enter {
     }
 }
 
+/// `DEFER_TASKRUN`: completion work runs only when the loop asks for events,
+/// in one batch (with `SINGLE_ISSUER`, which it requires). `COOP_TASKRUN`,
+/// the fallback for kernels before 6.1, at least keeps completions from
+/// interrupting the worker's system calls as a signal-like interruption
+/// (measured under tokio-uring without it: 9% of a worker's CPU in
+/// `get_signal` and task work under keep-alive load).
 fn new_ring() -> io::Result<(IoUring, RingMode)> {
     let defer = IoUring::builder()
         .setup_single_issuer()
