@@ -48,6 +48,16 @@ class Loop:
         stop(self.proc)
 
 
+def unit(scenario):
+    return "CPU µs per connection" if scenario == "close" else "CPU µs per request"
+
+
+def ratio(rows, a, b):
+    """Median and range of the per-round ratio a / b."""
+    rs = [r[a] / r[b] for r in rows]
+    return f"{statistics.median(rs):.3f}x ({min(rs):.3f}-{max(rs):.3f})"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
@@ -107,25 +117,18 @@ def main():
     print("|---|---|---|---|---|---|---|---|")
     for sc in scenarios:
         mine = [r for r in rows if r["scenario"] == sc]
-        med = {k: statistics.median(r[k] for r in mine) for k in KINDS}
-
-        def ratio(a, b):
-            rs = [r[a] / r[b] for r in mine]
-            return f"{statistics.median(rs):.3f}x ({min(rs):.3f}-{max(rs):.3f})"
-
-        unit = "CPU µs per connection" if sc == "close" else "CPU µs per request"
-        print(f"| {sc} | {unit} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | {med['nginx']:.1f} | "
-              f"{ratio('uring_loop', 'nginx')} | {ratio('ringlb', 'nginx')} | {ratio('uring_loop', 'ringlb')} |")
+        med = {k: statistics.median(r[k] for r in mine) for k in kinds}
+        print(f"| {sc} | {unit(sc)} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | {med['nginx']:.1f} | "
+              f"{ratio(mine, 'uring_loop', 'nginx')} | {ratio(mine, 'ringlb', 'nginx')} | "
+              f"{ratio(mine, 'uring_loop', 'ringlb')} |")
     if args.syscalls:
         print("\n| scenario | figure | uring_loop | uring_loop_sys | uring_loop / uring_loop_sys |")
         print("|---|---|---|---|---|")
         for sc in scenarios:
             mine = [r for r in rows if r["scenario"] == sc]
-            rs = [r["uring_loop"] / r["uring_loop_sys"] for r in mine]
-            unit = "CPU µs per connection" if sc == "close" else "CPU µs per request"
-            print(f"| {sc} | {unit} | {statistics.median(r['uring_loop'] for r in mine):.1f} | "
-                  f"{statistics.median(r['uring_loop_sys'] for r in mine):.1f} | "
-                  f"{statistics.median(rs):.3f}x ({min(rs):.3f}-{max(rs):.3f}) |")
+            med = {k: statistics.median(r[k] for r in mine) for k in kinds}
+            print(f"| {sc} | {unit(sc)} | {med['uring_loop']:.1f} | {med['uring_loop_sys']:.1f} | "
+                  f"{ratio(mine, 'uring_loop', 'uring_loop_sys')} |")
     os.makedirs(f"{ROOT}/bench/results", exist_ok=True)
     with open(f"{ROOT}/bench/results/loop_probe.json", "w") as f:
         json.dump(rows, f, indent=1)

@@ -348,9 +348,7 @@ impl Proxy {
             Op::Shutdown | Op::Close => {}
         }
     }
-}
 
-impl Proxy {
     /// `res` bytes of direction `d` went out (or an error).
     fn sent(&mut self, id: usize, d: usize, res: i32) {
         if res < 0 {

@@ -152,39 +152,37 @@ pub fn run<'a>(
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Both directions of one connection as one hand-written future. Each
-    /// direction waits on at most one poll (its source readable, or its
-    /// destination writable), so an idle connection costs this struct and
-    /// two armed polls, not a stack of nested futures.
-    struct Proxy<'a> {
-        // Declared before the sockets: fields drop in order, and a poll still
-        // in flight must shut its socket down while the fd is open.
-        up: Direction<'a>,
-        down: Direction<'a>,
-        client: OwnedFd,
-        target: OwnedFd,
-        // The target stopped taking the client's bytes (it answered early
-        // and reset, say): the client's side is dropped, and what the target
-        // already sent still goes to the client before the session ends.
-        // Boxed: rare, and every idle connection carries the field.
-        upload_refused: Option<Box<ProxyError>>,
-        idle: Duration,
-        last_active: Instant,
-        #[pin]
-        timer: rt::time::Sleep,
-    }
+/// Both directions of one connection as one hand-written future. Each
+/// direction waits on at most one poll (its source readable, or its
+/// destination writable), so an idle connection costs this struct and
+/// two armed polls, not a stack of nested futures. Nothing in it is pinned
+/// (its ops and timer are `Unpin`).
+struct Proxy<'a> {
+    // Declared before the sockets: fields drop in order, and a poll still
+    // in flight must shut its socket down while the fd is open.
+    up: Direction<'a>,
+    down: Direction<'a>,
+    client: OwnedFd,
+    target: OwnedFd,
+    // The target stopped taking the client's bytes (it answered early
+    // and reset, say): the client's side is dropped, and what the target
+    // already sent still goes to the client before the session ends.
+    // Boxed: rare, and every idle connection carries the field.
+    upload_refused: Option<Box<ProxyError>>,
+    idle: Duration,
+    last_active: Instant,
+    timer: rt::time::Sleep,
 }
 
 impl Future for Proxy<'_> {
     type Output = Result<Transferred, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.get_mut();
         let (client, target) = (this.client.as_fd(), this.target.as_fd());
         match this
             .up
-            .poll(cx, client, target, Side::Client, this.last_active)
+            .poll(cx, client, target, Side::Client, &mut this.last_active)
         {
             Poll::Ready(Err(
                 e @ ProxyError::Io {
@@ -192,14 +190,14 @@ impl Future for Proxy<'_> {
                 },
             )) => {
                 this.up.abandon();
-                *this.upload_refused = Some(Box::new(e));
+                this.upload_refused = Some(Box::new(e));
             }
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             _ => {}
         }
         if let Poll::Ready(Err(e)) =
             this.down
-                .poll(cx, target, client, Side::Target, this.last_active)
+                .poll(cx, target, client, Side::Target, &mut this.last_active)
         {
             return Poll::Ready(Err(e));
         }
@@ -209,7 +207,7 @@ impl Future for Proxy<'_> {
         // sockets sends each FIN, as nginx does, and saves a shutdown(2).
         let (up_done, down_done) = (this.up.done, this.down.done);
         if let Err(e) = this.up.pass_end(target, down_done) {
-            *this.upload_refused = Some(Box::new(ProxyError::Io {
+            this.upload_refused = Some(Box::new(ProxyError::Io {
                 side: Side::Target,
                 source: e,
             }));
@@ -230,12 +228,12 @@ impl Future for Proxy<'_> {
             });
         }
         // The timer is moved forward lazily: only when it fires early.
-        while this.timer.as_mut().poll(cx).is_ready() {
-            let deadline = *this.last_active + *this.idle;
+        while Pin::new(&mut this.timer).poll(cx).is_ready() {
+            let deadline = this.last_active + this.idle;
             if rt::time::now() >= deadline {
-                return Poll::Ready(Err(ProxyError::Idle(*this.idle)));
+                return Poll::Ready(Err(ProxyError::Idle(this.idle)));
             }
-            this.timer.as_mut().reset(deadline);
+            this.timer.reset(deadline);
         }
         Poll::Pending
     }

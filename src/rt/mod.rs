@@ -187,7 +187,7 @@ impl Runtime {
             inner.take_remote();
             // Nothing left to run: wait for a completion or the next timer.
             let wait = if inner.ready.borrow().is_empty() {
-                Wait::Until(inner.timers.borrow().next_deadline())
+                Wait::until(inner.timers.borrow().next_deadline())
             } else {
                 Wait::No
             };
@@ -232,9 +232,7 @@ impl Drop for Runtime {
         unsafe { inner.push(&cancel) };
         let give_up = Instant::now() + Duration::from_secs(1);
         while inner.in_flight() && Instant::now() < give_up {
-            inner.enter(Wait::Until(Some(
-                Instant::now() + Duration::from_millis(10),
-            )));
+            inner.enter(Wait::For(Duration::from_millis(10)));
             inner.reap();
         }
         if inner.in_flight() {
@@ -256,8 +254,21 @@ impl Drop for Runtime {
 /// How long [`Inner::enter`] may wait for a completion.
 enum Wait {
     No,
-    /// Until a completion arrives or the instant passes (`None`: no limit).
-    Until(Option<Instant>),
+    For(Duration),
+    Forever,
+}
+
+impl Wait {
+    /// Until `deadline` (`None`: no limit); one already passed is no wait.
+    fn until(deadline: Option<Instant>) -> Wait {
+        let Some(at) = deadline else {
+            return Wait::Forever;
+        };
+        match at.checked_duration_since(Instant::now()) {
+            Some(d) if !d.is_zero() => Wait::For(d),
+            _ => Wait::No,
+        }
+    }
 }
 
 /// Makes a runtime this thread's current one, keeping it alive, and puts
@@ -332,26 +343,18 @@ impl Inner {
         panic!("io_uring submission queue stays full");
     }
 
-    /// Submits queued SQEs and has the kernel post completions; with
-    /// [`Wait::Until`], waits until there is at least one (or the deadline).
+    /// Submits queued SQEs and has the kernel post completions, waiting as
+    /// `wait` says for at least one.
     fn enter(&self, wait: Wait) {
-        let wait = match wait {
-            Wait::No => None,
-            Wait::Until(None) => Some(None),
-            Wait::Until(Some(at)) => {
-                let now = Instant::now();
-                (at > now).then(|| Some(at - now))
-            }
-        };
         let mut ring = self.ring.borrow_mut();
         let result = match wait {
-            Some(None) => ring.submit_and_wait(1),
-            Some(Some(timeout)) => {
+            Wait::Forever => ring.submit_and_wait(1),
+            Wait::For(timeout) => {
                 let ts = types::Timespec::from(timeout);
                 let args = types::SubmitArgs::new().timespec(&ts);
                 ring.submitter().submit_with_args(1, &args)
             }
-            None => {
+            Wait::No => {
                 let queued = ring.submission().len() as u32;
                 // SAFETY: no argument; GETEVENTS without a minimum only runs
                 // the deferred completion work and returns.

@@ -16,9 +16,9 @@ pub(super) struct Slot {
     /// `(result, flags)` of the completion, until the future takes it.
     done: Option<(i32, u32)>,
     /// The future was dropped first: what its SQE points at waits here for
-    /// the completion, and goes with it.
+    /// the completion, and goes with it (`Some` exactly when orphaned: an
+    /// unfinished op always has its data).
     orphan: Option<Box<dyn Any>>,
-    orphaned: bool,
     /// A non-negative result is a new descriptor (accept): closed if nobody
     /// waits for it any more.
     result_is_fd: bool,
@@ -48,7 +48,6 @@ impl<D: 'static> Op<D> {
                 waker: None,
                 done: None,
                 orphan: None,
-                orphaned: false,
                 result_is_fd,
             });
             // SAFETY: passed on from the caller; the data stays alive in this
@@ -108,7 +107,6 @@ impl<D: 'static> Drop for Op<D> {
                 Some((result, _)) => ops.remove(self.key).result_is_fd.then_some(result),
                 None => {
                     let slot = &mut ops[self.key];
-                    slot.orphaned = true;
                     slot.waker = None;
                     slot.orphan = Some(data as Box<dyn Any>);
                     None
@@ -126,7 +124,7 @@ pub(super) fn complete(inner: &Inner, key: usize, result: i32, flags: u32) {
         let Some(slot) = ops.get_mut(key) else {
             return;
         };
-        if slot.orphaned {
+        if slot.orphan.is_some() {
             let slot = ops.remove(key);
             (None, slot.result_is_fd.then_some(result))
         } else {

@@ -118,31 +118,26 @@ impl Inner {
         let Some((mut future, waker)) = taken else {
             return;
         };
-        if task.aborted.load(Ordering::Acquire) {
+        let pending = !task.aborted.load(Ordering::Acquire) && {
+            let mut cx = Context::from_waker(&waker);
+            let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                future.as_mut().poll(&mut cx)
+            }));
+            if polled.is_err() {
+                tracing::error!("a task panicked; it is dropped and the worker goes on");
+            }
+            matches!(polled, Ok(Poll::Pending))
+        };
+        if pending {
+            if let Some(e) = self.tasks.borrow_mut().get_mut(task.key) {
+                e.future = Some(future);
+                e.waker = waker;
+            }
+        } else {
+            // Aborted, finished or panicked: its slot goes first, then the
+            // future (whose drop may reach the tasks).
             self.tasks.borrow_mut().remove(task.key);
             drop(future);
-            return;
-        }
-        let mut cx = Context::from_waker(&waker);
-        let polled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            future.as_mut().poll(&mut cx)
-        }));
-        match polled {
-            Ok(Poll::Pending) => {
-                if let Some(e) = self.tasks.borrow_mut().get_mut(task.key) {
-                    e.future = Some(future);
-                    e.waker = waker;
-                }
-            }
-            Ok(Poll::Ready(())) => {
-                self.tasks.borrow_mut().remove(task.key);
-                drop(future);
-            }
-            Err(_) => {
-                tracing::error!("a task panicked; it is dropped and the worker goes on");
-                self.tasks.borrow_mut().remove(task.key);
-                drop(future);
-            }
         }
     }
 

@@ -35,6 +35,15 @@ fn spawned_tasks_run_and_hand_back_their_output() {
     assert_eq!(out, 42);
 }
 
+/// Waits, on the runtime, until `cond` holds; fails the test after 5 s.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting until {what}");
+        time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Marks a flag when dropped.
 struct DropFlag(Rc<Cell<bool>>);
 
@@ -49,21 +58,33 @@ fn an_aborted_task_is_dropped_and_never_finishes() {
     let rt = Runtime::new().unwrap();
     let dropped = Rc::new(Cell::new(false));
     let finished = Rc::new(Cell::new(false));
-    let (d, f) = (dropped.clone(), finished.clone());
+    let (d, f, seen) = (dropped.clone(), finished.clone(), dropped.clone());
     rt.block_on(async move {
         let task = spawn_detached(async move {
             let _flag = DropFlag(d);
             time::sleep(Duration::from_secs(60)).await;
             f.set(true);
         });
-        time::sleep(Duration::from_millis(2)).await;
+        // Checked between this loop's own sleeps, so the one timer is the task's.
+        wait_until("the task has armed its timer", || {
+            with_inner(|inner| inner.timers.borrow().count() == 1)
+        })
+        .await;
         task.abort();
-        time::sleep(Duration::from_millis(2)).await;
+        wait_until("the aborted task is dropped", || seen.get()).await;
     });
     assert!(dropped.get(), "the aborted task's future was not dropped");
     assert!(!finished.get());
     // Its 60 s timer went with it.
     assert!(rt.inner.timers.borrow().next_deadline().is_none());
+}
+
+/// Every connection is one task: besides its boxed future, a header in an
+/// `Arc` (24 bytes, 40 allocated) and a slot in the task slab.
+#[test]
+fn a_task_costs_its_future_plus_a_24_byte_header_and_a_40_byte_slot() {
+    assert_eq!(std::mem::size_of::<Header>(), 24);
+    assert_eq!(std::mem::size_of::<TaskEntry>(), 40);
 }
 
 /// Every connection holds one timer (its idle timeout): keep it small.
@@ -113,8 +134,22 @@ fn timers_fire_in_deadline_order_never_early_and_reset_moves_them() {
 fn a_wake_from_another_thread_ends_the_wait_in_the_ring() {
     let rt = Runtime::new().unwrap();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
     let sender = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
+        // Send only once the runtime's thread sleeps in the kernel: then
+        // only the eventfd can wake it.
+        let stat = format!("/proc/self/task/{tid}/stat");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let text = std::fs::read_to_string(&stat).unwrap();
+            // The state follows the command name's closing parenthesis.
+            let state = text.rsplit(')').next().unwrap().trim_start().chars().next();
+            if state == Some('S') || Instant::now() > deadline {
+                break;
+            }
+            std::thread::yield_now();
+        }
         tx.send(7).unwrap();
     });
     let start = Instant::now();
@@ -139,15 +174,10 @@ fn a_wake_from_another_thread_ends_the_wait_in_the_ring() {
 fn a_panicking_task_is_dropped_and_the_others_go_on() {
     let rt = Runtime::new().unwrap();
     let out = rt.block_on(async {
-        let bad = spawn(async {
-            time::sleep(Duration::from_millis(1)).await;
-            panic!("on purpose");
-        });
-        let good = spawn(async {
-            time::sleep(Duration::from_millis(5)).await;
-            1
-        });
-        (bad.await.is_err(), good.await.unwrap())
+        let bad = spawn(async { panic!("on purpose") });
+        // Runs on after the panic, and sees it as an error.
+        let good = spawn(async move { (bad.await.is_err(), 1) });
+        good.await.unwrap()
     });
     assert_eq!(out, (true, 1));
 }
@@ -160,16 +190,11 @@ fn an_accept_dropped_in_flight_does_not_leak_its_socket() {
     let addr = listener.local_addr().unwrap();
     let rt = Runtime::new().unwrap();
     let mut client = rt.block_on(async {
-        let op = crate::uring::accept(listener.as_raw_fd());
-        // Submitted with the next turn of the loop.
-        time::sleep(Duration::from_millis(5)).await;
-        drop(op);
+        // Dropped before it completes (the kernel takes the SQE with the
+        // next turn of the loop either way).
+        drop(crate::uring::accept(listener.as_raw_fd()));
         let client = TcpStream::connect(addr).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while rt_ops_in_flight() > 0 && Instant::now() < deadline {
-            time::sleep(Duration::from_millis(1)).await;
-        }
-        assert_eq!(rt_ops_in_flight(), 0, "the orphaned accept never completed");
+        wait_until("the orphaned accept completes", || rt_ops_in_flight() == 0).await;
         client
     });
     client
@@ -203,8 +228,7 @@ fn dropping_the_runtime_with_ops_in_flight_cancels_them() {
         spawn_detached(async move {
             crate::uring::accept(listener_fd).await.ok();
         });
-        time::sleep(Duration::from_millis(5)).await;
-        assert_eq!(rt_ops_in_flight(), 11);
+        wait_until("all 11 ops are submitted", || rt_ops_in_flight() == 11).await;
     });
     let start = Instant::now();
     drop(rt);

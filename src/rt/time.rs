@@ -25,6 +25,11 @@ impl Timers {
         self.map.first_key_value().map(|(k, _)| k.0)
     }
 
+    #[cfg(test)]
+    pub(super) fn count(&self) -> usize {
+        self.map.len()
+    }
+
     /// Removes and returns the waker of the earliest timer due at `now`.
     pub(super) fn pop_due(&mut self, now: Instant) -> Option<Waker> {
         let entry = self.map.first_entry()?;

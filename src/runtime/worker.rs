@@ -564,12 +564,12 @@ mod tests {
     use crate::runtime::Stop;
 
     /// Every open connection is one session task: this future, boxed, plus
-    /// the runtime's 48-byte task header. Under tokio-uring it was 664 bytes
-    /// in test builds (648 in the binary; tokio's task cells come in 128-byte
-    /// steps, and one of 680 cost 91 more bytes of RSS per idle connection).
-    /// Under ringlb's own runtime it is 592 in test builds, mostly because
-    /// its timer (`rt::time::Sleep`, 40 bytes) is 72 bytes smaller than
-    /// tokio's `Sleep`.
+    /// the runtime's task header and slab slot (`rt`'s tests hold their
+    /// sizes). Under tokio-uring it was 664 bytes in test builds (648 in the
+    /// binary; tokio's task cells come in 128-byte steps, and one of 680 cost
+    /// 91 more bytes of RSS per idle connection). Under ringlb's own runtime
+    /// it is 592 in test builds, mostly because its timer (`rt::time::Sleep`,
+    /// 40 bytes) is 72 bytes smaller than tokio's `Sleep`.
     #[test]
     fn session_future_stays_small() {
         let (events, _) = mpsc::unbounded_channel();
