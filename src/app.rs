@@ -199,6 +199,7 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
         None => bind_admin(config.admin)?,
     };
     let (splice, pipe_size) = (config.runtime.splice, config.runtime.pipe_size);
+    let ring_buffers = config.runtime.ring_buffers;
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     // Probe tasks are spawned on the control plane's runtime.
@@ -217,6 +218,7 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
             stats: cp.worker_stats.clone(),
             splice,
             pipe_size,
+            ring_buffers,
         },
     )?;
     let (ask_tx, asks) = tokio::sync::mpsc::channel(64);

@@ -23,6 +23,7 @@ pub const LISTENER_ACCEPTED: &str = "ringlb_listener_connections_accepted_total"
 pub const LISTENER_ACTIVE: &str = "ringlb_listener_connections_active";
 pub const LISTENER_REFUSED: &str = "ringlb_listener_connections_refused_total";
 pub const WORKER_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
+pub const WORKER_RING_STARVED: &str = "ringlb_worker_ring_receives_starved_total";
 pub const TARGET_ACTIVE: &str = "ringlb_target_connections_active";
 pub const TARGET_CONNECTIONS: &str = "ringlb_target_connections_total";
 pub const TARGET_CONNECT_FAILURES: &str = "ringlb_target_connect_failures_total";
@@ -98,6 +99,9 @@ impl ListenerStats {
 #[repr(align(64))]
 pub struct WorkerSlot {
     pub accepted: AtomicU64,
+    /// Ring receives that found no provided buffer free, as the worker last
+    /// published it (once a second).
+    pub ring_starved: AtomicU64,
 }
 
 /// One worker's counters for one target.

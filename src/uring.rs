@@ -1,4 +1,5 @@
-//! The io_uring operations the workers submit: accept, connect, poll and cancel.
+//! The io_uring operations the workers submit: accept, connect, poll, receive
+//! and cancel.
 //!
 //! Each op owns what its SQE points at (boxed, so it does not move), and the
 //! runtime keeps that alive until the completion arrives even if the op is
@@ -17,7 +18,7 @@ use std::task::{Context, Poll, ready};
 use io_uring::{opcode, types};
 use socket2::{SockAddr, SockAddrStorage};
 
-use crate::rt::Op;
+use crate::rt::{self, Multishot, Op};
 
 fn check(result: i32) -> io::Result<u32> {
     if result < 0 {
@@ -143,4 +144,16 @@ pub fn poll(fd: RawFd, events: u32) -> PollOp {
     let sqe = opcode::PollAdd::new(types::Fd(fd), events).build();
     // SAFETY: the SQE points at nothing.
     Plain(unsafe { Op::submit(Box::new(()), sqe, false) })
+}
+
+/// Arms a multishot receive on `fd` into this thread's provided buffers
+/// ([`rt::BufRing`]): it stays armed, and each time bytes arrive it
+/// completes with them in a buffer it selected, until end of stream (a
+/// result of 0), an error, `ENOBUFS` (no buffer free), or a cancel. The
+/// kernel keeps a reference to the socket while it is armed; dropping the
+/// [`Multishot`] cancels it.
+pub fn recv_multi(fd: RawFd) -> Multishot {
+    let sqe = opcode::RecvMulti::new(types::Fd(fd), rt::BUFFER_GROUP).build();
+    // SAFETY: the SQE points at nothing; the buffers are the runtime's.
+    unsafe { Multishot::submit(sqe) }
 }

@@ -122,6 +122,18 @@ async fn at_the_fd_limit_ringlb_stays_up_calm_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_flat_while_a_fast_client_pushes_1_gib_into_a_slow_target() {
+    memory_stays_flat(&simple_config(1, "")).await;
+}
+
+/// The same with every byte copied: the ring receive stops while the
+/// target is full, so the client's bytes wait in its own socket, not in
+/// provided buffers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_flat_while_1_gib_is_copied_into_a_slow_target() {
+    memory_stays_flat(&with_splice(&simple_config(1, ""), "never")).await;
+}
+
+async fn memory_stays_flat(config: &str) {
     // The target reads 64 KiB every 250 µs at most: about 250 MB/s.
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let target = l.local_addr().unwrap();
@@ -137,7 +149,7 @@ async fn memory_stays_flat_while_a_fast_client_pushes_1_gib_into_a_slow_target()
             tokio::time::sleep(Duration::from_micros(250)).await;
         }
     });
-    let lb = Ringlb::in_front_of(1, "", &[target]);
+    let lb = Ringlb::with_config(config, &[target]);
     let base = lb.rss_kib();
     let mut c = TcpStream::connect(lb.addr()).await.unwrap();
     let chunk = vec![1u8; 1 << 20];

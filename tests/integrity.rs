@@ -157,31 +157,69 @@ async fn client(proxy: SocketAddr, p: Plan) -> (u64, Seen) {
     (p.id, (sent, n, crc))
 }
 
-// Each path bytes can take: the default (small reads copy, a direction that
-// fills a buffer moves to a pipe, and back), every byte through a pipe, and
-// every byte copied.
+// Each path bytes can take: the default (small reads come by ring receive
+// into provided buffers, a direction that fills a buffer moves to a pipe, and
+// back), every byte through a pipe, every byte copied, every byte received
+// by poll and recv(2) (no provided buffers), and a ring of two buffers for
+// 200 connections, so most receives find none free and go on by recv(2).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_survive_200_connections_both_ways_and_half_close() {
-    survive("auto").await;
+    survive(&with_splice(&simple_config(2, ""), "auto")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_survive_200_connections_all_spliced() {
-    survive("always").await;
+    survive(&with_splice(&simple_config(2, ""), "always")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bytes_survive_200_connections_all_copied() {
-    survive("never").await;
+    survive(&with_splice(&simple_config(2, ""), "never")).await;
 }
 
-async fn survive(splice: &str) {
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_200_connections_received_by_system_call() {
+    let config = with_ring_buffers(&simple_config(2, ""), 0);
+    let lb = survive(&with_splice(&config, "never")).await;
+    assert_eq!(starved(&lb).await, 0, "no ring, so no receive starved");
+    assert!(lb.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_survive_200_connections_on_a_starved_ring_of_two_buffers() {
+    let config = with_ring_buffers(&simple_config(2, ""), 2);
+    let lb = survive(&with_splice(&config, "never")).await;
+    // Published once a second by each worker.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while starved(&lb).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no receive ever found the two buffers taken"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(lb.stop().success());
+}
+
+/// `ringlb_worker_ring_receives_starved_total`, summed over workers.
+async fn starved(lb: &Ringlb) -> u64 {
+    let mut sum = 0;
+    for w in 0..2 {
+        let series = format!("ringlb_worker_ring_receives_starved_total{{worker=\"{w}\"}}");
+        sum += metric(lb, &series).await;
+    }
+    sum
+}
+
+/// Runs the 200 connections through a ringlb on `config`; hands it back
+/// running for the caller to look at and stop.
+async fn survive(config: &str) -> Ringlb {
     raise_fd_limit();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let seen = Arc::new(Mutex::new(HashMap::new()));
     let backend = listener.local_addr().unwrap();
     let server = tokio::spawn(target(listener, seen.clone()));
-    let lb = Ringlb::with_config(&with_splice(&simple_config(2, ""), splice), &[backend]);
+    let lb = Ringlb::with_config(config, &[backend]);
     let proxy = lb.addr();
 
     let clients: Vec<_> = (0..CONNECTIONS)
@@ -228,5 +266,5 @@ async fn survive(splice: &str) {
         );
     }
     server.abort();
-    assert!(lb.stop().success());
+    lb
 }

@@ -43,6 +43,9 @@ pub struct RuntimeConfig {
     pub splice: Splice,
     /// Bytes each pipe is asked to hold (`F_SETPIPE_SZ`).
     pub pipe_size: usize,
+    /// Provided buffers per worker that ring receives fill (0: receive by
+    /// poll and recv(2)).
+    pub ring_buffers: u16,
     /// The Unix socket a new process takes the listening sockets over from
     /// (relative to the config file's folder).
     pub takeover_socket: Option<PathBuf>,
@@ -508,6 +511,10 @@ impl Validator<'_> {
                 self.src
                     .at(&r.pipe_size, 0..0, "runtime.pipe_size".into(), m)
             })?,
+            ring_buffers: parse_ring_buffers(*r.ring_buffers.get_ref()).map_err(|m| {
+                self.src
+                    .at(&r.ring_buffers, 0..0, "runtime.ring_buffers".into(), m)
+            })?,
             takeover_socket: r
                 .takeover_socket
                 .as_ref()
@@ -733,6 +740,17 @@ pub fn parse_pipe_size(text: &str) -> Result<usize, String> {
     match bytes {
         Some(b) if (64 * 1024..=1024 * 1024).contains(&b) => Ok(b),
         _ => Err(format!("pipe size {text:?} is out of range: {hint}")),
+    }
+}
+
+/// `[runtime] ring_buffers`: 0, or a power of two up to 32768 (what the
+/// kernel takes for one provided-buffer ring).
+pub fn parse_ring_buffers(n: i64) -> Result<u16, String> {
+    match u16::try_from(n) {
+        Ok(n) if n == 0 || (n.is_power_of_two() && n <= 1 << 15) => Ok(n),
+        _ => Err(format!(
+            "invalid value {n}: write 0 (receive by system call) or a power of two from 1 to 32768, e.g. 256"
+        )),
     }
 }
 

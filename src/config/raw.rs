@@ -52,6 +52,9 @@ pub struct RawRuntime {
     pub splice: Spanned<toml::Value>,
     #[serde(default = "default_pipe_size")]
     pub pipe_size: Spanned<String>,
+    /// Provided buffers per worker for ring receives; 0 turns them off.
+    #[serde(default = "default_ring_buffers")]
+    pub ring_buffers: Spanned<i64>,
     /// Where a running ringlb offers its sockets to `ringlb run --takeover`.
     #[serde(default)]
     pub takeover_socket: Option<String>,
@@ -64,6 +67,7 @@ impl Default for RawRuntime {
             shutdown_timeout: default_shutdown_timeout(),
             splice: default_splice(),
             pipe_size: default_pipe_size(),
+            ring_buffers: default_ring_buffers(),
             takeover_socket: None,
         }
     }
@@ -78,6 +82,13 @@ fn default_splice() -> Spanned<toml::Value> {
 pub const DEFAULT_PIPE_SIZE: &str = "256KiB";
 fn default_pipe_size() -> Spanned<String> {
     unspanned(DEFAULT_PIPE_SIZE.to_string())
+}
+
+/// 256 buffers of 16 KiB: 4 MiB of address space per worker, resident only
+/// as far as receives have used it; see `[runtime] ring_buffers` in the README.
+pub const DEFAULT_RING_BUFFERS: i64 = 256;
+fn default_ring_buffers() -> Spanned<i64> {
+    unspanned(DEFAULT_RING_BUFFERS)
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,6 +40,12 @@ pub fn describe(old: &Config, new: &Config) -> Vec<String> {
         " (on restart only)",
     );
     diff(
+        "[runtime] ring_buffers".into(),
+        &old.runtime.ring_buffers,
+        &new.runtime.ring_buffers,
+        " (on restart only)",
+    );
+    diff(
         "[runtime] takeover_socket".into(),
         &old.runtime.takeover_socket,
         &new.runtime.takeover_socket,

@@ -72,6 +72,19 @@ impl ControlPlane {
             let v = self.worker_stats.get(w).accepted.load(Ordering::Relaxed);
             e.sample(m::WORKER_ACCEPTED, &[("worker", &w.to_string())], v);
         }
+        e.family(
+            m::WORKER_RING_STARVED,
+            "counter",
+            "Ring receives that found no provided buffer free and read by system call instead; if it keeps rising, raise [runtime] ring_buffers.",
+        );
+        for w in 0..self.worker_count {
+            let v = self
+                .worker_stats
+                .get(w)
+                .ring_starved
+                .load(Ordering::Relaxed);
+            e.sample(m::WORKER_RING_STARVED, &[("worker", &w.to_string())], v);
+        }
         target_series(&mut e, &snap);
         e.family(
             m::TARGETS_RELOADS,

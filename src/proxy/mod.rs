@@ -32,8 +32,9 @@ use std::time::Instant;
 use pipe::PipePool;
 use stage::{Loan, Stage, recv_into};
 
-use crate::rt;
+use crate::rt::{self, Multishot};
 use crate::uring::{self, PollOp};
+use io_uring::cqueue;
 
 use crate::metrics::{TargetSlot, bump};
 use std::sync::atomic::AtomicU64;
@@ -248,6 +249,13 @@ struct Direction<'a> {
     done: bool,
     /// The poll this direction waits on, if any.
     wait: Option<Wait>,
+    /// A multishot receive armed on the source (the copy path, when the
+    /// worker has provided buffers): while it is here, it is the only way
+    /// bytes are read from the source.
+    recv: Option<Multishot>,
+    /// The last ring receive found no free buffer: the next wait is a poll
+    /// and the read a system call, into a pooled buffer.
+    starved: bool,
     /// The source may hold more bytes: its last read filled the stage, or a
     /// poll said it is readable. When false, a poll comes before the next read.
     src_ready: bool,
@@ -330,6 +338,8 @@ impl<'a> Direction<'a> {
             counter,
             done: false,
             wait: None,
+            recv: None,
+            starved: false,
             src_ready: false,
             bulk: pool.wants_pipe(None),
             src_hup: false,
@@ -362,6 +372,7 @@ impl<'a> Direction<'a> {
     /// Gives up on this direction: no more reads, its pipe goes back (closed
     /// if it still holds bytes).
     fn abandon(&mut self) {
+        self.recv = None;
         self.loan.end();
         self.done = true;
     }
@@ -416,14 +427,14 @@ impl<'a> Direction<'a> {
                 let before = stage.pending();
                 match stage.drain(dst.as_raw_fd(), self.after == Ahead::End) {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                        self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
+                        self.wait_for_room(dst, dst_side)
                     }
                     Err(e) => return Poll::Ready(Err(dst_err(e))),
                     Ok(n) => {
                         *last_active = rt::time::now();
                         if n < before {
                             // The socket's send buffer is full: wait for room.
-                            self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
+                            self.wait_for_room(dst, dst_side);
                         }
                     }
                 }
@@ -436,12 +447,37 @@ impl<'a> Direction<'a> {
                 }
                 Ahead::Unknown => {}
             }
+            if let Some(recv) = self.recv.as_mut() {
+                // The stage is empty: what the ring receive holds is next.
+                self.loan.end();
+                match ready!(recv.poll_next(cx)) {
+                    Some((result, flags)) => match self.received(result, flags, last_active) {
+                        Some(Ok(())) => return self.end(Unpassed::End),
+                        Some(Err(e)) => return Poll::Ready(Err(src_err(e))),
+                        None => {}
+                    },
+                    None => {
+                        // Stopped (cancelled, or no buffer was free): a read
+                        // finds out what the source holds.
+                        self.recv = None;
+                        self.src_ready = true;
+                    }
+                }
+                continue;
+            }
             if !self.src_ready {
                 // The stage is empty and the source may be dry: the pipe goes
                 // back until data comes.
                 self.loan.end();
-                let events = libc::POLLIN | libc::POLLRDHUP;
-                self.wait = Some(Wait::arm(src.as_raw_fd(), events, src_side));
+                if !self.bulk
+                    && !std::mem::take(&mut self.starved)
+                    && rt::with_bufs(|b| b.is_some())
+                {
+                    self.recv = Some(uring::recv_multi(src.as_raw_fd()));
+                } else {
+                    let events = libc::POLLIN | libc::POLLRDHUP;
+                    self.wait = Some(Wait::arm(src.as_raw_fd(), events, src_side));
+                }
                 continue;
             }
             let stage = self.loan.get(self.bulk);
@@ -482,6 +518,58 @@ impl<'a> Direction<'a> {
 }
 
 impl Direction<'_> {
+    /// A completion of the ring receive: bytes in a provided buffer become
+    /// the stage; `Some` when the source has ended (`Ok`) or failed.
+    fn received(
+        &mut self,
+        result: i32,
+        flags: u32,
+        last_active: &mut Instant,
+    ) -> Option<io::Result<()>> {
+        match result {
+            0 => Some(Ok(())),
+            n if n > 0 => {
+                let bid = cqueue::buffer_select(flags).expect("a ring receive selects a buffer");
+                let n = n as u32; // at most one buffer
+                self.loan.stage = Some(Stage::Ring {
+                    bid,
+                    start: 0,
+                    end: n,
+                });
+                self.count(n as usize, last_active);
+                self.bulk = self.loan.pool.wants_pipe(Some(n as usize));
+                let recv = self
+                    .recv
+                    .as_mut()
+                    .expect("a completion of the armed receive");
+                if self.bulk {
+                    // A full buffer: more is coming, through a pipe once
+                    // what the receive holds has gone.
+                    recv.cancel();
+                } else if recv.peek().is_some_and(|(r, _)| r == 0) {
+                    // The end of stream is next: it leaves with these bytes.
+                    self.after = Ahead::End;
+                }
+                None
+            }
+            e if e == -libc::ENOBUFS => {
+                self.starved = true;
+                None
+            }
+            e if e == -libc::ECANCELED => None,
+            e => Some(Err(io::Error::from_raw_os_error(-e))),
+        }
+    }
+
+    /// The destination is full: wait until it has room, and stop the ring
+    /// receive meanwhile, so a fast source cannot take every provided buffer.
+    fn wait_for_room(&mut self, dst: BorrowedFd<'_>, dst_side: Side) {
+        if let Some(recv) = self.recv.as_mut() {
+            recv.cancel();
+        }
+        self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
+    }
+
     fn count(&mut self, n: usize, last_active: &mut Instant) {
         self.moved += n as u64;
         bump(self.counter, n as u64);
@@ -490,6 +578,7 @@ impl Direction<'_> {
 
     /// The source has ended; the end waits for [`Direction::pass_end`].
     fn end(&mut self, how: Unpassed) -> Poll<Result<(), ProxyError>> {
+        self.recv = None;
         self.loan.end();
         self.done = true;
         self.unpassed = how;

@@ -1,15 +1,23 @@
-//! Where a direction's bytes wait between its two sockets: a pooled 16 KiB
-//! buffer (recv/send) or a pipe (splice), on loan from the worker's pool
-//! while bytes flow.
+//! Where a direction's bytes wait between its two sockets: a provided buffer
+//! a ring receive filled, a pooled 16 KiB buffer (recv/send) or a pipe
+//! (splice), on loan while bytes flow.
 
 use std::io;
 use std::os::fd::RawFd;
 
 use super::pipe::{Pipe, PipePool};
+use crate::rt;
 
 /// Where bytes wait between the two sockets of one direction.
 pub(super) enum Stage {
     Pipe(Pipe),
+    /// Provided buffer `bid` of the worker's ring ([`crate::rt::BufRing`]),
+    /// as a ring receive filled it; given back when the loan ends.
+    Ring {
+        bid: u16,
+        start: u32,
+        end: u32,
+    },
     Buffer {
         buf: Box<[u8]>,
         start: usize,
@@ -21,6 +29,7 @@ impl Stage {
     pub(super) fn pending(&self) -> usize {
         match self {
             Stage::Pipe(p) => p.pending,
+            Stage::Ring { start, end, .. } => (end - start) as usize,
             Stage::Buffer { start, end, .. } => end - start,
         }
     }
@@ -29,6 +38,7 @@ impl Stage {
     pub(super) fn room(&self) -> usize {
         match self {
             Stage::Pipe(p) => p.capacity,
+            Stage::Ring { .. } => unreachable!("a ring buffer is never filled by a read"),
             Stage::Buffer { buf, .. } => buf.len(),
         }
     }
@@ -36,6 +46,7 @@ impl Stage {
     pub(super) fn fill(&mut self, src: RawFd) -> io::Result<usize> {
         match self {
             Stage::Pipe(p) => p.fill(src),
+            Stage::Ring { .. } => unreachable!("a ring buffer is never filled by a read"),
             Stage::Buffer { buf, start, end } => {
                 let n = recv_into(src, buf)?;
                 (*start, *end) = (0, n);
@@ -68,17 +79,32 @@ impl Stage {
         match self {
             // Never `more`: only a buffer reads ahead.
             Stage::Pipe(p) => p.drain(dst),
+            Stage::Ring { bid, start, end } => {
+                let n = rt::with_bufs(|bufs| {
+                    let bufs = bufs.expect("a ring buffer comes from the worker's ring");
+                    // SAFETY: a completion handed `bid` to this stage, which
+                    // gives it back only when the loan ends.
+                    let bytes = unsafe { bufs.bytes(*bid, *end as usize) };
+                    send(dst, &bytes[*start as usize..], more)
+                })?;
+                *start += n as u32; // at most the buffer's length
+                Ok(n)
+            }
             Stage::Buffer { buf, start, end } => {
-                let chunk = &buf[*start..*end];
-                let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
-                // SAFETY: send from a live slice; MSG_NOSIGNAL turns SIGPIPE into EPIPE.
-                let n = unsafe { libc::send(dst, chunk.as_ptr().cast(), chunk.len(), flags) };
-                let n = check(n)?;
+                let n = send(dst, &buf[*start..*end], more)?;
                 *start += n;
                 Ok(n)
             }
         }
     }
+}
+
+/// One non-blocking `send` of `chunk` to `dst`; `more` when a half-close
+/// follows at once.
+fn send(dst: RawFd, chunk: &[u8], more: bool) -> io::Result<usize> {
+    let flags = libc::MSG_NOSIGNAL | if more { libc::MSG_MORE } else { 0 };
+    // SAFETY: send from a live slice; MSG_NOSIGNAL turns SIGPIPE into EPIPE.
+    check(unsafe { libc::send(dst, chunk.as_ptr().cast(), chunk.len(), flags) })
 }
 
 /// One non-blocking `recv` from `src` into `buf`.
@@ -106,6 +132,7 @@ impl Loan<'_> {
     /// had, else a buffer. Called only when the stage holds no bytes.
     pub(super) fn get(&mut self, bulk: bool) -> &mut Stage {
         let swap = match &self.stage {
+            Some(Stage::Ring { .. }) => true,
             Some(Stage::Pipe(_)) => !bulk,
             Some(Stage::Buffer { .. }) => bulk && self.pool.can_lend(),
             None => false,
@@ -128,6 +155,7 @@ impl Loan<'_> {
     pub(super) fn end(&mut self) {
         match self.stage.take() {
             Some(Stage::Pipe(p)) => self.pool.give_back(p),
+            Some(Stage::Ring { bid, .. }) => rt::give_back(bid),
             Some(Stage::Buffer { buf, .. }) => self.pool.give_back_buffer(buf),
             None => {}
         }

@@ -4,6 +4,7 @@ use super::*;
 /// (whose size `runtime::worker`'s test holds): keep it from growing back.
 /// Nested futures once made it 1,752 bytes, and idle memory 3 KB. The
 /// client's first read, which the session holds while it connects, is 32.
+/// The ring receive each direction may hold (8 bytes each) made it 328.
 #[test]
 fn proxy_future_stays_small() {
     let rt = crate::rt::Runtime::new().unwrap();
@@ -20,7 +21,7 @@ fn proxy_future_stays_small() {
         let fut = run(&pool, first, a, b.into(), Duration::from_secs(1), &counters);
         let size = std::mem::size_of_val(&fut);
         println!("proxy future: {size} bytes");
-        assert!(size <= 312, "proxy future is {size} bytes");
+        assert!(size <= 328, "proxy future is {size} bytes");
     });
 }
 
@@ -36,7 +37,7 @@ fn pair() -> (std::net::TcpStream, std::net::TcpStream) {
 /// nothing back) under `splice = "auto"`; returns the bytes the target
 /// got and how many clean pipes the pool holds afterwards (a pipe is
 /// returned clean once its direction's source runs dry).
-fn auto_proxy(upload: usize) -> (usize, usize) {
+fn auto_proxy(upload: usize, ring_buffers: u16) -> (usize, usize) {
     use std::io::{Read, Write};
     let (mut client, proxy_client, proxy_target, mut target) = sockets();
     let reader = std::thread::spawn(move || {
@@ -52,7 +53,7 @@ fn auto_proxy(upload: usize) -> (usize, usize) {
         client.read_to_end(&mut rest).unwrap();
     });
     let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
-    let moved = proxy(&pool, proxy_client, proxy_target);
+    let (moved, _) = proxy(&pool, proxy_client, proxy_target, ring_buffers);
     assert_eq!(moved.client_to_target, upload as u64);
     writer.join().unwrap();
     (reader.join().unwrap(), pool.idle())
@@ -74,16 +75,40 @@ fn sockets() -> (
     (client, proxy_client, proxy_target, target)
 }
 
-/// Proxies between the two sockets until both directions end.
-fn proxy(pool: &PipePool, client: std::net::TcpStream, target: std::net::TcpStream) -> Transferred {
-    crate::rt::Runtime::new().unwrap().block_on(async {
+/// What a worker's ring of provided buffers did during a test.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+struct RingUse {
+    handed_out: u64,
+    starved: u64,
+    lent_after: usize,
+}
+
+/// Proxies between the two sockets until both directions end, on a runtime
+/// with `ring_buffers` provided buffers (0: receives by poll and recv(2)).
+fn proxy(
+    pool: &PipePool,
+    client: std::net::TcpStream,
+    target: std::net::TcpStream,
+    ring_buffers: u16,
+) -> (Transferred, RingUse) {
+    let rt = crate::rt::Runtime::with_buffers(ring_buffers, pipe::COPY_BUF as u32).unwrap();
+    rt.block_on(async {
         let counters = TargetSlot::default();
         let idle = Duration::from_secs(10);
         let client = OwnedFd::from(client);
         let first = FirstRead::new(pool, &client);
-        run(pool, first, client, target.into(), idle, &counters)
+        let moved = run(pool, first, client, target.into(), idle, &counters)
             .await
-            .unwrap()
+            .unwrap();
+        let ring = rt::with_bufs(|b| {
+            b.map(|b| RingUse {
+                handed_out: b.handed_out(),
+                starved: b.starved(),
+                lent_after: b.lent(),
+            })
+        });
+        assert_eq!(ring.is_some(), ring_buffers > 0);
+        (moved, ring.unwrap_or_default())
     })
 }
 
@@ -110,6 +135,14 @@ fn segments_in(s: &std::net::TcpStream) -> u32 {
 /// as the answer and then a FIN of its own.
 #[test]
 fn the_end_of_stream_rides_with_the_last_bytes() {
+    let ring = end_rides_with_last_bytes(0);
+    assert_eq!(ring, RingUse::default());
+    let ring = end_rides_with_last_bytes(16);
+    assert_eq!(ring.handed_out, 1, "the answer came by ring receive");
+    assert_eq!(ring.lent_after, 0);
+}
+
+fn end_rides_with_last_bytes(ring_buffers: u16) -> RingUse {
     use std::io::{Read, Write};
     let (mut client, proxy_client, proxy_target, mut target) = sockets();
     target.write_all(b"the answer").unwrap();
@@ -123,26 +156,73 @@ fn the_end_of_stream_rides_with_the_last_bytes() {
         (got, segments)
     });
     let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
-    let moved = proxy(&pool, proxy_client, proxy_target);
+    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, ring_buffers);
     assert_eq!(moved.target_to_client, 10);
     let (got, segments) = reader.join().unwrap();
     assert_eq!(got, b"the answer");
     assert_eq!(
         segments, 1,
-        "the answer and the FIN came in {segments} segments"
+        "the answer and the FIN came in {segments} segments (ring buffers: {ring_buffers})"
     );
     drop(target);
+    ring
 }
 
 #[test]
 fn auto_copies_small_exchanges_and_splices_bulk() {
-    let (got, pipes) = auto_proxy(100);
-    assert_eq!(got, 100);
-    assert_eq!(pipes, 0, "100 bytes fit one buffer: no pipe was lent");
-    let (got, pipes) = auto_proxy(8 << 20);
-    assert_eq!(got, 8 << 20);
-    assert!(
-        pipes >= 1,
-        "8 MiB fill buffers: the direction moved to a pipe"
+    for ring_buffers in [0, 16] {
+        let (got, pipes) = auto_proxy(100, ring_buffers);
+        assert_eq!(got, 100);
+        assert_eq!(pipes, 0, "100 bytes fit one buffer: no pipe was lent");
+        let (got, pipes) = auto_proxy(8 << 20, ring_buffers);
+        assert_eq!(got, 8 << 20);
+        assert!(
+            pipes >= 1,
+            "8 MiB fill buffers: the direction moved to a pipe (ring buffers: {ring_buffers})"
+        );
+    }
+}
+
+/// A ring of one buffer, a target that reads nothing until the client has
+/// sent everything, and an answer the other way meanwhile: the receives that
+/// find the buffer taken go on by system call, every byte arrives in order,
+/// and the buffer comes back.
+#[test]
+fn a_starved_ring_receive_goes_on_by_system_call() {
+    use std::io::{Read, Write};
+    let (mut client, proxy_client, proxy_target, mut target) = sockets();
+    const UP: usize = 4 << 20;
+    let upload: Vec<u8> = (0..UP).map(|i| (i * 7 % 251) as u8).collect();
+    let expected = upload.clone();
+    let client_side = std::thread::spawn(move || {
+        let mut reader = client.try_clone().unwrap();
+        let answer = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            reader.read_to_end(&mut got).unwrap();
+            got
+        });
+        client.write_all(&upload).unwrap();
+        client.shutdown(Shutdown::Write).unwrap();
+        answer.join().unwrap()
+    });
+    let target_side = std::thread::spawn(move || {
+        target.write_all(b"an answer before reading").unwrap();
+        let mut got = Vec::new();
+        target.read_to_end(&mut got).unwrap();
+        target.shutdown(Shutdown::Write).unwrap();
+        got
+    });
+    // Copy only, so the upload stays on the buffer path and holds it.
+    let pool = PipePool::new(pipe::Splice::Never, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, 1);
+    assert_eq!(moved.client_to_target, UP as u64);
+    assert_eq!(
+        target_side.join().unwrap(),
+        expected,
+        "the upload, in order"
     );
+    assert_eq!(client_side.join().unwrap(), b"an answer before reading");
+    assert!(ring.starved > 0, "the one buffer was never short: {ring:?}");
+    assert!(ring.handed_out > 0, "{ring:?}");
+    assert_eq!(ring.lent_after, 0, "{ring:?}");
 }

@@ -21,6 +21,7 @@
 //! eventfd the ring keeps a read armed on. Wakes from the worker's own thread,
 //! all of the data path's, take no lock.
 
+mod bufs;
 mod op;
 mod task;
 pub mod time;
@@ -40,7 +41,8 @@ use std::time::{Duration, Instant};
 use io_uring::{IoUring, opcode, squeue, types};
 use slab::Slab;
 
-pub use op::Op;
+pub use bufs::{BufRing, GROUP as BUFFER_GROUP};
+pub use op::{Multishot, Op};
 pub use task::{AbortHandle, JoinError, JoinHandle, spawn, spawn_detached};
 use task::{Header, Remote, TaskEntry};
 
@@ -85,6 +87,9 @@ pub struct Runtime {
 struct Inner {
     ring: RefCell<IoUring>,
     ops: RefCell<Slab<op::Slot>>,
+    multis: RefCell<Slab<op::MultiSlot>>,
+    /// The provided buffers receives select from, if set up.
+    bufs: Option<BufRing>,
     timers: RefCell<time::Timers>,
     tasks: RefCell<Slab<TaskEntry>>,
     ready: RefCell<VecDeque<Arc<Header>>>,
@@ -115,9 +120,28 @@ pub enum RingMode {
 
 impl Runtime {
     /// Sets up the ring: `SINGLE_ISSUER | DEFER_TASKRUN` where the kernel has
-    /// it, else `COOP_TASKRUN`, else plain.
+    /// it, else `COOP_TASKRUN`, else plain. No provided buffers.
     pub fn new() -> io::Result<Runtime> {
+        Runtime::with_buffers(0, 0)
+    }
+
+    /// Like [`Runtime::new`], with a ring of `count` provided buffers of
+    /// `size` bytes each ([`BufRing`]; `count` a power of two, 0 for none).
+    /// A kernel that cannot register one (before Linux 5.19) leaves the
+    /// runtime without: [`with_bufs`] says so, and receives go by system call.
+    pub fn with_buffers(count: u16, size: u32) -> io::Result<Runtime> {
         let (ring, mode) = new_ring()?;
+        let bufs = match count {
+            0 => None,
+            _ => match BufRing::register(&ring, count, size) {
+                Ok(b) => Some(b),
+                Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Err(e),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot register provided buffers; receiving by system call");
+                    None
+                }
+            },
+        };
         // SAFETY: eventfd either fails or returns a new descriptor we own.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
         if efd < 0 {
@@ -128,6 +152,8 @@ impl Runtime {
         let inner = Rc::new(Inner {
             ring: RefCell::new(ring),
             ops: RefCell::new(Slab::with_capacity(256)),
+            multis: RefCell::new(Slab::with_capacity(256)),
+            bufs,
             timers: RefCell::new(time::Timers::default()),
             tasks: RefCell::new(Slab::with_capacity(256)),
             ready: RefCell::new(VecDeque::with_capacity(256)),
@@ -243,6 +269,11 @@ impl Drop for Runtime {
                 "io_uring ops still in flight after a second; their buffers are leaked"
             );
             std::mem::forget(std::mem::take(&mut *inner.ops.borrow_mut()));
+            std::mem::forget(std::mem::take(&mut *inner.multis.borrow_mut()));
+            // The kernel may still fill a provided buffer, too.
+            if let Some(bufs) = inner.bufs.as_ref() {
+                bufs.leak();
+            }
             std::mem::forget(std::mem::replace(
                 &mut *inner.wake_buf.borrow_mut(),
                 Box::new(0),
@@ -394,6 +425,9 @@ impl Inner {
                 match user_data {
                     WAKE_TOKEN => self.woken(result),
                     TEARDOWN_TOKEN => {}
+                    key if key & op::MULTI != 0 => {
+                        op::complete_multi(self, (key & !op::MULTI) as usize, result, flags);
+                    }
                     key => op::complete(self, key as usize, result, flags),
                 }
             }
@@ -442,8 +476,23 @@ impl Inner {
 
     /// Operations the kernel may still write into, the wake read included.
     fn in_flight(&self) -> bool {
-        !self.ops.borrow().is_empty() || self.wake_armed.get()
+        !self.ops.borrow().is_empty() || !self.multis.borrow().is_empty() || self.wake_armed.get()
     }
+}
+
+/// Gives provided buffer `bid` back to this thread's ring (a no-op off a
+/// runtime, or on one without buffers).
+pub fn give_back(bid: u16) {
+    try_with_inner(|inner| {
+        if let Some(bufs) = &inner.bufs {
+            bufs.give_back(bid);
+        }
+    });
+}
+
+/// Runs `f` with this thread's provided buffers (`None` when it has none).
+pub fn with_bufs<R>(f: impl FnOnce(Option<&BufRing>) -> R) -> R {
+    with_inner(|inner| f(inner.bufs.as_ref()))
 }
 
 #[cfg(test)]

@@ -1,12 +1,13 @@
 //! One io_uring operation as a future that owns what its SQE points at.
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 
-use io_uring::squeue;
+use io_uring::{cqueue, opcode, squeue};
 
 use super::{Inner, try_with_inner, with_inner};
 
@@ -143,5 +144,172 @@ fn close_if_fd(result: Option<i32>) {
         // SAFETY: a non-negative accept result is a descriptor the kernel
         // gave to us alone, and nobody took it.
         drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+}
+
+/// `user_data` bit that marks a multishot operation's key.
+pub(super) const MULTI: u64 = 1 << 62;
+
+/// A multishot operation's place in the runtime: its completions queue here
+/// until the future takes them.
+pub(super) struct MultiSlot {
+    waker: Option<Waker>,
+    queue: VecDeque<(i32, u32)>,
+    /// The last completion (one without `IORING_CQE_F_MORE`) is queued.
+    finished: bool,
+    /// The future was dropped first: completions are discarded (their
+    /// buffers given back) until the last one.
+    orphan: bool,
+}
+
+/// A multishot operation in flight (a receive that stays armed): a stream of
+/// completions, each `(result, flags)`, ending with one that lacks
+/// `IORING_CQE_F_MORE`. A completion that selected a provided buffer holds
+/// it until it is given back ([`super::give_back`]); dropping the operation
+/// gives back what it holds, cancels it, and gives back whatever the kernel
+/// still completes.
+pub struct Multishot {
+    /// The slab key; 32 bits, so an idle connection's two receives cost 16
+    /// bytes, not 32.
+    key: u32,
+    cancelled: bool,
+}
+
+impl Multishot {
+    /// Queues `sqe` (which must be a multishot SQE) on this thread's ring.
+    ///
+    /// # Safety
+    /// `sqe` may point only at memory that outlives the runtime.
+    pub unsafe fn submit(sqe: squeue::Entry) -> Multishot {
+        with_inner(|inner| {
+            let key = inner.multis.borrow_mut().insert(MultiSlot {
+                waker: None,
+                queue: VecDeque::new(),
+                finished: false,
+                orphan: false,
+            });
+            // SAFETY: passed on from the caller.
+            unsafe { inner.push(&sqe.user_data(MULTI | key as u64)) };
+            Multishot {
+                key: u32::try_from(key).expect("fewer than 2^32 receives in flight"),
+                cancelled: false,
+            }
+        })
+    }
+
+    /// The next completion; `None` once the last has been taken.
+    pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<(i32, u32)>> {
+        with_inner(|inner| {
+            let mut multis = inner.multis.borrow_mut();
+            let slot = &mut multis[self.key as usize];
+            if let Some(c) = slot.queue.pop_front() {
+                return Poll::Ready(Some(c));
+            }
+            if slot.finished {
+                return Poll::Ready(None);
+            }
+            match &slot.waker {
+                Some(w) if w.will_wake(cx.waker()) => {}
+                _ => slot.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+    }
+
+    /// The completion [`Multishot::poll_next`] would return next, if it has
+    /// arrived.
+    pub fn peek(&self) -> Option<(i32, u32)> {
+        with_inner(|inner| {
+            inner.multis.borrow()[self.key as usize]
+                .queue
+                .front()
+                .copied()
+        })
+    }
+
+    /// Whether the last completion has arrived (it may still be queued).
+    pub fn finished(&self) -> bool {
+        with_inner(|inner| inner.multis.borrow()[self.key as usize].finished)
+    }
+
+    /// Asks the kernel to stop the operation: completions already made stay
+    /// queued, and a last one follows (usually `ECANCELED`).
+    pub fn cancel(&mut self) {
+        if std::mem::replace(&mut self.cancelled, true) || self.finished() {
+            return;
+        }
+        submit_cancel(self.key as usize);
+    }
+}
+
+fn submit_cancel(key: usize) {
+    let sqe = opcode::AsyncCancel::new(MULTI | key as u64).build();
+    // SAFETY: the SQE points at nothing. Dropped at once, the op's slot
+    // waits for its completion and goes with it.
+    drop(unsafe { Op::submit(Box::new(()), sqe, false) });
+}
+
+impl Drop for Multishot {
+    fn drop(&mut self) {
+        let Some((queued, finished)) = try_with_inner(|inner| {
+            let mut multis = inner.multis.borrow_mut();
+            let slot = &mut multis[self.key as usize];
+            let queued = std::mem::take(&mut slot.queue);
+            if slot.finished {
+                multis.remove(self.key as usize);
+                (queued, true)
+            } else {
+                slot.orphan = true;
+                slot.waker = None;
+                (queued, false)
+            }
+        }) else {
+            return;
+        };
+        for (_, flags) in queued {
+            if let Some(bid) = cqueue::buffer_select(flags) {
+                super::give_back(bid);
+            }
+        }
+        if !finished && !self.cancelled {
+            submit_cancel(self.key as usize);
+        }
+    }
+}
+
+/// Delivers a completion to its multishot operation.
+pub(super) fn complete_multi(inner: &Inner, key: usize, result: i32, flags: u32) {
+    let bid = cqueue::buffer_select(flags);
+    if let Some(bufs) = &inner.bufs {
+        if bid.is_some() {
+            bufs.taken();
+        }
+        if result == -libc::ENOBUFS {
+            bufs.note_starved();
+        }
+    }
+    let last = !cqueue::more(flags);
+    let (waker, discard) = {
+        let mut multis = inner.multis.borrow_mut();
+        let Some(slot) = multis.get_mut(key) else {
+            return;
+        };
+        if slot.orphan {
+            if last {
+                multis.remove(key);
+            }
+            (None, true)
+        } else {
+            slot.queue.push_back((result, flags));
+            slot.finished |= last;
+            (slot.waker.take(), false)
+        }
+    };
+    if discard && let Some(bid) = bid {
+        // Nobody will take these bytes.
+        super::give_back(bid);
+    }
+    if let Some(w) = waker {
+        w.wake();
     }
 }

@@ -257,3 +257,116 @@ impl<F: Future<Output = io::Result<u32>>> MapOk for F {
         self.await.ok();
     }
 }
+
+/// The next completion of `recv`, waiting for it.
+async fn next(recv: &mut Multishot) -> Option<(i32, u32)> {
+    std::future::poll_fn(|cx| recv.poll_next(cx)).await
+}
+
+fn lent() -> usize {
+    with_bufs(|b| b.expect("a runtime with buffers").lent())
+}
+
+/// A multishot receive stays armed across sends, puts each arrival in a
+/// provided buffer whose bytes are the ones sent, and ends with end of
+/// stream; every buffer given back leaves none lent.
+#[test]
+fn a_ring_receive_stays_armed_and_fills_provided_buffers() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let rt = Runtime::with_buffers(4, 4096).unwrap();
+    rt.block_on(async {
+        let mut recv = crate::uring::recv_multi(server.as_raw_fd());
+        for word in [&b"first"[..], b"second", b"third"] {
+            std::io::Write::write_all(&mut client, word).unwrap();
+            let (n, flags) = next(&mut recv).await.expect("a completion");
+            assert!(io_uring::cqueue::more(flags), "the receive stays armed");
+            let bid = io_uring::cqueue::buffer_select(flags).expect("a provided buffer");
+            // SAFETY: the completion handed `bid` to us; given back below.
+            let got = with_bufs(|b| unsafe { b.unwrap().bytes(bid, n as usize) }.to_vec());
+            assert_eq!(got, word);
+            assert_eq!(lent(), 1);
+            give_back(bid);
+            assert_eq!(lent(), 0);
+        }
+        client.shutdown(std::net::Shutdown::Write).unwrap();
+        let (n, flags) = next(&mut recv).await.expect("the end of stream");
+        assert_eq!(n, 0);
+        assert!(!io_uring::cqueue::more(flags), "end of stream ends it");
+        assert_eq!(next(&mut recv).await, None);
+    });
+}
+
+/// With every buffer lent, the receive ends with `ENOBUFS` and is counted as
+/// starved; dropping a receive gives back what it still held, and the
+/// runtime keeps no slot for it once the kernel has let go.
+#[test]
+fn a_ring_receive_with_no_buffer_free_ends_starved_and_a_dropped_one_gives_back() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let rt = Runtime::with_buffers(1, 4096).unwrap();
+    rt.block_on(async {
+        let mut recv = crate::uring::recv_multi(server.as_raw_fd());
+        std::io::Write::write_all(&mut client, b"one").unwrap();
+        let (n, flags) = next(&mut recv).await.unwrap();
+        assert_eq!(n, 3);
+        let bid = io_uring::cqueue::buffer_select(flags).unwrap();
+        // The only buffer is out: the next bytes find none.
+        std::io::Write::write_all(&mut client, b"two").unwrap();
+        let (n, flags) = next(&mut recv).await.unwrap();
+        assert_eq!(n, -libc::ENOBUFS);
+        assert!(!io_uring::cqueue::more(flags));
+        assert_eq!(with_bufs(|b| b.unwrap().starved()), 1);
+        give_back(bid);
+        // A fresh receive takes the waiting bytes; dropped with them
+        // queued, it gives the buffer back and cancels itself.
+        let again = crate::uring::recv_multi(server.as_raw_fd());
+        wait_until("the bytes land in the buffer", || {
+            again.peek().is_some() || lent() == 1
+        })
+        .await;
+        assert_eq!(lent(), 1);
+        drop(again);
+        assert_eq!(lent(), 0, "the dropped receive gave its buffer back");
+        drop(recv);
+        wait_until("the runtime forgets both receives", || {
+            with_inner(|inner| inner.multis.borrow().is_empty() && inner.ops.borrow().is_empty())
+        })
+        .await;
+    });
+}
+
+/// Kernel work the runtime may not free under: a receive still armed when
+/// the runtime is dropped is cancelled and reaped first.
+#[test]
+fn dropping_the_runtime_with_a_receive_armed_reaps_it() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    let rt = Runtime::with_buffers(2, 4096).unwrap();
+    let fd = server.as_raw_fd();
+    rt.block_on(async move {
+        spawn_detached(async move {
+            let mut recv = crate::uring::recv_multi(fd);
+            next(&mut recv).await;
+        });
+        wait_until("the receive is armed", || {
+            with_inner(|inner| inner.multis.borrow().len() == 1)
+        })
+        .await;
+    });
+    let start = Instant::now();
+    drop(rt);
+    assert!(start.elapsed() < Duration::from_millis(500));
+    drop((client, server));
+}
+
+#[test]
+fn a_buffer_ring_takes_only_a_power_of_two_of_buffers() {
+    let e = Runtime::with_buffers(3, 4096)
+        .err()
+        .expect("3 buffers refused");
+    assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+}

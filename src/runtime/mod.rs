@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use std::sync::Arc;
 
 use crate::metrics::{Slots, WorkerSlot};
-use crate::proxy::pipe::{PipePool, Splice};
+use crate::proxy::pipe::{COPY_BUF, PipePool, Splice};
 use crate::snapshot::SharedSnapshot;
 pub use worker::{BoundListener, Command, Event};
 
@@ -71,6 +71,8 @@ pub struct Shared {
     pub splice: Splice,
     /// Bytes each pipe is asked to hold.
     pub pipe_size: usize,
+    /// Provided buffers (of [`COPY_BUF`] bytes) in each worker's ring.
+    pub ring_buffers: u16,
 }
 
 /// The control plane's handles on running workers.
@@ -111,16 +113,17 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                 {
                     tracing::warn!(worker = id, cpu, error = %e, "cannot pin worker to its CPU");
                 }
-                let rt = match crate::rt::Runtime::new() {
-                    Ok(rt) => rt,
-                    Err(source) => {
-                        // The receiver outlives every worker's first message.
-                        ready
-                            .send(Err(RuntimeError::Uring { worker: id, source }))
-                            .ok();
-                        return;
-                    }
-                };
+                let rt =
+                    match crate::rt::Runtime::with_buffers(shared.ring_buffers, COPY_BUF as u32) {
+                        Ok(rt) => rt,
+                        Err(source) => {
+                            // The receiver outlives every worker's first message.
+                            ready
+                                .send(Err(RuntimeError::Uring { worker: id, source }))
+                                .ok();
+                            return;
+                        }
+                    };
                 rt.block_on(async move {
                     let pipes = PipePool::new(
                         shared.splice,

@@ -127,6 +127,8 @@ impl Worker {
                     if closed > 0 {
                         debug!(worker = self.id, closed, "closed idle pipes");
                     }
+                    let starved = rt::with_bufs(|b| b.map_or(0, rt::BufRing::starved));
+                    self.shared.stats.get(self.id).ring_starved.store(starved, std::sync::atomic::Ordering::Relaxed);
                 }
                 Some(cmd) = commands.recv() => self.obey(cmd).await,
                 // Ok or Err (sender gone): either way it is time to stop.
@@ -569,7 +571,8 @@ mod tests {
     /// binary; tokio's task cells come in 128-byte steps, and one of 680 cost
     /// 91 more bytes of RSS per idle connection). Under ringlb's own runtime
     /// it is 592 in test builds, mostly because its timer (`rt::time::Sleep`,
-    /// 40 bytes) is 72 bytes smaller than tokio's `Sleep`.
+    /// 40 bytes) is 72 bytes smaller than tokio's `Sleep`. The ring receive
+    /// each direction may hold made it 608.
     #[test]
     fn session_future_stays_small() {
         let (events, _) = mpsc::unbounded_channel();
@@ -581,6 +584,7 @@ mod tests {
             stats: Arc::new(crate::metrics::Slots::new(1)),
             splice: Splice::Auto,
             pipe_size: DEFAULT_PIPE_SIZE,
+            ring_buffers: 0,
         };
         let pipes = PipePool::new(Splice::Auto, 1, 1, DEFAULT_PIPE_SIZE);
         let worker = Worker::new(0, shared, pipes);
@@ -605,6 +609,6 @@ mod tests {
         let fut = session(registered, client.into(), peer, placement);
         let size = std::mem::size_of_val(&fut);
         println!("session future: {size} bytes");
-        assert!(size <= 592, "session future is {size} bytes");
+        assert!(size <= 608, "session future is {size} bytes");
     }
 }

@@ -233,6 +233,13 @@ pub fn with_splice(config: &str, mode: &str) -> String {
     config.replace(from, &format!("{from}\nsplice = \"{mode}\""))
 }
 
+/// `config` (from [`health_config`]) with `[runtime] ring_buffers = {n}`.
+pub fn with_ring_buffers(config: &str, n: u32) -> String {
+    let from = "shutdown_timeout = \"5s\"";
+    assert!(config.contains(from));
+    config.replace(from, &format!("{from}\nring_buffers = {n}"))
+}
+
 /// As [`simple_config`], with `health` as the body of the health_check table.
 pub fn health_config(workers: usize, group_extra: &str, health: &str) -> String {
     format!(
