@@ -44,6 +44,7 @@ fn good_config_gets_its_values_and_defaults() {
     let c = parse(Path::new("/etc/ringlb/ringlb.toml"), GOOD).unwrap();
     assert_eq!(c.runtime.workers, 2);
     assert_eq!(c.runtime.splice, Splice::Auto);
+    assert_eq!(c.runtime.ring_buffers, 256);
     assert_eq!(c.runtime.shutdown_timeout, Duration::from_secs(30));
     assert_eq!(c.listeners[0].addr, "127.0.0.1:8080".parse().unwrap());
     assert_eq!(c.listeners[0].backlog, 4096);
@@ -105,6 +106,20 @@ fn every_mistake_names_key_and_line() {
             4,
             "runtime.splice",
             "write \"auto\"",
+        ),
+        (
+            "workers = 2",
+            "workers = 2\nring_buffers = 300",
+            4,
+            "runtime.ring_buffers",
+            "a power of two from 1 to 32768",
+        ),
+        (
+            "workers = 2",
+            "workers = 2\nring_buffers = 65536",
+            4,
+            "runtime.ring_buffers",
+            "invalid value 65536",
         ),
         (
             "idle_timeout = \"5m\"",
