@@ -258,6 +258,14 @@ impl<F: Future<Output = io::Result<u32>>> MapOk for F {
     }
 }
 
+/// A connected loopback pair: (client, server).
+fn connected() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (server, _) = listener.accept().unwrap();
+    (client, server)
+}
+
 /// The next completion of `recv`, waiting for it.
 async fn next(recv: &mut Multishot) -> Option<(i32, u32)> {
     std::future::poll_fn(|cx| recv.poll_next(cx)).await
@@ -272,9 +280,7 @@ fn lent() -> usize {
 /// stream; every buffer given back leaves none lent.
 #[test]
 fn a_ring_receive_stays_armed_and_fills_provided_buffers() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    let (mut client, server) = connected();
     let rt = Runtime::with_buffers(4, 4096).unwrap();
     rt.block_on(async {
         let mut recv = crate::uring::recv_multi(server.as_raw_fd());
@@ -303,9 +309,7 @@ fn a_ring_receive_stays_armed_and_fills_provided_buffers() {
 /// runtime keeps no slot for it once the kernel has let go.
 #[test]
 fn a_ring_receive_with_no_buffer_free_ends_starved_and_a_dropped_one_gives_back() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    let (mut client, server) = connected();
     let rt = Runtime::with_buffers(1, 4096).unwrap();
     rt.block_on(async {
         let mut recv = crate::uring::recv_multi(server.as_raw_fd());
@@ -342,9 +346,7 @@ fn a_ring_receive_with_no_buffer_free_ends_starved_and_a_dropped_one_gives_back(
 /// the runtime is dropped is cancelled and reaped first.
 #[test]
 fn dropping_the_runtime_with_a_receive_armed_reaps_it() {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-    let (server, _) = listener.accept().unwrap();
+    let (client, server) = connected();
     let rt = Runtime::with_buffers(2, 4096).unwrap();
     let fd = server.as_raw_fd();
     rt.block_on(async move {
