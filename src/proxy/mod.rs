@@ -1,19 +1,22 @@
 //! One proxied connection: a client socket and a target socket, bytes moved both
 //! ways until both directions have ended.
 //!
-//! Bytes move on readiness: small exchanges by recv/send through a buffer
-//! borrowed from the worker's pool, bulk by non-blocking splice(2) through a
-//! borrowed pipe. A direction whose read fills the buffer moves on to a pipe;
-//! one whose read comes back under a buffer's worth moves back (HAProxy's
-//! `splice-auto` makes the same choice).
-//! Readiness comes from one-shot io_uring polls (`IORING_OP_POLL_ADD`), armed
-//! only when a socket is known to be dry (a read came back short or would
-//! block) or full, and reaped in batches with every other completion of the
-//! worker: no epoll registration per connection, and no read made only to
-//! learn that a socket is empty. A poll in flight when a session is dropped
-//! (idle timeout, shutdown, an error on the other direction) is completed by
-//! `shutdown(2)` on its socket, so the socket closes and nothing leaks; no
-//! byte already moved is lost.
+//! Small exchanges arrive by ring receive: each direction keeps one multishot
+//! `IORING_OP_RECV` armed on its source, which puts arriving bytes in a buffer
+//! of the worker's provided-buffer ring, and sends them on with one `send(2)`.
+//! A direction whose receive fills a buffer moves on to non-blocking splice(2)
+//! through a borrowed pipe, and back once a read comes back under a buffer's
+//! worth (HAProxy's `splice-auto` makes the same choice). Without provided
+//! buffers (`[runtime] ring_buffers = 0`, or none free at the moment), a
+//! direction waits for readiness with a one-shot io_uring poll
+//! (`IORING_OP_POLL_ADD`, with `POLLRDHUP`) and reads with `recv(2)` into a
+//! pooled buffer. A full destination is waited on with a one-shot poll, and
+//! the source's receive is cancelled meanwhile. Everything is reaped in batches
+//! with the worker's other completions: no epoll registration per connection.
+//! A poll in flight when a session is dropped (idle timeout, shutdown, an
+//! error on the other direction) is completed by `shutdown(2)` on its socket,
+//! and a receive in flight is cancelled, so the socket closes and nothing
+//! leaks; no byte already moved is lost.
 
 pub mod pipe;
 mod stage;
