@@ -53,7 +53,7 @@ fn auto_proxy(upload: usize, ring_buffers: u16) -> (usize, usize) {
         client.read_to_end(&mut rest).unwrap();
     });
     let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
-    let (moved, _) = proxy(&pool, proxy_client, proxy_target, ring_buffers);
+    let (moved, _) = proxy(&pool, proxy_client, proxy_target, ring_buffers, false);
     assert_eq!(moved.client_to_target, upload as u64);
     writer.join().unwrap();
     (reader.join().unwrap(), pool.idle())
@@ -85,14 +85,26 @@ struct RingUse {
 
 /// Proxies between the two sockets until both directions end, on a runtime
 /// with `ring_buffers` provided buffers (0: receives by poll and recv(2)).
+/// With `hold_one`, a receive of the test's own takes one buffer first and
+/// holds it until the proxy is done.
 fn proxy(
     pool: &PipePool,
     client: std::net::TcpStream,
     target: std::net::TcpStream,
     ring_buffers: u16,
+    hold_one: bool,
 ) -> (Transferred, RingUse) {
     let rt = crate::rt::Runtime::with_buffers(ring_buffers, pipe::COPY_BUF as u32).unwrap();
     rt.block_on(async {
+        let hog = hold_one.then(pair);
+        let mut held = None;
+        if let Some((a, b)) = &hog {
+            std::io::Write::write_all(&mut &*a, b"x").unwrap();
+            let mut recv = uring::recv_multi(b.as_raw_fd());
+            let (n, flags) = std::future::poll_fn(|cx| recv.poll_next(cx)).await.unwrap();
+            assert_eq!(n, 1, "the test's receive took a buffer");
+            held = Some((recv, cqueue::buffer_select(flags).unwrap()));
+        }
         let counters = TargetSlot::default();
         let idle = Duration::from_secs(10);
         let client = OwnedFd::from(client);
@@ -100,6 +112,10 @@ fn proxy(
         let moved = run(pool, first, client, target.into(), idle, &counters)
             .await
             .unwrap();
+        if let Some((recv, bid)) = held {
+            rt::give_back(bid);
+            drop(recv);
+        }
         let ring = rt::with_bufs(|b| {
             b.map(|b| RingUse {
                 handed_out: b.handed_out(),
@@ -156,7 +172,7 @@ fn end_rides_with_last_bytes(ring_buffers: u16) -> RingUse {
         (got, segments)
     });
     let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
-    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, ring_buffers);
+    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, ring_buffers, false);
     assert_eq!(moved.target_to_client, 10);
     let (got, segments) = reader.join().unwrap();
     assert_eq!(got, b"the answer");
@@ -183,10 +199,10 @@ fn auto_copies_small_exchanges_and_splices_bulk() {
     }
 }
 
-/// A ring of one buffer, a target that reads nothing until the client has
-/// sent everything, and an answer the other way meanwhile: the receives that
-/// find the buffer taken go on by system call, every byte arrives in order,
-/// and the buffer comes back.
+/// A ring of one buffer that the test holds, a target that reads nothing
+/// until the client has sent everything, and an answer the other way
+/// meanwhile: the receives that find the buffer taken go on by system call,
+/// every byte arrives in order, and the buffer comes back.
 #[test]
 fn a_starved_ring_receive_goes_on_by_system_call() {
     use std::io::{Read, Write};
@@ -214,7 +230,7 @@ fn a_starved_ring_receive_goes_on_by_system_call() {
     });
     // Copy only, so the upload stays on the buffer path and holds it.
     let pool = PipePool::new(pipe::Splice::Never, 4, 4, pipe::DEFAULT_PIPE_SIZE);
-    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, 1);
+    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, 1, true);
     assert_eq!(moved.client_to_target, UP as u64);
     assert_eq!(
         target_side.join().unwrap(),

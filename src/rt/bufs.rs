@@ -41,12 +41,7 @@ impl BufRing {
     /// Maps `entries` buffers of `size` bytes and registers them with `ring`
     /// as group [`GROUP`]. `entries` must be a power of two up to 32768.
     pub(super) fn register(ring: &IoUring, entries: u16, size: u32) -> io::Result<BufRing> {
-        if !entries.is_power_of_two() || entries > 1 << 15 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "a buffer ring holds a power of two of buffers, at most 32768",
-            ));
-        }
+        assert!(valid_count(entries), "{entries} buffers: see valid_count");
         let slots = Mapping::new(usize::from(entries) * size_of::<BufRingEntry>())?;
         let memory = Mapping::new(usize::from(entries) * size as usize)?;
         let bufs = BufRing {
@@ -55,7 +50,7 @@ impl BufRing {
             entries,
             size,
             tail: Cell::new(0),
-            lent: Cell::new(usize::from(entries)),
+            lent: Cell::new(0),
             handed_out: Cell::new(0),
             starved: Cell::new(0),
             leaked: Cell::new(false),
@@ -67,7 +62,7 @@ impl BufRing {
                 .register_buf_ring(bufs.slots.ptr.as_ptr() as u64, entries, GROUP)?;
         }
         for bid in 0..entries {
-            bufs.give_back(bid);
+            bufs.push(bid);
         }
         Ok(bufs)
     }
@@ -109,6 +104,12 @@ impl BufRing {
     /// Puts buffer `bid` back in the ring for the kernel to fill again. Each
     /// buffer a completion named must come back exactly once.
     pub fn give_back(&self, bid: u16) {
+        self.push(bid);
+        self.lent.set(self.lent.get() - 1);
+    }
+
+    /// Puts buffer `bid` in the ring.
+    fn push(&self, bid: u16) {
         debug_assert!(bid < self.entries);
         let tail = self.tail.get();
         let mask = self.entries - 1;
@@ -130,7 +131,6 @@ impl BufRing {
             let at = BufRingEntry::tail(base).cast_mut();
             (*at.cast::<AtomicU16>()).store(tail, Ordering::Release);
         }
-        self.lent.set(self.lent.get() - 1);
     }
 
     /// Keeps both mappings for the life of the process: the runtime stopped
@@ -148,6 +148,11 @@ impl BufRing {
     pub(super) fn note_starved(&self) {
         self.starved.set(self.starved.get() + 1);
     }
+}
+
+/// What the kernel takes for one ring: a power of two up to 32768.
+pub(super) fn valid_count(entries: u16) -> bool {
+    entries.is_power_of_two() && entries <= 1 << 15
 }
 
 /// An anonymous, private, read-write mapping.

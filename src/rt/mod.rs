@@ -130,17 +130,22 @@ impl Runtime {
     /// A kernel that cannot register one (before Linux 5.19) leaves the
     /// runtime without: [`with_bufs`] says so, and receives go by system call.
     pub fn with_buffers(count: u16, size: u32) -> io::Result<Runtime> {
+        if count != 0 && !bufs::valid_count(count) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a buffer ring holds a power of two of buffers, at most 32768",
+            ));
+        }
         let (ring, mode) = new_ring()?;
+        // Whatever the kernel says (EINVAL before Linux 5.19 included), the
+        // runtime goes on without: receives then go by system call.
         let bufs = match count {
             0 => None,
-            _ => match BufRing::register(&ring, count, size) {
-                Ok(b) => Some(b),
-                Err(e) if e.kind() == io::ErrorKind::InvalidInput => return Err(e),
-                Err(e) => {
+            _ => BufRing::register(&ring, count, size)
+                .inspect_err(|e| {
                     tracing::warn!(error = %e, "cannot register provided buffers; receiving by system call");
-                    None
-                }
-            },
+                })
+                .ok(),
         };
         // SAFETY: eventfd either fails or returns a new descriptor we own.
         let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
