@@ -52,16 +52,23 @@ def tree(pid):
     return out
 
 
-def cpu(pid):
-    total = 0
+def cpu_times(pid):
+    """(user, kernel) CPU seconds of pid and its descendants. Kernel time
+    includes the softirq work (TCP receive on loopback) run in their context."""
+    user = kernel = 0
     for p in tree(pid):
         try:
             with open(f"/proc/{p}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            total += int(fields[11]) + int(fields[12])
+            user += int(fields[11])
+            kernel += int(fields[12])
         except FileNotFoundError:
             pass
-    return total / TICK
+    return user / TICK, kernel / TICK
+
+
+def cpu(pid):
+    return sum(cpu_times(pid))
 
 
 def rss_kib(pid):
@@ -155,6 +162,9 @@ backend b
 
     def cpu(self):
         return cpu(self.proc.pid) if self.proc else None
+
+    def user_cpu(self):
+        return cpu_times(self.proc.pid)[0] if self.proc else None
 
     def rss(self):
         return rss_kib(self.proc.pid) if self.proc else None

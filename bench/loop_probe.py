@@ -15,6 +15,10 @@ metrics, so its figure is a floor for an own loop, not a promise.
 
 Prints each round, then the median CPU µs per connection (close) and per
 request (keepalive) and the median per-round ratio to nginx with its range;
+then each one's CPU split into user space and kernel (`/proc/PID/stat`; the
+kernel part includes the loopback TCP receive work run in the proxy's
+context), with ringlb's kernel time alone against nginx's whole: the figure
+ringlb would reach if its own code cost nothing;
 writes bench/results/loop_probe.json. All traffic is on 127.0.0.1.
 """
 import argparse, json, os, resource, statistics, subprocess, sys, threading, time
@@ -44,6 +48,9 @@ class Loop:
     def cpu(self):
         return compare.cpu(self.proc.pid)
 
+    def user_cpu(self):
+        return compare.cpu_times(self.proc.pid)[0]
+
     def close(self):
         stop(self.proc)
 
@@ -56,6 +63,22 @@ def ratio(rows, a, b):
     """Median and range of the per-round ratio a / b."""
     rs = [r[a] / r[b] for r in rows]
     return f"{statistics.median(rs):.3f}x ({min(rs):.3f}-{max(rs):.3f})"
+
+
+def floor_table(rows, scenarios):
+    """Each proxy's CPU split into user space and kernel, and what ringlb would
+    cost against nginx if its own code cost nothing (its kernel time alone)."""
+    print("\n| scenario | figure | uring_loop | ringlb | nginx | ringlb kernel alone / nginx |")
+    print("|---|---|---|---|---|---|")
+    for sc in scenarios:
+        mine = [r for r in rows if r["scenario"] == sc]
+        for part in ("user", "kernel"):
+            med = {k: statistics.median(r[f"{k}_user"] if part == "user" else r[k] - r[f"{k}_user"] for r in mine)
+                   for k in KINDS}
+            alone = "" if part == "user" else ratio([{**r, "kernel": r["ringlb"] - r["ringlb_user"]} for r in mine],
+                                                      "kernel", "nginx")
+            print(f"| {sc} | {unit(sc)}, {part} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | "
+                  f"{med['nginx']:.1f} | {alone} |")
 
 
 def main():
@@ -103,7 +126,8 @@ def main():
                 if len(out) != len(kinds):
                     sys.exit(f"round {rnd + 1} {sc}: a load generator failed")
                 us = {k: 1e6 * out[k][1] / out[k][0] for k in kinds}
-                rows.append({"round": rnd + 1, "scenario": sc, **us})
+                user = {f"{k}_user": 1e6 * out[k][2] / out[k][0] for k in kinds}
+                rows.append({"round": rnd + 1, "scenario": sc, **us, **user})
                 print(f"round {rnd + 1} {sc:9} " + "  ".join(f"{k} {us[k]:.1f}" for k in kinds) +
                       f"  (µs per {'connection' if sc == 'close' else 'request'})", flush=True)
                 time.sleep(1)
@@ -121,6 +145,7 @@ def main():
         print(f"| {sc} | {unit(sc)} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | {med['nginx']:.1f} | "
               f"{ratio(mine, 'uring_loop', 'nginx')} | {ratio(mine, 'ringlb', 'nginx')} | "
               f"{ratio(mine, 'uring_loop', 'ringlb')} |")
+    floor_table(rows, scenarios)
     if args.syscalls:
         print("\n| scenario | figure | uring_loop | uring_loop_sys | uring_loop / uring_loop_sys |")
         print("|---|---|---|---|---|")

@@ -29,8 +29,9 @@ UNITS = {"close": "CPU µs per connection", "keepalive": "CPU µs per request", 
 
 
 def load(scenario, proxy, seconds, lua, out):
-    """Runs one load generator against `proxy`; stores (operations, CPU seconds)."""
-    before = proxy.cpu()
+    """Runs one load generator against `proxy`; stores (operations, CPU
+    seconds, of which user-space seconds)."""
+    before, user_before = proxy.cpu(), proxy.user_cpu()
     if scenario == "bulk":
         _, nbytes = compare.iperf(proxy.port, seconds, 1)
         ops = nbytes / 1e9
@@ -38,7 +39,7 @@ def load(scenario, proxy, seconds, lua, out):
         ops, errors, _, _ = compare.wrk(proxy.port, seconds, scenario == "close", lua)
         if errors:
             raise RuntimeError(f"{proxy.kind}: {errors} wrk errors")
-    out[proxy.kind.removeprefix("ringlb-")] = (ops, proxy.cpu() - before)
+    out[proxy.kind.removeprefix("ringlb-")] = (ops, proxy.cpu() - before, proxy.user_cpu() - user_before)
 
 
 def ringlb(which, backend, work, binaries, runtimes):
@@ -105,7 +106,7 @@ def main():
                     t.join(timeout=args.seconds + 60)
                 if len(out) != 2:
                     sys.exit(f"round {rnd + 1} {sc}: a load generator failed")
-                new, old = (cost(sc, *out[k]) for k in ("new", "old"))
+                new, old = (cost(sc, *out[k][:2]) for k in ("new", "old"))
                 rows.append({"round": rnd + 1, "scenario": sc, "new": new, "old": old, "ratio": new / old,
                              "new_ops": out["new"][0], "old_ops": out["old"][0]})
                 print(f"round {rnd + 1} {sc:9} {UNITS[sc]}: new {new:.4g}  old {old:.4g}  ratio {new / old:.3f}",
