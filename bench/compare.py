@@ -5,7 +5,10 @@ Same machine, same backends, same load generators, all peers in the same run.
 Each proxy runs one worker pinned to CPU 0; load generators and backends are
 pinned to CPU 1. The HTTP backend is nginx (a fixed JSON answer, no logging),
 so the backend is not what limits the proxies; a row where direct is under
-1.5x the best proxy is marked backend-bound all the same. Every scenario runs
+1.5x the best proxy is marked backend-bound all the same. A throughput row also
+shows how busy CPU 1 was (/proc/stat) and is marked generator-bound when it was
+at least 95% busy under both ringlb and the best peer: then the figure measures
+how much work each proxy leaves the load generators, not how fast it can go. Every scenario runs
 --rounds times (default 3) with the order of the proxies rotated each round (so
 the TIME_WAIT sockets one leaves do not always fall on the same next one), and
 the table shows medians. Proxy CPU is read from /proc (the whole process tree),
@@ -207,6 +210,25 @@ def tcp_out_segments():
     return int(values[head.index("OutSegs")])
 
 
+def cpu_jiffies(cpu):
+    """(busy, total) jiffies of one CPU so far (/proc/stat; idle and iowait are not busy)."""
+    with open("/proc/stat") as f:
+        fields = next(line for line in f if line.startswith(f"cpu{cpu} ")).split()[1:]
+    ticks = [int(x) for x in fields[:8]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_since(cpu, before):
+    """Percent of the time `cpu` was busy since `before` (a cpu_jiffies reading)."""
+    busy, total = cpu_jiffies(cpu)
+    return 100 * (busy - before[0]) / max(total - before[1], 1)
+
+
+# A throughput row is bound by the load generators' CPU when it was this busy
+# while both ringlb and the best peer ran.
+GENERATOR_BOUND_PCT = 95
+
+
 def idle(proxy, count):
     """Opens `count` connections through `proxy` to the holding backend; returns KiB of proxy RSS each."""
     before = proxy.rss()
@@ -369,9 +391,10 @@ def main():
             try:
                 row = {"round": rnd + 1, "scenario": sc, "proxy": kind}
                 c0 = proxy.cpu()
+                gen0 = cpu_jiffies(1)
                 if sc == "bulk":
                     gbps, nbytes = iperf(proxy.port, secs, arg)
-                    row.update(streams=arg, gbit_s=gbps, gb=nbytes / 1e9)
+                    row.update(streams=arg, gbit_s=gbps, gb=nbytes / 1e9, gen_busy_pct=busy_since(1, gen0))
                     if c0 is not None:
                         row["cpu_s_per_gb"] = (proxy.cpu() - c0) / (nbytes / 1e9)
                 elif sc in ("keepalive", "close", "scaling"):
@@ -379,6 +402,8 @@ def main():
                     n, errors, p50, p99 = wrk(proxy.port, secs, sc == "close", lua, cpus="0,1" if sc == "scaling" else "1")
                     row.update(per_s=n / secs, p50_ms=p50, p99_ms=p99, errors=errors,
                                segments_per_req=(tcp_out_segments() - s0) / max(n, 1))
+                    if sc != "scaling":
+                        row["gen_busy_pct"] = busy_since(1, gen0)
                     if sc == "scaling":
                         row["workers"] = arg
                     if c0 is not None:
@@ -407,13 +432,16 @@ def main():
 FIGURES = [
     ("bulk", "gbit_s", "Gbit/s", "higher"),
     ("bulk", "cpu_s_per_gb", "CPU-s per GB", "lower"),
+    ("bulk", "gen_busy_pct", "CPU 1 busy % (iperf3 client and server)", "info"),
     ("keepalive", "per_s", "requests/s", "higher"),
     ("keepalive", "p99_ms", "p99 ms", "lower"),
+    ("keepalive", "gen_busy_pct", "CPU 1 busy % (wrk and the backend)", "info"),
     ("keepalive", "cpu_us_per_req", "CPU µs per request", "lower"),
     ("keepalive", "syscalls_per_req", "system calls per request", "lower"),
     ("keepalive", "segments_per_req", "TCP segments per request (client, proxy and backend)", "lower"),
     ("close", "per_s", "connections/s", "higher"),
     ("close", "p99_ms", "p99 ms", "lower"),
+    ("close", "gen_busy_pct", "CPU 1 busy % (wrk and the backend)", "info"),
     ("close", "cpu_us_per_req", "CPU µs per connection", "lower"),
     ("close", "syscalls_per_req", "system calls per connection", "lower"),
     ("close", "segments_per_req", "TCP segments per connection (client, proxy and backend)", "lower"),
@@ -441,13 +469,23 @@ def report(rows, args, proxies):
             vals = {p: median(sc, p, key, streams) for p in proxies}
             if vals["ringlb"] is None:
                 continue
-            peers = [vals[p] for p in PEERS if vals.get(p) is not None]
-            best = (max(peers) if better == "higher" else min(peers)) if peers else None
             name = f"{sc}{'' if streams is None else f' x{streams}'}"
-            note = ""
-            if key == "per_s" and best and vals.get("direct") and vals["direct"] < 1.5 * best:
-                note = " **backend-bound** (direct < 1.5x the best proxy)"
             cells = " | ".join(fmt(vals[p]) for p in proxies)
+            if better == "info":
+                lines.append(f"| {name} | {label} | {cells} | - | - |")
+                continue
+            peers = {p: vals[p] for p in PEERS if vals.get(p) is not None}
+            best_peer = (max if better == "higher" else min)(peers, key=peers.get) if peers else None
+            best = peers.get(best_peer)
+            notes = []
+            if key == "per_s" and best and vals.get("direct") and vals["direct"] < 1.5 * best:
+                notes.append("**backend-bound** (direct < 1.5x the best proxy)")
+            if key in ("per_s", "gbit_s") and best_peer:
+                busy = [median(sc, p, "gen_busy_pct", streams) for p in ("ringlb", best_peer)]
+                if all(b is not None and b >= GENERATOR_BOUND_PCT for b in busy):
+                    notes.append(f"**generator-bound** (CPU 1 >= {GENERATOR_BOUND_PCT}% busy under ringlb and "
+                                 f"{NAMES[best_peer]})")
+            note = "".join(" " + n for n in notes)
             lines.append(f"| {name} | {label} ({better} is better){note} | {cells} | {ratio(vals['ringlb'], best)} | "
                          f"{ratio(vals['ringlb'], vals.get('direct'))} |")
             if vals.get("haproxy"):
