@@ -5,8 +5,10 @@
 //! `IORING_OP_RECV` armed on its source, which puts arriving bytes in a buffer
 //! of the worker's provided-buffer ring, and sends them on with one `send(2)`.
 //! A direction whose receive fills a buffer moves on to non-blocking splice(2)
-//! through a borrowed pipe, and back once a read comes back under a buffer's
-//! worth (HAProxy's `splice-auto` makes the same choice). Without provided
+//! through a borrowed pipe (HAProxy's `splice-auto` makes the same choice),
+//! and back to the ring only after 8 pipe reads in a row came back under a
+//! buffer's worth: a bulk stream often wakes to part of a buffer, and one
+//! short read must not send its next burst through the ring's copies. Without provided
 //! buffers (`[runtime] ring_buffers = 0`, or none free at the moment), a
 //! direction waits for readiness with a one-shot io_uring poll
 //! (`IORING_OP_POLL_ADD`, with `POLLRDHUP`) and reads with `recv(2)` into a
@@ -262,8 +264,11 @@ struct Direction<'a> {
     /// The source may hold more bytes: its last read filled the stage, or a
     /// poll said it is readable. When false, a poll comes before the next read.
     src_ready: bool,
-    /// The last read filled a buffer: the next goes through a pipe.
+    /// The last read filled a buffer, or came through a pipe not long ago:
+    /// the next goes through a pipe.
     bulk: bool,
+    /// Short reads in a row through a pipe (see [`Direction::after_read`]).
+    short_reads: u8,
     /// A poll on the source saw `POLLRDHUP`: its peer has sent FIN, so once
     /// a read comes back short, the end of stream is next in line.
     src_hup: bool,
@@ -276,6 +281,9 @@ struct Direction<'a> {
     /// An end of stream read and not yet passed on.
     unpassed: Unpassed,
 }
+
+/// Short pipe reads in a row after which a direction goes back to copying.
+const SHORT_READS_OFF_PIPE: u8 = 8;
 
 /// An end of stream waiting for [`Direction::pass_end`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -345,6 +353,7 @@ impl<'a> Direction<'a> {
             starved: false,
             src_ready: false,
             bulk: pool.wants_pipe(None),
+            short_reads: 0,
             src_hup: false,
             after: Ahead::Unknown,
             unpassed: Unpassed::Nothing,
@@ -485,6 +494,7 @@ impl<'a> Direction<'a> {
             }
             let stage = self.loan.get(self.bulk);
             let room = stage.room();
+            let piped = matches!(stage, Stage::Pipe(_));
             match stage.fill(src.as_raw_fd()) {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.src_ready = false;
@@ -503,7 +513,7 @@ impl<'a> Direction<'a> {
                     };
                     self.count(n, last_active);
                     self.src_ready = n >= room;
-                    self.bulk = self.loan.pool.wants_pipe(Some(n));
+                    self.after_read(n, piped);
                     match ahead {
                         Some(Ok(0)) => self.after = Ahead::End,
                         Some(Ok(more)) => {
@@ -571,6 +581,25 @@ impl Direction<'_> {
             recv.cancel();
         }
         self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
+    }
+
+    /// Chooses the next read's stage after a read of `n` bytes: a pipe after
+    /// a read that filled a buffer, and after a pipe read unless the pipe has
+    /// come back short [`SHORT_READS_OFF_PIPE`] times in a row. A bulk stream
+    /// that outpaces its source often finds only part of a buffer when it
+    /// wakes; sent back to the copy path, the ring receive would copy the
+    /// whole next burst, twice, before the direction saw it was bulk again.
+    fn after_read(&mut self, n: usize, piped: bool) {
+        let pool = self.loan.pool;
+        if pool.wants_pipe(Some(n)) {
+            self.short_reads = 0;
+            self.bulk = true;
+        } else if piped {
+            self.short_reads = self.short_reads.saturating_add(1);
+            self.bulk = self.short_reads < SHORT_READS_OFF_PIPE;
+        } else {
+            self.bulk = false;
+        }
     }
 
     fn count(&mut self, n: usize, last_active: &mut Instant) {

@@ -242,3 +242,85 @@ fn a_starved_ring_receive_goes_on_by_system_call() {
     assert!(ring.handed_out > 0, "{ring:?}");
     assert_eq!(ring.lent_after, 0, "{ring:?}");
 }
+
+/// A direction on a pipe stays there through short reads (a bulk stream that
+/// outpaces its source finds part of a buffer when it wakes) and goes back to
+/// copying only after `SHORT_READS_OFF_PIPE` of them in a row; a read that
+/// fills a buffer puts it on a pipe whatever came before, and with splicing
+/// off nothing does.
+#[test]
+fn a_bulk_direction_leaves_the_pipe_only_after_short_reads_in_a_row() {
+    let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+    let counter = AtomicU64::new(0);
+    let mut d = Direction::new(&pool, &counter);
+    assert!(!d.bulk, "a new direction copies");
+    d.after_read(100, false);
+    assert!(!d.bulk, "a short copy stays a copy");
+    d.after_read(pipe::COPY_BUF, false);
+    assert!(d.bulk, "a full buffer moves to a pipe");
+    for round in 0..2 {
+        for i in 1..SHORT_READS_OFF_PIPE {
+            d.after_read(100, true);
+            assert!(d.bulk, "round {round}: short pipe read {i} keeps the pipe");
+        }
+        if round == 0 {
+            d.after_read(pipe::COPY_BUF * 4, true);
+            assert!(d.bulk, "a long read starts the count again");
+        }
+    }
+    d.after_read(100, true);
+    assert!(!d.bulk, "short reads in a row end the pipe");
+    d.after_read(100, false);
+    assert!(!d.bulk, "and copies stay copies");
+
+    let never = PipePool::new(pipe::Splice::Never, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+    let mut d = Direction::new(&never, &counter);
+    d.after_read(pipe::COPY_BUF * 4, false);
+    assert!(!d.bulk, "splice = \"never\" never pipes");
+}
+
+/// Bulk, then small messages one at a time, each read by the target before
+/// the next is sent: every byte arrives in order, and the direction, off the
+/// pipe after its short reads, receives on the ring again.
+#[test]
+fn after_bulk_small_messages_go_back_to_the_ring() {
+    use std::io::{Read, Write};
+    const BULK: usize = 4 << 20;
+    const MESSAGES: usize = 8 * SHORT_READS_OFF_PIPE as usize;
+    let (mut client, proxy_client, proxy_target, mut target) = sockets();
+    let (read_tx, read_rx) = std::sync::mpsc::channel();
+    let writer = std::thread::spawn(move || {
+        client.write_all(&vec![3u8; BULK]).unwrap();
+        for i in 0..MESSAGES {
+            client.write_all(&[i as u8; 100]).unwrap();
+            read_rx.recv().unwrap();
+        }
+        client.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).unwrap();
+    });
+    let reader = std::thread::spawn(move || {
+        let mut bulk = vec![0u8; BULK];
+        target.read_exact(&mut bulk).unwrap();
+        assert!(bulk.iter().all(|&b| b == 3), "the bulk bytes");
+        for i in 0..MESSAGES {
+            let mut m = [0u8; 100];
+            target.read_exact(&mut m).unwrap();
+            assert_eq!(m, [i as u8; 100], "message {i}");
+            read_tx.send(()).unwrap();
+        }
+        let mut rest = Vec::new();
+        target.read_to_end(&mut rest).unwrap();
+        assert!(rest.is_empty());
+    });
+    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let (moved, ring) = proxy(&pool, proxy_client, proxy_target, 16, false);
+    writer.join().unwrap();
+    reader.join().unwrap();
+    assert_eq!(moved.client_to_target, (BULK + 100 * MESSAGES) as u64);
+    assert!(
+        ring.handed_out >= (MESSAGES - SHORT_READS_OFF_PIPE as usize) as u64,
+        "the messages after the pipe's short reads came by the ring: {ring:?}"
+    );
+    assert_eq!(ring.lent_after, 0, "{ring:?}");
+}
