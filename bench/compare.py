@@ -413,7 +413,8 @@ def main():
                 elif sc == "idle":
                     row.update(connections=args.idle_connections, bytes_per_conn=idle(proxy, args.idle_connections))
                 elif sc == "k6":
-                    row.update(rate=args.k6_rate, **k6(proxy.port, secs, args.k6_rate, pdir))
+                    row.update(rate=args.k6_rate, **k6(proxy.port, secs, args.k6_rate, pdir),
+                               gen_busy_pct=busy_since(1, gen0))
                 rows.append(row)
             finally:
                 proxy.close()
@@ -448,6 +449,7 @@ FIGURES = [
     ("idle", "bytes_per_conn", "bytes per idle connection", "lower"),
     ("k6", "p99_ms", "k6 p99 ms", "lower"),
     ("k6", "failed", "k6 failed requests", "lower"),
+    ("k6", "gen_busy_pct", "CPU 1 busy % (k6 and the backend)", "info"),
 ]
 NAMES = {"direct": "direct", "ringlb": "ringlb", "ringlb-old": "ringlb (old)", "haproxy": "HAProxy", "nginx": "nginx"}
 
