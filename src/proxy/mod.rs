@@ -373,7 +373,7 @@ impl<'a> Direction<'a> {
         // A full buffer may have more behind it; a short read drained the
         // socket (a poll says when there is more).
         self.src_ready = len >= buf.len();
-        self.bulk = self.loan.pool.wants_pipe(Some(len));
+        self.after_read(len, false);
         self.loan.stage = Some(Stage::Buffer {
             buf,
             start: 0,
@@ -550,7 +550,7 @@ impl Direction<'_> {
                     end: n,
                 });
                 self.count(n as usize, last_active);
-                self.bulk = self.loan.pool.wants_pipe(Some(n as usize));
+                self.after_read(n as usize, false);
                 let recv = self
                     .recv
                     .as_mut()
@@ -583,15 +583,15 @@ impl Direction<'_> {
         self.wait = Some(Wait::arm(dst.as_raw_fd(), libc::POLLOUT, dst_side));
     }
 
-    /// Chooses the next read's stage after a read of `n` bytes: a pipe after
-    /// a read that filled a buffer, and after a pipe read unless the pipe has
-    /// come back short [`SHORT_READS_OFF_PIPE`] times in a row. A bulk stream
+    /// Chooses the next read's stage after any read of `n` bytes (the first,
+    /// a ring receive, a read into a buffer or a pipe): a pipe after a read
+    /// that filled a buffer, and after a pipe read unless the pipe has come
+    /// back short [`SHORT_READS_OFF_PIPE`] times in a row. A bulk stream
     /// that outpaces its source often finds only part of a buffer when it
     /// wakes; sent back to the copy path, the ring receive would copy the
     /// whole next burst, twice, before the direction saw it was bulk again.
     fn after_read(&mut self, n: usize, piped: bool) {
-        let pool = self.loan.pool;
-        if pool.wants_pipe(Some(n)) {
+        if self.loan.pool.wants_pipe(Some(n)) {
             self.short_reads = 0;
             self.bulk = true;
         } else if piped {

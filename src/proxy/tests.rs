@@ -279,6 +279,36 @@ fn a_bulk_direction_leaves_the_pipe_only_after_short_reads_in_a_row() {
     assert!(!d.bulk, "splice = \"never\" never pipes");
 }
 
+/// Every read decides the next stage in one place: a first read that fills
+/// its buffer, after the direction left a pipe, puts it back on one with the
+/// count of short reads started again (one short pipe read keeps the pipe).
+#[test]
+fn a_full_first_read_starts_the_short_read_count_again() {
+    use std::io::Write;
+    let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+    let counter = AtomicU64::new(0);
+    let mut d = Direction::new(&pool, &counter);
+    d.after_read(pipe::COPY_BUF, false);
+    for _ in 0..SHORT_READS_OFF_PIPE {
+        d.after_read(100, true);
+    }
+    assert!(!d.bulk, "off the pipe");
+    let (mut writer, client) = pair();
+    writer.write_all(&[1u8; 2 * pipe::COPY_BUF]).unwrap();
+    client.set_nonblocking(true).unwrap();
+    let client = OwnedFd::from(client);
+    let first = FirstRead::new(&pool, &client);
+    assert_eq!(
+        first.len as usize,
+        pipe::COPY_BUF,
+        "the first read filled its buffer"
+    );
+    d.start_with(first, &mut Instant::now());
+    assert!(d.bulk, "a full first read goes on through a pipe");
+    d.after_read(100, true);
+    assert!(d.bulk, "one short pipe read after it keeps the pipe");
+}
+
 /// Bulk, then small messages one at a time, each read by the target before
 /// the next is sent: every byte arrives in order, and the direction, off the
 /// pipe after its short reads, receives on the ring again.
