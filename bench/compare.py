@@ -166,8 +166,8 @@ backend b
     def cpu(self):
         return cpu(self.proc.pid) if self.proc else None
 
-    def user_cpu(self):
-        return cpu_times(self.proc.pid)[0] if self.proc else None
+    def cpu_times(self):
+        return cpu_times(self.proc.pid) if self.proc else None
 
     def rss(self):
         return rss_kib(self.proc.pid) if self.proc else None
@@ -402,10 +402,10 @@ def main():
                     n, errors, p50, p99 = wrk(proxy.port, secs, sc == "close", lua, cpus="0,1" if sc == "scaling" else "1")
                     row.update(per_s=n / secs, p50_ms=p50, p99_ms=p99, errors=errors,
                                segments_per_req=(tcp_out_segments() - s0) / max(n, 1))
-                    if sc != "scaling":
-                        row["gen_busy_pct"] = busy_since(1, gen0)
                     if sc == "scaling":
                         row["workers"] = arg
+                    else:
+                        row["gen_busy_pct"] = busy_since(1, gen0)
                     if c0 is not None:
                         row["cpu_us_per_req"] = 1e6 * (proxy.cpu() - c0) / max(n, 1)
                     if args.syscalls and rnd == 0 and sc != "scaling" and proxy.proc:

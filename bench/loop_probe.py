@@ -48,8 +48,8 @@ class Loop:
     def cpu(self):
         return compare.cpu(self.proc.pid)
 
-    def user_cpu(self):
-        return compare.cpu_times(self.proc.pid)[0]
+    def cpu_times(self):
+        return compare.cpu_times(self.proc.pid)
 
     def close(self):
         stop(self.proc)

@@ -31,7 +31,7 @@ UNITS = {"close": "CPU µs per connection", "keepalive": "CPU µs per request", 
 def load(scenario, proxy, seconds, lua, out):
     """Runs one load generator against `proxy`; stores (operations, CPU
     seconds, of which user-space seconds)."""
-    before, user_before = proxy.cpu(), proxy.user_cpu()
+    user0, kernel0 = proxy.cpu_times()
     if scenario == "bulk":
         _, nbytes = compare.iperf(proxy.port, seconds, 1)
         ops = nbytes / 1e9
@@ -39,7 +39,8 @@ def load(scenario, proxy, seconds, lua, out):
         ops, errors, _, _ = compare.wrk(proxy.port, seconds, scenario == "close", lua)
         if errors:
             raise RuntimeError(f"{proxy.kind}: {errors} wrk errors")
-    out[proxy.kind.removeprefix("ringlb-")] = (ops, proxy.cpu() - before, proxy.user_cpu() - user_before)
+    user, kernel = proxy.cpu_times()
+    out[proxy.kind.removeprefix("ringlb-")] = (ops, user + kernel - user0 - kernel0, user - user0)
 
 
 def ringlb(which, backend, work, binaries, runtimes):
