@@ -1,9 +1,17 @@
 //! The admin HTTP endpoint: `GET /metrics`, `/targets`, `/healthz`.
 //!
 //! It runs on the control plane's runtime, never on a worker, so it cannot slow
-//! the data plane. Each connection reads one request (at most 8 KiB, within
-//! 5 s), asks the control loop for the answer over a channel, replies and closes.
+//! the data plane. Each connection reads one request (at most 8 KiB; its first
+//! byte within 2 s, all of it within 5 s), asks the control loop for the answer
+//! over a channel, replies and closes.
+//!
+//! A crowd of idle connections must not starve a health check (keepalived's
+//! answers within a second or fails over): up to [`MAX_CONNECTIONS`] are
+//! served at once, and when that many are open, a new connection closes the
+//! oldest one still waiting for its request rather than wait behind it.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,10 +23,13 @@ use tracing::debug;
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client may take to send the first byte of it.
+pub const FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a client may take to read the answer.
 pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Admin connections served at once; more wait in the listen backlog.
-pub const MAX_CONNECTIONS: usize = 64;
+/// Admin connections open at once; past it, the oldest one still waiting
+/// for its request is closed for a new one.
+pub const MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -94,36 +105,71 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Response> {
     }
 }
 
-/// Accepts admin connections until the task is dropped, at most
-/// [`MAX_CONNECTIONS`] at once: the rest wait in the backlog, holding no fd.
-pub async fn serve(listener: TcpListener, asks: mpsc::Sender<Ask>) {
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(slot) = slots.clone().acquire_owned().await else {
-            return;
-        };
-        match listener.accept().await {
-            Ok((s, _)) => {
-                let asks = asks.clone();
-                tokio::spawn(async move {
-                    handle(s, asks).await;
-                    drop(slot);
-                });
+/// The admin connections open now, oldest first, each with whether it is
+/// still waiting for its request (and may be closed for a newer one).
+#[derive(Default)]
+struct Open {
+    next: u64,
+    by_age: std::collections::BTreeMap<u64, (tokio::task::AbortHandle, Arc<AtomicBool>)>,
+}
+
+impl Open {
+    /// Makes room for one more: closes the oldest connection still waiting
+    /// for its request, if all [`MAX_CONNECTIONS`] are taken. False if every
+    /// one is being answered (the new one is then turned away).
+    fn make_room(&mut self) -> bool {
+        self.by_age.retain(|_, (task, _)| !task.is_finished());
+        if self.by_age.len() < MAX_CONNECTIONS {
+            return true;
+        }
+        let oldest_idle = self
+            .by_age
+            .iter()
+            .find(|(_, (_, waiting))| waiting.load(Ordering::Relaxed))
+            .map(|(&id, _)| id);
+        match oldest_idle.and_then(|id| self.by_age.remove(&id)) {
+            Some((task, _)) => {
+                task.abort();
+                true
             }
-            Err(e) => {
-                debug!(error = %e, "admin accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            None => false,
         }
     }
 }
 
-async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>) {
+/// Accepts admin connections until the task is dropped (see the module
+/// doc for how many, and which one goes when there are too many).
+pub async fn serve(listener: TcpListener, asks: mpsc::Sender<Ask>) {
+    let open = Arc::new(Mutex::new(Open::default()));
+    loop {
+        let s = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                debug!(error = %e, "admin accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let mut o = open.lock().unwrap_or_else(|p| p.into_inner());
+        if !o.make_room() {
+            debug!("admin: every connection is being answered; one turned away");
+            continue;
+        }
+        let waiting = Arc::new(AtomicBool::new(true));
+        let task = tokio::spawn(handle(s, asks.clone(), waiting.clone()));
+        let id = o.next;
+        o.next += 1;
+        o.by_age.insert(id, (task.abort_handle(), waiting));
+    }
+}
+
+async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>, waiting: Arc<AtomicBool>) {
     let request = match tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut s)).await {
         Err(_) => Err(Response::text(408, "request timeout\n")),
-        Ok(None) => return, // closed before a full request
+        Ok(None) => return, // closed, or silent, before a full request
         Ok(Some(r)) => r,
     };
+    waiting.store(false, Ordering::Relaxed);
     let head_only = request.as_ref().is_ok_and(|r| r.head_only);
     let response = match request {
         Err(resp) => resp,
@@ -170,21 +216,27 @@ async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>) {
     }
 }
 
-/// Reads one request head. `None` if the client went away first. The head
-/// is parsed once its blank line has arrived (or it is too large), so a
-/// client sending a byte at a time costs one scan of the new bytes per read.
+/// Reads one request head. `None` if the client went away first, or sent
+/// nothing within [`FIRST_BYTE_TIMEOUT`]. The head is parsed once its blank
+/// line has arrived (CRLF or bare LF) or it is too large, so a client
+/// sending a byte at a time costs one scan of the new bytes per read.
 async fn read_request(s: &mut TcpStream) -> Option<Result<Request, Response>> {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     loop {
-        let n = s.read(&mut chunk).await.ok()?;
+        let read = s.read(&mut chunk);
+        let n = if buf.is_empty() {
+            tokio::time::timeout(FIRST_BYTE_TIMEOUT, read).await.ok()?
+        } else {
+            read.await
+        }
+        .ok()?;
         if n == 0 {
             return None;
         }
         let from = buf.len().saturating_sub(3);
         buf.extend_from_slice(&chunk[..n]);
-        let ended = buf[from..].windows(4).any(|w| w == b"\r\n\r\n");
-        if !ended && buf.len() < MAX_REQUEST {
+        if !head_ended(&buf[from..]) && buf.len() < MAX_REQUEST {
             continue;
         }
         match parse_request(&buf) {
@@ -193,6 +245,13 @@ async fn read_request(s: &mut TcpStream) -> Option<Result<Request, Response>> {
             Err(resp) => return Some(Err(resp)),
         }
     }
+}
+
+/// Whether `tail` holds the blank line that ends a request head.
+fn head_ended(tail: &[u8]) -> bool {
+    tail.windows(4).any(|w| w == b"\r\n\r\n")
+        || tail.windows(2).any(|w| w == b"\n\n")
+        || tail.windows(3).any(|w| w == b"\n\r\n")
 }
 
 #[cfg(test)]
@@ -238,6 +297,16 @@ mod tests {
                 .status,
             400
         );
+        assert_eq!(
+            parse_request(b"GET /healthz HTTP/1.1\n\n"),
+            Ok(Some(Request {
+                route: Route::Healthz,
+                head_only: false
+            })),
+            "a bare LF ends lines too"
+        );
+        assert!(head_ended(b"1\n\n") && head_ended(b"\r\n\r\n") && head_ended(b"x\n\r\n"));
+        assert!(!head_ended(b"GET / HTTP/1.1\r\n"));
         let mut big = b"GET /metrics HTTP/1.1\r\nX: ".to_vec();
         big.resize(MAX_REQUEST, b'a');
         assert_eq!(parse_request(&big).unwrap_err().status, 431);

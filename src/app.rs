@@ -136,6 +136,7 @@ fn spawn_takeover_server(
     path: std::path::PathBuf,
     fd: std::os::fd::OwnedFd,
     to_main: tokio::sync::mpsc::Sender<Handover>,
+    refused: Arc<std::sync::atomic::AtomicU64>,
 ) {
     let spawned = std::thread::Builder::new()
         .name("ringlb-takeover".into())
@@ -151,6 +152,9 @@ fn spawn_takeover_server(
                 },
                 move || {
                     let _stopping = to_main.blocking_send(Handover::Taken);
+                },
+                move || {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 },
             );
         });
@@ -364,7 +368,12 @@ impl Main {
     ) -> bool {
         self.status = self.cp.status_line();
         if let (Some(p), Some(fd)) = (&self.takeover_path, takeover_listener) {
-            spawn_takeover_server(p.clone(), fd, self.handover_tx.clone());
+            spawn_takeover_server(
+                p.clone(),
+                fd,
+                self.handover_tx.clone(),
+                self.cp.takeover_refused.clone(),
+            );
         }
         // Taking over: READY to the old process once every group serves
         // (or TAKEOVER_SETTLE passed); then its takeover socket is ours.
@@ -472,7 +481,12 @@ impl Main {
                 info!("the old process let go; this one serves alone");
                 takeover::tell_upgrader();
                 match takeover::listen(&p) {
-                    Ok(fd) => spawn_takeover_server(p, fd, self.handover_tx.clone()),
+                    Ok(fd) => spawn_takeover_server(
+                        p,
+                        fd,
+                        self.handover_tx.clone(),
+                        self.cp.takeover_refused.clone(),
+                    ),
                     Err(e) => warn!(error = %e, "takeovers of this process are off"),
                 }
             }

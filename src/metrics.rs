@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub const LISTENER_ACCEPTED: &str = "ringlb_listener_connections_accepted_total";
 pub const LISTENER_ACTIVE: &str = "ringlb_listener_connections_active";
 pub const LISTENER_REFUSED: &str = "ringlb_listener_connections_refused_total";
+pub const LISTENER_RESETS: &str = "ringlb_listener_connections_reset_total";
 pub const WORKER_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
 pub const WORKER_RING_STARVED: &str = "ringlb_worker_ring_receives_starved_total";
 pub const TARGET_ACTIVE: &str = "ringlb_target_connections_active";
@@ -33,6 +34,7 @@ pub const TARGET_HEALTHY: &str = "ringlb_target_healthy";
 pub const TARGET_DRAINING: &str = "ringlb_target_draining";
 pub const TARGETS_RELOADS: &str = "ringlb_targets_reloads_total";
 pub const MAGLEV_SLOTS_MOVED: &str = "ringlb_maglev_slots_moved";
+pub const TAKEOVER_REFUSED: &str = "ringlb_takeover_refused_total";
 pub const BUILD_INFO: &str = "ringlb_build_info";
 
 /// Adds to a counter that only the calling worker writes.
@@ -60,6 +62,15 @@ pub struct ListenerSlot {
     pub refused_not_allowed: AtomicU64,
     /// Closed at once: the listener is at max_connections.
     pub refused_limit: AtomicU64,
+    /// Closed at once: ringlb had no descriptor, memory or local port left
+    /// to take the client or reach a target.
+    pub refused_local: AtomicU64,
+    /// Ended by an error on the client's side (a reset, mostly), passed on
+    /// to the target as a reset.
+    pub reset_by_client: AtomicU64,
+    /// Ended by an error on the target's side, passed on to the client as a
+    /// reset.
+    pub reset_by_target: AtomicU64,
 }
 
 /// A listener's counters: per-worker slots, plus the one count every worker

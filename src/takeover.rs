@@ -4,17 +4,27 @@
 //! SYN is refused; the old process stops accepting once the new one is
 //! ready, drains its connections for up to `shutdown_timeout`, and exits.
 //!
+//! Whoever can connect to the socket gets every listening socket, so the
+//! socket file is made `0600` before it listens (whatever the umask), and a
+//! peer whose user is neither this process's nor root is refused, logged and
+//! counted; the new process checks the old one's user the same way.
+//!
 //! The exchange, on a `SOCK_SEQPACKET` socket at `[runtime] takeover_socket`
 //! (every line is one packet):
 //!
 //! ```text
-//! new -> old   TAKEOVER 1
-//! old -> new   {"listeners":[{"name","config","addr","count"}],"admin":"ADDR"|null}
-//! old -> new   one packet per listener: its name, with its sockets attached
+//! new -> old   TAKEOVER 2
+//! old -> new   HEADER <bytes>, then the header in packets of at most 32 KiB:
+//!              {"listeners":[{"name","config","addr","count"}],"admin":"ADDR"|null}
+//! old -> new   per listener, "L <index in the header>" with its sockets
+//!              attached (several packets when it has more than 253)
 //! old -> new   "admin" with the admin socket attached (if any), then "END"
 //! new -> old   READY          (the new process serves; the old one stops accepting)
 //! old -> new   BYE
 //! ```
+//!
+//! Version 1 (a one-packet header, listener packets by name) is still
+//! spoken both ways, so a ringlb of either version takes over from the other.
 
 use std::io::{IoSlice, IoSliceMut};
 use std::net::{SocketAddr, TcpListener};
@@ -33,7 +43,12 @@ use tracing::{info, warn};
 /// How long either side waits for the other's next packet. The new process
 /// starts its workers and probes its targets between `END` and `READY`.
 const STEP_TIMEOUT: Duration = Duration::from_secs(60);
-const VERSION_LINE: &[u8] = b"TAKEOVER 1";
+const VERSION_1: &[u8] = b"TAKEOVER 1";
+const VERSION_2: &[u8] = b"TAKEOVER 2";
+/// Bytes of header per packet (version 2).
+const HEADER_CHUNK: usize = 32 * 1024;
+/// The largest header either side accepts.
+const MAX_HEADER: usize = 64 << 20;
 /// `SCM_MAX_FD`: the most descriptors one packet carries.
 const MAX_FDS: usize = 253;
 
@@ -111,9 +126,21 @@ fn send(fd: &OwnedFd, bytes: &[u8], fds: &[RawFd]) -> nix::Result<()> {
     Ok(())
 }
 
-/// One packet: its bytes and the descriptors attached (owned now).
+/// One packet: its bytes and the descriptors attached (owned now). The
+/// buffer is sized to the packet (peeked first), so none is cut short.
 fn recv(fd: &OwnedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
-    let mut buf = vec![0u8; 64 * 1024];
+    let size = {
+        let mut probe = [0u8; 1];
+        let mut iov = [IoSliceMut::new(&mut probe)];
+        let msg = socket::recvmsg::<()>(
+            fd.as_raw_fd(),
+            &mut iov,
+            None,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_TRUNC,
+        )?;
+        msg.bytes.max(1)
+    };
+    let mut buf = vec![0u8; size];
     let mut space = nix::cmsg_space!([RawFd; MAX_FDS]);
     let (n, fds) = {
         let mut iov = [IoSliceMut::new(&mut buf)];
@@ -137,8 +164,21 @@ fn recv(fd: &OwnedFd) -> nix::Result<(Vec<u8>, Vec<OwnedFd>)> {
     Ok((buf, fds))
 }
 
+/// Whether the process at the other end of `conn` may take part in a
+/// takeover: it runs as this process's user, or as root. Its uid either way.
+fn peer_allowed(conn: &OwnedFd) -> Result<(bool, u32), String> {
+    let cred = socket::getsockopt(conn, sockopt::PeerCredentials)
+        .map_err(|e| format!("SO_PEERCRED: {e}"))?;
+    let uid = cred.uid();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let own = unsafe { libc::geteuid() };
+    Ok((uid == 0 || uid == own, uid))
+}
+
 /// Binds the takeover socket of a running ringlb at `path` (a stale file
-/// nobody answers on is replaced).
+/// nobody answers on is replaced). The file is `0600` before the socket
+/// listens: until `listen`, a connect is refused, so no other user can get
+/// in between, whatever the umask.
 pub fn listen(path: &Path) -> Result<OwnedFd, TakeoverError> {
     if path.exists() {
         let probe = seqpacket().map_err(|e| err(path, "socket", e))?;
@@ -155,6 +195,9 @@ pub fn listen(path: &Path) -> Result<OwnedFd, TakeoverError> {
     let fd = seqpacket().map_err(|e| err(path, "socket", e))?;
     let addr = UnixAddr::new(path).map_err(|e| err(path, "address", e))?;
     socket::bind(fd.as_raw_fd(), &addr).map_err(|e| err(path, "bind", e))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| err(path, "chmod 0600", e))?;
     socket::listen(&fd, Backlog::new(4).expect("4 is a valid backlog"))
         .map_err(|e| err(path, "listen", e))?;
     Ok(fd)
@@ -163,12 +206,14 @@ pub fn listen(path: &Path) -> Result<OwnedFd, TakeoverError> {
 /// The running process's side: serves takeover requests on `listener` (a
 /// thread of its own). For each, `offer` gives the sockets; when the new
 /// process says READY, `taken` is called (the caller then drains and
-/// exits) and this returns.
+/// exits) and this returns. A peer of another user is refused, and
+/// `refused` is called.
 pub fn serve(
     path: &Path,
     listener: OwnedFd,
     offer: impl Fn() -> Option<OfferOwned>,
     taken: impl FnOnce(),
+    refused: impl Fn(),
 ) {
     loop {
         let conn = match socket::accept(listener.as_raw_fd()) {
@@ -180,6 +225,19 @@ pub fn serve(
                 return;
             }
         };
+        match peer_allowed(&conn) {
+            Ok((true, _)) => {}
+            Ok((false, uid)) => {
+                warn!(path = %path.display(), uid, "takeover refused: the peer runs as another user");
+                refused();
+                continue;
+            }
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "takeover refused: cannot tell who the peer is");
+                refused();
+                continue;
+            }
+        }
         match hand_over(&conn, &offer) {
             Ok(()) => {
                 // The path is the new process's once it reads BYE, which
@@ -208,12 +266,16 @@ pub struct OfferOwned {
 fn hand_over(conn: &OwnedFd, offer: &impl Fn() -> Option<OfferOwned>) -> Result<(), String> {
     set_timeouts(conn, STEP_TIMEOUT).map_err(|e| e.to_string())?;
     let (hello, _) = recv(conn).map_err(|e| format!("reading the request: {e}"))?;
-    if hello != VERSION_LINE {
-        return Err(format!(
-            "unknown request {:?}",
-            String::from_utf8_lossy(&hello)
-        ));
-    }
+    let v2 = match hello.as_slice() {
+        VERSION_2 => true,
+        VERSION_1 => false,
+        _ => {
+            return Err(format!(
+                "unknown request {:?}",
+                String::from_utf8_lossy(&hello[..hello.len().min(64)])
+            ));
+        }
+    };
     let Some(o) = offer() else {
         return Err("this process is stopping".into());
     };
@@ -231,11 +293,30 @@ fn hand_over(conn: &OwnedFd, offer: &impl Fn() -> Option<OfferOwned>) -> Result<
         admin: o.admin.as_ref().map(|(a, _)| *a),
     };
     let json = serde_json::to_vec(&header).map_err(|e| e.to_string())?;
-    send(conn, &json, &[]).map_err(|e| format!("sending the header: {e}"))?;
-    for HandedListener { name, sockets, .. } in &o.listeners {
+    if v2 {
+        send(conn, format!("HEADER {}", json.len()).as_bytes(), &[])
+            .map_err(|e| format!("sending the header: {e}"))?;
+        for chunk in json.chunks(HEADER_CHUNK) {
+            send(conn, chunk, &[]).map_err(|e| format!("sending the header: {e}"))?;
+        }
+    } else {
+        send(conn, &json, &[]).map_err(|e| {
+            format!(
+                "sending the header ({} bytes, {} listeners) in one packet, as a version 1 ringlb wants it: {e}",
+                json.len(),
+                header.listeners.len()
+            )
+        })?;
+    }
+    for (i, HandedListener { name, sockets, .. }) in o.listeners.iter().enumerate() {
+        let label = if v2 {
+            format!("L {i}").into_bytes()
+        } else {
+            name.as_bytes().to_vec()
+        };
         for chunk in sockets.chunks(MAX_FDS) {
             let raw: Vec<RawFd> = chunk.iter().map(AsRawFd::as_raw_fd).collect();
-            send(conn, name.as_bytes(), &raw).map_err(|e| format!("sending {name}: {e}"))?;
+            send(conn, &label, &raw).map_err(|e| format!("sending {name}: {e}"))?;
         }
     }
     if let Some((_, fd)) = &o.admin {
@@ -248,7 +329,10 @@ fn hand_over(conn: &OwnedFd, offer: &impl Fn() -> Option<OfferOwned>) -> Result<
         return Err(if ready.is_empty() {
             "the new process went away before it was ready".into()
         } else {
-            format!("expected READY, got {:?}", String::from_utf8_lossy(&ready))
+            format!(
+                "expected READY, got {:?}",
+                String::from_utf8_lossy(&ready[..ready.len().min(64)])
+            )
         });
     }
     Ok(())
@@ -312,8 +396,19 @@ pub fn tell_upgrader() {
     let _upgrader_gone = nix::unistd::write(&pipe, b"ok\n");
 }
 
-/// The new process's side: asks the ringlb at `path` for its sockets.
+/// The new process's side: asks the ringlb at `path` for its sockets, in
+/// version 2, or in version 1 if it hangs up on that (an older ringlb).
 pub fn take(path: &Path) -> Result<Inherited, TakeoverError> {
+    match take_as(path, true) {
+        Err(e) if e.step == "header" && e.message == OLD_PEER => take_as(path, false),
+        other => other,
+    }
+}
+
+/// What `take_as` says of a peer that closed on `TAKEOVER 2`.
+const OLD_PEER: &str = "the running ringlb closed on TAKEOVER 2";
+
+fn take_as(path: &Path, v2: bool) -> Result<Inherited, TakeoverError> {
     let conn = seqpacket().map_err(|e| err(path, "socket", e))?;
     let addr = UnixAddr::new(path).map_err(|e| err(path, "address", e))?;
     socket::connect(conn.as_raw_fd(), &addr).map_err(|e| {
@@ -323,9 +418,25 @@ pub fn take(path: &Path) -> Result<Inherited, TakeoverError> {
             e,
         )
     })?;
+    match peer_allowed(&conn) {
+        Ok((true, _)) => {}
+        Ok((false, uid)) => {
+            return Err(err(
+                path,
+                "peer",
+                format!("the process there runs as uid {uid}, neither this user nor root"),
+            ));
+        }
+        Err(e) => return Err(err(path, "peer", e)),
+    }
     set_timeouts(&conn, STEP_TIMEOUT).map_err(|e| err(path, "timeouts", e))?;
-    send(&conn, VERSION_LINE, &[]).map_err(|e| err(path, "request", e))?;
-    let (json, _) = recv(&conn).map_err(|e| err(path, "header", e))?;
+    let hello = if v2 { VERSION_2 } else { VERSION_1 };
+    send(&conn, hello, &[]).map_err(|e| err(path, "request", e))?;
+    let json = if v2 {
+        read_header(&conn).map_err(|m| err(path, "header", m))?
+    } else {
+        recv(&conn).map_err(|e| err(path, "header", e))?.0
+    };
     let header: Header = serde_json::from_slice(&json).map_err(|e| err(path, "header", e))?;
     let mut listeners: Vec<HandedListener> = header
         .listeners
@@ -349,30 +460,38 @@ pub fn take(path: &Path) -> Result<Inherited, TakeoverError> {
             }
             continue;
         }
-        let name = String::from_utf8_lossy(&what);
-        let Some(l) = listeners.iter_mut().find(|l| l.name == name) else {
+        let found = if v2 {
+            std::str::from_utf8(&what)
+                .ok()
+                .and_then(|w| w.strip_prefix("L "))
+                .and_then(|i| i.parse::<usize>().ok())
+                .filter(|&i| i < listeners.len())
+        } else {
+            let name = String::from_utf8_lossy(&what);
+            listeners.iter().position(|l| l.name == name)
+        };
+        let Some(i) = found else {
+            let what = String::from_utf8_lossy(&what[..what.len().min(64)]).into_owned();
             return Err(err(
                 path,
                 "sockets",
-                format!("unannounced listener {name:?}"),
+                format!("unannounced listener {what:?}"),
             ));
         };
-        l.sockets.extend(fds.into_iter().map(TcpListener::from));
+        listeners[i]
+            .sockets
+            .extend(fds.into_iter().map(TcpListener::from));
     }
-    for l in &listeners {
-        let want = header
-            .listeners
-            .iter()
-            .find(|h| h.name == l.name)
-            .map_or(0, |h| h.count);
-        if l.sockets.len() != want {
+    for (l, h) in listeners.iter().zip(&header.listeners) {
+        if l.sockets.len() != h.count {
             return Err(err(
                 path,
                 "sockets",
                 format!(
-                    "listener {}: {} of {want} sockets came",
+                    "listener {}: {} of {} sockets came",
                     l.name,
-                    l.sockets.len()
+                    l.sockets.len(),
+                    h.count
                 ),
             ));
         }
@@ -383,6 +502,40 @@ pub fn take(path: &Path) -> Result<Inherited, TakeoverError> {
         conn,
         path: path.to_path_buf(),
     })
+}
+
+/// A version 2 header: `HEADER <bytes>`, then that many bytes in packets.
+fn read_header(conn: &OwnedFd) -> Result<Vec<u8>, String> {
+    let (first, _) = recv(conn).map_err(|e| e.to_string())?;
+    if first.is_empty() {
+        return Err(OLD_PEER.into());
+    }
+    let len = std::str::from_utf8(&first)
+        .ok()
+        .and_then(|f| f.strip_prefix("HEADER "))
+        .and_then(|n| n.parse::<usize>().ok())
+        .filter(|&n| n <= MAX_HEADER)
+        .ok_or_else(|| {
+            format!(
+                "expected HEADER <bytes>, got {:?}",
+                String::from_utf8_lossy(&first[..first.len().min(64)])
+            )
+        })?;
+    let mut json = Vec::with_capacity(len);
+    while json.len() < len {
+        let (chunk, _) = recv(conn).map_err(|e| e.to_string())?;
+        if chunk.is_empty() {
+            return Err(format!(
+                "the header ended after {} of {len} bytes",
+                json.len()
+            ));
+        }
+        json.extend_from_slice(&chunk);
+    }
+    if json.len() != len {
+        return Err(format!("the header is {} bytes, not {len}", json.len()));
+    }
+    Ok(json)
 }
 
 impl Inherited {

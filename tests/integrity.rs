@@ -268,3 +268,75 @@ async fn survive(config: &str) -> Ringlb {
     server.abort();
     lb
 }
+
+/// Waits until the peer has acknowledged every byte sent on `s`, then
+/// resets the connection (SO_LINGER 0, close).
+fn reset_after_acked(s: std::net::TcpStream) {
+    use std::os::fd::AsRawFd;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut unacked: libc::c_int = 0;
+        // SAFETY: TIOCOUTQ writes one int.
+        unsafe { libc::ioctl(s.as_raw_fd(), libc::TIOCOUTQ, &mut unacked) };
+        if unacked == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bytes never acknowledged"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+/// A target that sends 100,019 bytes and resets: through ringlb the client
+/// gets every byte and then a reset, as a packet-level balancer would pass
+/// it, in every splice mode; ringlb counts it by side.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_targets_reset_reaches_the_client_as_a_reset_after_its_bytes() {
+    const N: usize = 100_019;
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let target = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { return };
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let bytes: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+                s.write_all(&bytes).unwrap();
+                reset_after_acked(s);
+            });
+        }
+    });
+    for mode in ["auto", "never", "always"] {
+        let config = with_splice(&simple_config(1, ""), mode);
+        let lb = Ringlb::with_config(&config, &[target]);
+        let mut s = tokio::net::TcpStream::connect(lb.addr()).await.unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 65536];
+        let ended = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) => return "a clean end",
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return "a reset",
+                    Err(_) => return "another error",
+                }
+            }
+        })
+        .await
+        .expect("the stream ended");
+        assert_eq!(got.len(), N, "{mode}: bytes before the reset");
+        assert!(
+            got.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8),
+            "{mode}: intact"
+        );
+        assert_eq!(ended, "a reset", "{mode}");
+        let resets = "ringlb_listener_connections_reset_total{listener=\"web\",side=\"target\"}";
+        assert_eq!(wait_metric(&lb, resets, |v| v > 0).await, 1, "{mode}");
+        assert!(lb.stop().success());
+    }
+}

@@ -241,3 +241,119 @@ async fn ringlb_upgrade_returns_once_the_new_process_serves() {
     assert_eq!(connect_tagged(addr).await.1, 3, "the new process serves");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
 }
+
+/// The takeover socket hands over every listening socket, so it is `0600`
+/// whatever the umask ringlb was started with, and a peer of another user
+/// that still gets in (the file's mode opened by hand here) is refused,
+/// logged and counted, while ringlb keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_takeover_socket_is_private_and_refuses_other_users() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root, to connect as another user");
+        return;
+    }
+    // The system's Python: one another user may run.
+    const PYTHON: &str = "/usr/bin/python3";
+    if !Path::new(PYTHON).exists() {
+        println!("SKIPPED: needs {PYTHON}, the other user's client");
+        return;
+    }
+    let backend = Backend::tagged(3).await;
+    // A folder another user may traverse, so only the socket's mode guards it.
+    let dir = write_config(
+        &takeover_config(1, "5s"),
+        &[("targets/web.txt", targets(&[backend.addr]))],
+    );
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = dir.path().join("ringlb.toml");
+    let address_file = dir.path().join("addresses.json");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["run", "--config"])
+        .arg(&path)
+        .arg("--address-file")
+        .arg(&address_file)
+        .env("RUST_LOG", "info");
+    use std::os::unix::process::CommandExt;
+    // SAFETY: umask is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let lb = Logged::spawn(&mut cmd);
+    let (admin, listeners) = wait_addresses(&lb, &address_file);
+    let sock = dir.path().join("takeover.sock");
+    let mode = std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "takeover socket mode under umask 000");
+    let other_user = |sock: &Path| {
+        let script = "import socket,sys\n\
+            s=socket.socket(socket.AF_UNIX,socket.SOCK_SEQPACKET)\n\
+            try:\n s.connect(sys.argv[1])\n\
+            except OSError as e:\n print('connect:',e.strerror); sys.exit(0)\n\
+            s.settimeout(10)\n\
+            try:\n s.send(b'TAKEOVER 2'); print('got', len(s.recv(65536)))\n\
+            except OSError as e:\n print('closed')\n";
+        let out = Command::new(PYTHON)
+            .args(["-c", script])
+            .arg(sock)
+            .uid(1001)
+            .gid(1001)
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(other_user(&sock), "connect: Permission denied");
+    // Opened by hand: the peer check still refuses the other user.
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let answer = other_user(&sock);
+    assert!(
+        answer == "got 0" || answer == "closed",
+        "the other user got an answer: {answer}"
+    );
+    lb.wait_log("takeover refused: the peer runs as another user", WAIT);
+    let line = lb.wait_log("uid=1001", WAIT);
+    assert!(line.contains("takeover refused"), "{line}");
+    let (_, body) = admin_get(admin, "/metrics").await;
+    assert!(
+        body.lines().any(|l| l == "ringlb_takeover_refused_total 1"),
+        "{body}"
+    );
+    let (_, tag) = connect_tagged(listeners["web"]).await;
+    assert_eq!(tag, 3, "still serving");
+    // And a takeover by ringlb's own user still works.
+    let (next, addr) = start(Path::new(BIN), &path, true);
+    next.wait_log("serves alone", WAIT);
+    let (_, tag) = connect_tagged(addr).await;
+    assert_eq!(tag, 3);
+    drop(lb);
+}
+
+/// A handover of 900 listeners (more than one packet's worth of header)
+/// goes through: the header comes in pieces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nine_hundred_listeners_are_handed_over() {
+    raise_fd_limit();
+    let backend = Backend::tagged(5).await;
+    let mut config = takeover_config(1, "5s");
+    for i in 0..899 {
+        let name = format!("listener-with-a-rather-long-name-to-fill-the-header-{i:04}");
+        config.push_str(&format!(
+            "\n[[listener]]\nname = \"{name}\"\nlisten = \"127.0.0.1:0\"\ntarget_group = \"web\"\n"
+        ));
+    }
+    let dir = write_config(&config, &[("targets/web.txt", targets(&[backend.addr]))]);
+    let path = dir.path().join("ringlb.toml");
+    let (old, addr) = start(Path::new(BIN), &path, false);
+    old.wait_log("to=healthy", WAIT);
+    let (new, after) = start(Path::new(BIN), &path, true);
+    new.wait_log("serves alone", WAIT);
+    assert_eq!(addr, after, "the same socket, handed over");
+    let (_, tag) = connect_tagged(after).await;
+    assert_eq!(tag, 5);
+    let line = new.wait_log("took over the running ringlb's sockets", WAIT);
+    assert!(line.contains("listeners=900"), "{line}");
+}

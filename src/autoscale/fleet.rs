@@ -3,7 +3,6 @@
 //! processes behind them (started by the autoscaler, or by hook commands).
 
 use std::collections::{BTreeSet, HashMap};
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::os::unix::process::CommandExt;
@@ -96,16 +95,8 @@ impl TargetsFile {
                 self.path.display()
             ));
         }
-        // Beside the file, so the rename stays on one filesystem.
-        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
-        let tmp = self.path.with_file_name(format!(".{name}.autoscale.tmp"));
-        let result = (|| {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.path)
-        })();
-        result.map_err(|e| format!("{}: cannot write: {e}", self.path.display()))
+        crate::files::replace(&self.path, text.as_bytes(), 0o644)
+            .map_err(|e| format!("{}: cannot write: {e}", self.path.display()))
     }
 }
 

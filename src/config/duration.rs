@@ -22,17 +22,29 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let (digits, unit) = t.split_at(split);
     let hint = "write a whole number with a unit: \"250ms\", \"2s\", \"5m\", \"1h\"";
     if digits.is_empty() {
-        return Err(format!("invalid duration {text:?}: {hint}"));
+        return Err(format!(
+            "invalid duration {}: {hint}",
+            crate::files::quoted(text)
+        ));
     }
-    let too_long =
-        || format!("duration {text:?} is longer than the longest allowed, 720h (30 days)");
+    let too_long = || {
+        format!(
+            "duration {} is longer than the longest allowed, 720h (30 days)",
+            crate::files::quoted(text)
+        )
+    };
     let n: u64 = digits.parse().map_err(|_| too_long())?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => return Err(format!("invalid duration {text:?}: {hint}")),
+        _ => {
+            return Err(format!(
+                "invalid duration {}: {hint}",
+                crate::files::quoted(text)
+            ));
+        }
     };
     if d > MAX_DURATION {
         return Err(too_long());

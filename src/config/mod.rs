@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use crate::balancer::{Algorithm, HashKey};
+use crate::files::quoted;
 pub use crate::proxy::pipe::Splice;
 pub use crate::proxy_protocol::ProxyProtocol;
 pub use duration::{ConfigDuration, parse_duration};
@@ -20,6 +21,9 @@ use toml::Spanned;
 
 /// Largest config file ringlb reads.
 pub const MAX_FILE_BYTES: u64 = 16 << 20;
+
+/// Longest listener or target group name, in bytes.
+pub const MAX_NAME_BYTES: usize = 128;
 
 /// Largest `connect_retries`: each retry costs a client up to `connect_timeout`.
 pub const MAX_CONNECT_RETRIES: u32 = 10;
@@ -293,7 +297,7 @@ impl Validator<'_> {
             value,
             fallback.clone(),
             key.to_string(),
-            format!("unknown {what} {v:?} (known: {})", words.join(", ")),
+            format!("unknown {what} {} (known: {})", quoted(v), words.join(", ")),
         ))
     }
 
@@ -308,6 +312,11 @@ impl Validator<'_> {
         let n = name.get_ref();
         let message = if n.is_empty() {
             "must not be empty".to_string()
+        } else if n.len() > MAX_NAME_BYTES {
+            format!(
+                "is {} bytes long; at most {MAX_NAME_BYTES} (names are log fields and metric labels)",
+                n.len()
+            )
         } else if taken(n) {
             format!("duplicate {what} name {n:?}")
         } else {
@@ -355,7 +364,8 @@ impl Validator<'_> {
                 here,
                 format!("{key}.target_group"),
                 format!(
-                    "no [[target_group]] is named {group_name:?} (known: {:?})",
+                    "no [[target_group]] is named {} (known: {:?})",
+                    quoted(group_name),
                     known()
                 ),
             ));
@@ -454,7 +464,10 @@ impl Validator<'_> {
                         list,
                         fallback.clone(),
                         key.to_string(),
-                        format!("{c:?} is not a CIDR range like \"10.0.0.0/8\" or \"::1/128\""),
+                        format!(
+                            "{} is not a CIDR range like \"10.0.0.0/8\" or \"::1/128\"",
+                            quoted(c)
+                        ),
                     )
                 })
             })
@@ -474,7 +487,10 @@ impl Validator<'_> {
                 value,
                 fallback,
                 key.to_string(),
-                format!("{:?} is not IP:PORT (e.g. \"{example}\")", value.get_ref()),
+                format!(
+                    "{} is not IP:PORT (e.g. \"{example}\")",
+                    quoted(value.get_ref())
+                ),
             )
         })
     }
@@ -731,15 +747,18 @@ pub fn parse_pipe_size(text: &str) -> Result<usize, String> {
     let hint = "write a size from \"64KiB\" to \"1MiB\", e.g. \"256KiB\"";
     let n: usize = digits
         .parse()
-        .map_err(|_| format!("invalid size {text:?}: {hint}"))?;
+        .map_err(|_| format!("invalid size {}: {hint}", quoted(text)))?;
     let bytes = match unit {
         "KiB" => n.checked_mul(1024),
         "MiB" => n.checked_mul(1024 * 1024),
-        _ => return Err(format!("invalid size {text:?}: {hint}")),
+        _ => return Err(format!("invalid size {}: {hint}", quoted(text))),
     };
     match bytes {
         Some(b) if (64 * 1024..=1024 * 1024).contains(&b) => Ok(b),
-        _ => Err(format!("pipe size {text:?} is out of range: {hint}")),
+        _ => Err(format!(
+            "pipe size {} is out of range: {hint}",
+            quoted(text)
+        )),
     }
 }
 
@@ -764,13 +783,14 @@ pub fn parse_matcher(text: &str) -> Result<Vec<(u16, u16)>, String> {
             match s.trim().parse::<u16>() {
                 Ok(c) if (100..=599).contains(&c) => Ok(c),
                 _ => Err(format!(
-                    "{part:?} is not a status code 100-599 or a range like \"200-399\""
+                    "{} is not a status code 100-599 or a range like \"200-399\"",
+                    quoted(part)
                 )),
             }
         };
         let (lo, hi) = (code(lo)?, code(hi)?);
         if lo > hi {
-            return Err(format!("range {part:?} runs backwards"));
+            return Err(format!("range {} runs backwards", quoted(part)));
         }
         out.push((lo, hi));
     }

@@ -163,6 +163,8 @@ pub struct ControlPlane {
     /// Rejected targets files and configs since start.
     pub reload_errors: u64,
     pub reloads: u64,
+    /// Takeover requests refused: the peer was another user.
+    pub takeover_refused: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Which targets changed between two sets, for the one log line per reload.
@@ -245,6 +247,7 @@ impl ControlPlane {
             prober,
             reload_errors: 0,
             reloads: 0,
+            takeover_refused: Arc::default(),
         };
         cp.sync_health();
         cp.publish();

@@ -109,6 +109,16 @@ impl ControlPlane {
             }
         }
         e.family(
+            m::TAKEOVER_REFUSED,
+            "counter",
+            "Takeover requests refused because the peer ran as another user than ringlb's (or root).",
+        );
+        e.sample(
+            m::TAKEOVER_REFUSED,
+            &[],
+            self.takeover_refused.load(Ordering::Relaxed),
+        );
+        e.family(
             m::BUILD_INFO,
             "gauge",
             "Always 1; labels say which ringlb this is.",
@@ -121,15 +131,15 @@ impl ControlPlane {
     fn listener_series(&self, e: &mut Exposition) {
         let mut names: Vec<&String> = self.bound.keys().collect();
         names.sort();
-        for (name, kind, help, reason, field) in PER_LISTENER {
+        for (name, kind, help, label, field) in PER_LISTENER {
             if !kind.is_empty() {
                 e.family(name, kind, help);
             }
             for n in &names {
                 let v = self.bound[*n].stats.slots.sum(field);
-                match reason {
+                match label {
                     None => e.sample(name, &[("listener", n)], v),
-                    Some(r) => e.sample(name, &[("listener", n), ("reason", r)], v),
+                    Some(l) => e.sample(name, &[("listener", n), l], v),
                 }
             }
         }
@@ -219,9 +229,18 @@ impl ControlPlane {
 
 type ListenerField = fn(&m::ListenerSlot) -> &AtomicU64;
 
-/// Per-listener series: (metric, kind, help, reason label, counter). A row
+/// One per-listener series: (metric, kind, help, extra label, counter).
+type ListenerSeries = (
+    &'static str,
+    &'static str,
+    &'static str,
+    Option<(&'static str, &'static str)>,
+    ListenerField,
+);
+
+/// Per-listener series: (metric, kind, help, extra label, counter). A row
 /// with no kind adds samples to the family of the row above.
-const PER_LISTENER: [(&str, &str, &str, Option<&str>, ListenerField); 5] = [
+const PER_LISTENER: [ListenerSeries; 8] = [
     (
         m::LISTENER_ACCEPTED,
         "counter",
@@ -240,14 +259,39 @@ const PER_LISTENER: [(&str, &str, &str, Option<&str>, ListenerField); 5] = [
         m::LISTENER_REFUSED,
         "counter",
         "Connections closed without being proxied, by reason.",
-        Some("no_target"),
+        Some(("reason", "no_target")),
         |s| &s.refused_no_target,
     ),
-    (m::LISTENER_REFUSED, "", "", Some("not_allowed"), |s| {
-        &s.refused_not_allowed
-    }),
-    (m::LISTENER_REFUSED, "", "", Some("max_connections"), |s| {
-        &s.refused_limit
+    (
+        m::LISTENER_REFUSED,
+        "",
+        "",
+        Some(("reason", "not_allowed")),
+        |s| &s.refused_not_allowed,
+    ),
+    (
+        m::LISTENER_REFUSED,
+        "",
+        "",
+        Some(("reason", "max_connections")),
+        |s| &s.refused_limit,
+    ),
+    (
+        m::LISTENER_REFUSED,
+        "",
+        "",
+        Some(("reason", "local_resources")),
+        |s| &s.refused_local,
+    ),
+    (
+        m::LISTENER_RESETS,
+        "counter",
+        "Connections ended by an error (a reset, mostly) on one side, passed on to the other side as a reset.",
+        Some(("side", "client")),
+        |s| &s.reset_by_client,
+    ),
+    (m::LISTENER_RESETS, "", "", Some(("side", "target")), |s| {
+        &s.reset_by_target
     }),
 ];
 

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::probe;
 use crate::config::HealthCheckConfig;
+use crate::oserror::Shortage;
 
 /// One probe's outcome, sent to the control plane.
 #[derive(Debug)]
@@ -35,6 +36,8 @@ pub struct Prober {
     running: HashMap<(Arc<str>, SocketAddr), Running>,
     results: mpsc::UnboundedSender<ProbeResult>,
     next_generation: u64,
+    /// Probes not made for lack of local resources, logged once an episode.
+    shortage: Arc<Mutex<Shortage>>,
 }
 
 impl Prober {
@@ -44,6 +47,7 @@ impl Prober {
             running: HashMap::new(),
             results: tx,
             next_generation: 1,
+            shortage: Arc::default(),
         };
         (prober, rx)
     }
@@ -77,11 +81,14 @@ impl Prober {
             let generation = self.next_generation;
             self.next_generation += 1;
             let task = tokio::spawn(probe_loop(
-                group.clone(),
-                *addr,
-                config.clone(),
-                generation,
+                Probing {
+                    group: group.clone(),
+                    addr: *addr,
+                    config: config.clone(),
+                    generation,
+                },
                 self.results.clone(),
+                self.shortage.clone(),
             ));
             self.running.insert(
                 (group.clone(), *addr),
@@ -103,13 +110,25 @@ impl Drop for Prober {
     }
 }
 
-async fn probe_loop(
+/// What one probe task probes, and which generation of task it is.
+struct Probing {
     group: Arc<str>,
     addr: SocketAddr,
     config: Arc<HealthCheckConfig>,
     generation: u64,
+}
+
+async fn probe_loop(
+    p: Probing,
     results: mpsc::UnboundedSender<ProbeResult>,
+    shortage: Arc<Mutex<Shortage>>,
 ) {
+    let Probing {
+        group,
+        addr,
+        config,
+        generation,
+    } = p;
     let phase = phase(addr, config.interval);
     loop {
         let outcome = probe::check(&config, addr).await;
@@ -118,10 +137,19 @@ async fn probe_loop(
             probe::Outcome::Pass(reason) => Some(Ok(reason)),
             probe::Outcome::Fail(reason) => Some(Err(reason)),
             probe::Outcome::Inconclusive(reason) => {
-                tracing::warn!(%group, target = %addr, %reason, "probe not made for lack of local resources; not counted");
+                let mut s = shortage.lock().unwrap_or_else(|p| p.into_inner());
+                if s.struck(std::time::Instant::now(), 1) {
+                    tracing::warn!(%group, target = %addr, %reason, "probe not made for lack of local resources; not counted (said once until they are back)");
+                }
                 None
             }
         };
+        if outcome.is_some() {
+            let mut s = shortage.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(ended) = s.went_well(std::time::Instant::now()) {
+                tracing::info!(probes_not_made = ended.count, lasted = ?ended.lasted, "probes have local resources again");
+            }
+        }
         if let Some(outcome) = outcome {
             let result = ProbeResult {
                 group: group.clone(),

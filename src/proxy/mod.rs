@@ -151,7 +151,7 @@ pub fn run<'a>(
         down: Direction::new(pipes, &counters.bytes_received),
         client,
         target,
-        upload_refused: None,
+        ending: None,
         idle,
         last_active,
         timer: rt::time::sleep(idle),
@@ -170,21 +170,39 @@ struct Proxy<'a> {
     down: Direction<'a>,
     client: OwnedFd,
     target: OwnedFd,
-    // The target stopped taking the client's bytes (it answered early
-    // and reset, say): the client's side is dropped, and what the target
-    // already sent still goes to the client before the session ends.
-    // Boxed: rare, and every idle connection carries the field.
-    upload_refused: Option<Box<ProxyError>>,
+    /// How the session ends when not by two ends of stream. Boxed: rare,
+    /// and every idle connection carries the field.
+    ending: Option<Box<Ending>>,
     idle: Duration,
     last_active: Instant,
     timer: rt::time::Sleep,
 }
+
+/// A session that is not ending by two ends of stream.
+enum Ending {
+    /// The target stopped taking the client's bytes (it answered early and
+    /// reset, say): the client's side is dropped, and what the target
+    /// already sent still goes to the client before the client is reset.
+    UploadRefused(ProxyError),
+    /// `error` ended the session on one side; the other side is reset as
+    /// soon as every byte sent to it has been acknowledged (or at `until`),
+    /// so it sees what the first side sent, then a reset, not a clean end.
+    Resetting { error: ProxyError, until: Instant },
+}
+
+/// The longest a reset waits for bytes already sent to be acknowledged.
+const RESET_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+/// How often a reset looks whether they have been.
+const RESET_POLL: Duration = Duration::from_millis(2);
 
 impl Future for Proxy<'_> {
     type Output = Result<Transferred, ProxyError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.get_mut();
+        if matches!(this.ending.as_deref(), Some(Ending::Resetting { .. })) {
+            return this.poll_reset(cx);
+        }
         let (client, target) = (this.client.as_fd(), this.target.as_fd());
         match this
             .up
@@ -196,16 +214,16 @@ impl Future for Proxy<'_> {
                 },
             )) => {
                 this.up.abandon();
-                this.upload_refused = Some(Box::new(e));
+                this.ending = Some(Box::new(Ending::UploadRefused(e)));
             }
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Ready(Err(e)) => return this.reset_other_side(e, cx),
             _ => {}
         }
         if let Poll::Ready(Err(e)) =
             this.down
                 .poll(cx, target, client, Side::Target, &mut this.last_active)
         {
-            return Poll::Ready(Err(e));
+            return this.reset_other_side(e, cx);
         }
         // Ends are passed on only now, once both directions have had their
         // turn: when both ended in the same pass (the client closed and so
@@ -213,25 +231,26 @@ impl Future for Proxy<'_> {
         // sockets sends each FIN, as nginx does, and saves a shutdown(2).
         let (up_done, down_done) = (this.up.done, this.down.done);
         if let Err(e) = this.up.pass_end(target, down_done) {
-            this.upload_refused = Some(Box::new(ProxyError::Io {
+            this.ending = Some(Box::new(Ending::UploadRefused(ProxyError::Io {
                 side: Side::Target,
                 source: e,
-            }));
+            })));
         }
         if let Err(e) = this.down.pass_end(client, up_done) {
-            return Poll::Ready(Err(ProxyError::Io {
+            let e = ProxyError::Io {
                 side: Side::Client,
                 source: e,
-            }));
+            };
+            return this.reset_other_side(e, cx);
         }
         if this.up.done && this.down.done {
-            return Poll::Ready(match this.upload_refused.take() {
-                Some(e) => Err(*e),
-                None => Ok(Transferred {
+            return match this.ending.take().map(|b| *b) {
+                Some(Ending::UploadRefused(e)) => this.reset_other_side(e, cx),
+                _ => Poll::Ready(Ok(Transferred {
                     client_to_target: this.up.moved,
                     target_to_client: this.down.moved,
-                }),
-            });
+                })),
+            };
         }
         // The timer is moved forward lazily: only when it fires early.
         while Pin::new(&mut this.timer).poll(cx).is_ready() {
@@ -242,6 +261,86 @@ impl Future for Proxy<'_> {
             this.timer.reset(deadline);
         }
         Poll::Pending
+    }
+}
+
+impl Proxy<'_> {
+    /// An error on one side ends the session: both directions stop reading
+    /// (polls in flight stay, so no socket is shut down, which would send
+    /// a FIN), and the other side is reset once what was sent to it has
+    /// arrived ([`Proxy::poll_reset`]). A packet-level balancer passes a
+    /// reset on as a reset; a FIN would make a cut-off transfer look
+    /// complete.
+    fn reset_other_side(
+        &mut self,
+        error: ProxyError,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Transferred, ProxyError>> {
+        self.up.stop_reading();
+        self.down.stop_reading();
+        let until = rt::time::now() + RESET_FLUSH_LIMIT.min(self.idle);
+        self.ending = Some(Box::new(Ending::Resetting { error, until }));
+        self.poll_reset(cx)
+    }
+
+    /// Resets the other side once nothing sent to it is unacknowledged (or
+    /// the flush limit passed), then ends with the error.
+    fn poll_reset(&mut self, cx: &mut Context<'_>) -> Poll<Result<Transferred, ProxyError>> {
+        let Some(Ending::Resetting { error, until }) = self.ending.as_deref() else {
+            unreachable!("poll_reset while resetting");
+        };
+        let victim = match error {
+            ProxyError::Io { side, .. } => match side.other() {
+                Side::Client => self.client.as_raw_fd(),
+                Side::Target => self.target.as_raw_fd(),
+            },
+            ProxyError::Idle(_) => unreachable!("an idle session closes, it is not reset"),
+        };
+        let until = *until;
+        loop {
+            let now = rt::time::now();
+            if now >= until || unacknowledged(victim) == 0 {
+                break;
+            }
+            self.timer.reset((now + RESET_POLL).min(until));
+            if Pin::new(&mut self.timer).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        abort(victim);
+        match self.ending.take().map(|b| *b) {
+            Some(Ending::Resetting { error, .. }) => Poll::Ready(Err(error)),
+            _ => unreachable!("checked above"),
+        }
+    }
+}
+
+/// Bytes sent on `fd` that its peer has not acknowledged yet (`SIOCOUTQ`);
+/// 0 if that cannot be told.
+fn unacknowledged(fd: RawFd) -> i32 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: TIOCOUTQ (SIOCOUTQ on a TCP socket) writes one int to `n`.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if rc == 0 { n } else { 0 }
+}
+
+/// Aborts the connection on `fd` with a reset: `connect` to `AF_UNSPEC`
+/// disconnects a TCP socket at once (what `SO_LINGER` 0 and `close` do, but
+/// without waiting for polls in flight to let go of the socket).
+fn abort(fd: RawFd) {
+    // SAFETY: a zeroed sockaddr with family AF_UNSPEC, its size passed.
+    let mut addr: libc::sockaddr = unsafe { std::mem::zeroed() };
+    addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+    // SAFETY: connect reads `size_of::<sockaddr>()` bytes from `addr`.
+    let rc = unsafe {
+        libc::connect(
+            fd,
+            &raw const addr,
+            std::mem::size_of::<libc::sockaddr>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        tracing::debug!(error = %io::Error::last_os_error(), "reset not sent");
     }
 }
 
@@ -387,6 +486,13 @@ impl<'a> Direction<'a> {
         self.recv = None;
         self.loan.end();
         self.done = true;
+    }
+
+    /// As [`Direction::abandon`], and an end not yet passed on never will
+    /// be. A poll in flight stays (dropping it would shut its socket down).
+    fn stop_reading(&mut self) {
+        self.abandon();
+        self.unpassed = Unpassed::Nothing;
     }
 
     /// Moves bytes until a socket would block (Pending, waker registered),

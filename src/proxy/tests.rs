@@ -94,6 +94,18 @@ fn proxy(
     ring_buffers: u16,
     hold_one: bool,
 ) -> (Transferred, RingUse) {
+    let (ended, ring) = proxy_ends(pool, client, target, ring_buffers, hold_one);
+    (ended.unwrap(), ring)
+}
+
+/// As [`proxy`], however the session ends.
+fn proxy_ends(
+    pool: &PipePool,
+    client: std::net::TcpStream,
+    target: std::net::TcpStream,
+    ring_buffers: u16,
+    hold_one: bool,
+) -> (Result<Transferred, ProxyError>, RingUse) {
     let rt = crate::rt::Runtime::with_buffers(ring_buffers, pipe::COPY_BUF as u32).unwrap();
     rt.block_on(async {
         let hog = hold_one.then(pair);
@@ -109,9 +121,7 @@ fn proxy(
         let idle = Duration::from_secs(10);
         let client = OwnedFd::from(client);
         let first = FirstRead::new(pool, &client);
-        let moved = run(pool, first, client, target.into(), idle, &counters)
-            .await
-            .unwrap();
+        let moved = run(pool, first, client, target.into(), idle, &counters).await;
         if let Some((recv, bid)) = held {
             rt::give_back(bid);
             drop(recv);
@@ -353,4 +363,135 @@ fn after_bulk_small_messages_go_back_to_the_ring() {
         "the messages after the pipe's short reads came by the ring: {ring:?}"
     );
     assert_eq!(ring.lent_after, 0, "{ring:?}");
+}
+
+/// Sends `bytes` on `s`, waits until the peer has acknowledged all of them
+/// (so a reset cannot overtake them), then resets the connection.
+fn send_then_reset(mut s: std::net::TcpStream, bytes: &[u8]) {
+    use std::io::Write;
+    s.write_all(bytes).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while unacknowledged(s.as_raw_fd()) > 0 {
+        assert!(Instant::now() < deadline, "the proxy never read the bytes");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+}
+
+/// Reads until the stream ends: the bytes, and whether it ended by a reset.
+fn read_to_reset(mut s: std::net::TcpStream) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return (got, false),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (got, true),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+}
+
+/// A target that sends 100,019 bytes and resets: the client gets every
+/// byte, then a reset, not a clean end (which would make a cut-off
+/// transfer look complete); a client that uploads and resets: the same
+/// toward the target. On every byte path.
+#[test]
+fn a_reset_is_passed_on_as_a_reset_after_the_bytes_before_it() {
+    const N: usize = 100_019;
+    let payload: Vec<u8> = (0..N).map(|i| (i % 253) as u8).collect();
+    for (mode, ring_buffers) in [
+        (pipe::Splice::Auto, 16),
+        (pipe::Splice::Auto, 0),
+        (pipe::Splice::Never, 16),
+        (pipe::Splice::Always, 0),
+    ] {
+        let pool = PipePool::new(mode, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+        // The target resets.
+        let (client, proxy_client, proxy_target, target) = sockets();
+        let bytes = payload.clone();
+        let sender = std::thread::spawn(move || send_then_reset(target, &bytes));
+        let reader = std::thread::spawn(move || read_to_reset(client));
+        let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, ring_buffers, false);
+        sender.join().unwrap();
+        let (got, reset) = reader.join().unwrap();
+        assert_eq!(
+            got.len(),
+            N,
+            "{mode:?}/{ring_buffers}: every byte before the reset"
+        );
+        assert!(got == payload, "{mode:?}/{ring_buffers}: the bytes intact");
+        assert!(
+            reset,
+            "{mode:?}/{ring_buffers}: the client saw a clean end, not a reset"
+        );
+        assert!(
+            matches!(
+                ended,
+                Err(ProxyError::Io {
+                    side: Side::Target,
+                    ..
+                })
+            ),
+            "{mode:?}/{ring_buffers}: {ended:?}"
+        );
+        // The client resets.
+        let (client, proxy_client, proxy_target, target) = sockets();
+        let bytes = payload.clone();
+        let sender = std::thread::spawn(move || send_then_reset(client, &bytes));
+        let reader = std::thread::spawn(move || read_to_reset(target));
+        let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, ring_buffers, false);
+        sender.join().unwrap();
+        let (got, reset) = reader.join().unwrap();
+        assert!(
+            got == payload,
+            "{mode:?}/{ring_buffers}: upload intact ({} bytes)",
+            got.len()
+        );
+        assert!(
+            reset,
+            "{mode:?}/{ring_buffers}: the target saw a clean end, not a reset"
+        );
+        assert!(
+            matches!(
+                ended,
+                Err(ProxyError::Io {
+                    side: Side::Client,
+                    ..
+                })
+            ),
+            "{mode:?}/{ring_buffers}: {ended:?}"
+        );
+    }
+}
+
+/// A reset waits for the bytes before it: a client that reads slowly still
+/// gets all of a target's last burst before the reset that followed it.
+#[test]
+fn a_reset_waits_until_a_slow_reader_has_the_bytes() {
+    use std::io::Read;
+    const N: usize = 4 << 20;
+    let (mut client, proxy_client, proxy_target, target) = sockets();
+    let sender = std::thread::spawn(move || send_then_reset(target, &vec![9u8; N]));
+    let reader = std::thread::spawn(move || {
+        let mut got = 0;
+        let mut buf = [0u8; 4096];
+        loop {
+            std::thread::sleep(Duration::from_micros(200));
+            match client.read(&mut buf) {
+                Ok(0) => return (got, false),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => return (got, true),
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+    });
+    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, 16, false);
+    sender.join().unwrap();
+    assert!(ended.is_err());
+    assert_eq!(reader.join().unwrap(), (N, true));
 }

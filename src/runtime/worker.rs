@@ -5,7 +5,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +17,8 @@ use tracing::{debug, info, warn};
 
 use super::{Shared, Stop};
 use crate::balancer::Tried;
-use crate::metrics::{ActiveGuard, ListenerStats, bump, decrement};
+use crate::metrics::{ActiveGuard, ListenerSlot, ListenerStats, bump, decrement};
+use crate::oserror::{self, Shortage};
 use crate::proxy::{self, ProxyError, pipe::PipePool};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::rt::{self, AbortHandle, JoinHandle};
@@ -91,6 +92,12 @@ pub struct Worker {
     /// Accept loops, by listener name, with their stop switches.
     listeners: RefCell<HashMap<Arc<str>, AcceptLoop>>,
     accepting: Cell<bool>,
+    /// A descriptor held in reserve: with no other left, it is closed to
+    /// accept a waiting client and close it at once (as nginx and libev
+    /// do), rather than leave the client waiting in the queue.
+    spare: RefCell<Option<OwnedFd>>,
+    /// Running out of descriptors, memory or ports, logged once an episode.
+    shortage: RefCell<Shortage>,
 }
 
 impl Worker {
@@ -103,7 +110,61 @@ impl Worker {
             drained: Notify::new(),
             listeners: RefCell::new(HashMap::new()),
             accepting: Cell::new(true),
+            spare: RefCell::new(open_spare()),
+            shortage: RefCell::new(Shortage::default()),
         })
+    }
+
+    /// Counts a client refused for lack of local resources, and logs the
+    /// first of an episode.
+    fn short_of_resources(&self, slot: &ListenerSlot, error: &io::Error) {
+        bump(&slot.refused_local, 1);
+        if self
+            .shortage
+            .borrow_mut()
+            .struck(std::time::Instant::now(), 1)
+        {
+            warn!(worker = self.id, %error, "out of local resources (file descriptors, memory or local ports): new clients are closed at once until they are back (counted as refused, reason local_resources)");
+        }
+    }
+
+    /// A connection was placed: a shortage going on may be over.
+    fn placed_one(&self) {
+        let mut shortage = self.shortage.borrow_mut();
+        if !shortage.is_short() {
+            return;
+        }
+        if let Some(ended) = shortage.went_well(std::time::Instant::now()) {
+            info!(worker = self.id, refused = ended.count, lasted = ?ended.lasted, "local resources are back");
+        }
+    }
+
+    /// No descriptor left to accept with: frees the spare one, accepts the
+    /// next waiting client with it and closes that client at once, then
+    /// takes the spare back. False when there is no spare to use.
+    fn refuse_waiting_client(
+        &self,
+        listener: RawFd,
+        slot: &ListenerSlot,
+        error: &io::Error,
+    ) -> bool {
+        let Some(spare) = self.spare.borrow_mut().take() else {
+            return false;
+        };
+        drop(spare);
+        // The client goes before the spare comes back: it holds the one
+        // descriptor there is.
+        let refused = accept_now(listener).map(drop);
+        *self.spare.borrow_mut() = open_spare();
+        match refused {
+            Ok(()) => {
+                self.short_of_resources(slot, error);
+                true
+            }
+            // Gone before it could be accepted: nothing to refuse.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || is_transient(&e) => true,
+            Err(_) => false,
+        }
     }
 
     /// Runs until `stop` leaves [`Stop::Run`], then stops accepting and waits
@@ -249,6 +310,8 @@ async fn accept_loop(
 ) -> BoundListener {
     let fd = l.socket.as_raw_fd();
     let mut backoff = Duration::ZERO;
+    // A poll said a client waits while no descriptor was left.
+    let mut client_waiting = false;
     loop {
         let mut op = uring::accept(fd);
         let accepted = tokio::select! {
@@ -270,19 +333,47 @@ async fn accept_loop(
         };
         match accepted {
             Ok((client, peer)) => {
-                if !backoff.is_zero() {
-                    info!(worker = w.id, listener = %l.name, "accepting again");
-                    backoff = Duration::ZERO;
-                }
+                backoff = Duration::ZERO;
+                client_waiting = false;
                 serve(&w, &l, client, peer);
             }
             Err(e) if is_transient(&e) => {
+                client_waiting = false;
                 debug!(listener = %l.name, error = %e, "accept: connection gone before accept")
             }
             Err(e) => {
-                // EMFILE, ENFILE, ENOBUFS, ENOMEM: the connection stays queued;
-                // wait, then retry, doubling the pause up to a second.
-                if backoff.is_zero() {
+                let slot = l.stats.slots.get(w.id);
+                if oserror::is_out_of_fds(&e) && std::mem::take(&mut client_waiting) {
+                    if w.refuse_waiting_client(fd, slot, &e) {
+                        continue;
+                    }
+                } else if oserror::is_out_of_fds(&e) && w.spare.borrow().is_some() {
+                    // accept(2) says EMFILE before it looks at the queue:
+                    // wait until a client is there, and accept again (a
+                    // descriptor may have come free meanwhile); if that
+                    // says EMFILE too, the client is refused.
+                    let mut waiting = uring::poll(fd, libc::POLLIN as u32);
+                    tokio::select! {
+                        biased;
+                        _ = &mut waiting => {}
+                        _ = stop.wait_for(|&stop| stop) => {
+                            if let Err(e) = uring::cancel_fd(fd).await {
+                                warn!(listener = %l.name, error = %e, "cancelling a poll failed");
+                            }
+                            let _cancelled_or_ready = waiting.await;
+                            return l;
+                        }
+                    }
+                    client_waiting = true;
+                    continue;
+                }
+                // No spare descriptor, or short of memory: the connection
+                // stays queued; wait, then retry, doubling the pause up to
+                // a second, and take a spare again if one can be had.
+                if w.spare.borrow().is_none() {
+                    *w.spare.borrow_mut() = open_spare();
+                }
+                if w.shortage.borrow_mut().struck(std::time::Instant::now(), 0) {
                     warn!(worker = w.id, listener = %l.name, error = %e, "accept failed; backing off");
                 }
                 backoff = (backoff * 2).clamp(Duration::from_millis(10), MAX_ACCEPT_BACKOFF);
@@ -292,6 +383,40 @@ async fn accept_loop(
                 }
             }
         }
+    }
+}
+
+/// The spare descriptor a worker keeps in reserve (`/dev/null`); `None` if
+/// even that cannot be had.
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
+}
+
+/// Accepts one waiting connection from `listener` without waiting: the
+/// socket is made non-blocking around the `accept4` (a client may have
+/// gone since the kernel said one was waiting).
+fn accept_now(listener: RawFd) -> io::Result<OwnedFd> {
+    // SAFETY: fcntl and accept4 on a listening socket this worker owns;
+    // accept4 returns a new descriptor owned by nobody else.
+    unsafe {
+        let flags = libc::fcntl(listener, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::fcntl(listener, libc::F_SETFL, flags | libc::O_NONBLOCK);
+        let fd = libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        );
+        let accepted = if fd < 0 {
+            Err(io::Error::last_os_error())
+        } else {
+            Ok(OwnedFd::from_raw_fd(fd))
+        };
+        libc::fcntl(listener, libc::F_SETFL, flags);
+        accepted
     }
 }
 
@@ -418,7 +543,8 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
                     // Out of fds or local ports: no target is at fault, and
                     // another would fail the same way.
                     debug!(%peer, target = %t.addr, error = %e, "cannot connect: local resources");
-                    break;
+                    w.short_of_resources(registered.listener.slots.get(w.id), &e);
+                    return;
                 }
                 Err(ConnectError::Target(e)) => {
                     bump(&t.stats.slots.get(w.id).connect_failures, 1);
@@ -450,6 +576,7 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
         if let Some(entry) = registered.worker.sessions.borrow_mut().get_mut(key) {
             entry.target = Some((g.name.clone(), addr));
         }
+        w.placed_one();
         debug!(worker = w.id, %peer, target = %addr, epoch = snapshot.epoch, "placed");
         (fd, addr, g.idle_timeout, active)
     };
@@ -463,7 +590,17 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
             debug!(%peer, target = %addr, up = t.client_to_target, down = t.target_to_client, "closed")
         }
         Err(ProxyError::Idle(d)) => debug!(%peer, target = %addr, "idle for {d:?}; closed"),
-        Err(e) => debug!(%peer, target = %addr, error = %e, "closed on error"),
+        Err(e @ ProxyError::Io { side, .. }) => {
+            let slot = registered.listener.slots.get(w.id);
+            bump(
+                match side {
+                    proxy::Side::Client => &slot.reset_by_client,
+                    proxy::Side::Target => &slot.reset_by_target,
+                },
+                1,
+            );
+            debug!(%peer, target = %addr, error = %e, "closed on error; the other side reset");
+        }
     }
 }
 

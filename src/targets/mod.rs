@@ -108,23 +108,25 @@ pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, String> {
         .spawn(move || {
             let result = name
                 .to_socket_addrs()
-                .map_err(|e| format!("cannot resolve {name:?}: {e}"))
+                .map_err(|e| format!("cannot resolve {}: {e}", quote(&name)))
                 .and_then(|mut addrs| {
                     addrs
                         .next()
-                        .ok_or_else(|| format!("{name:?} resolves to no address"))
+                        .ok_or_else(|| format!("{} resolves to no address", quote(&name)))
                 });
             // The caller may have given up waiting; then nobody needs the answer.
             let _caller_gone = tx.send(result);
         });
     if let Err(e) = spawned {
         return Err(format!(
-            "cannot resolve {host_port:?}: no thread for the lookup: {e}"
+            "cannot resolve {}: no thread for the lookup: {e}",
+            quote(host_port)
         ));
     }
     rx.recv_timeout(RESOLVE_TIMEOUT).unwrap_or_else(|_| {
         Err(format!(
-            "cannot resolve {host_port:?}: no answer within {RESOLVE_TIMEOUT:?}"
+            "cannot resolve {}: no answer within {RESOLVE_TIMEOUT:?}",
+            quote(host_port)
         ))
     })
 }
@@ -166,18 +168,25 @@ fn parse_line(
     for word in words {
         let Some((key, value)) = word.split_once('=') else {
             return Err(format!(
-                "unexpected {word:?} after the address: only `weight=N` may follow"
+                "unexpected {} after the address: only `weight=N` may follow",
+                quote(word)
             ));
         };
         if key != "weight" {
-            return Err(format!("unknown key {key:?}: only `weight=N` is allowed"));
+            return Err(format!(
+                "unknown key {}: only `weight=N` is allowed",
+                quote(key)
+            ));
         }
         if weight.is_some() {
             return Err("weight given twice".to_string());
         }
-        let n: u32 = value
-            .parse()
-            .map_err(|_| format!("weight {value:?} is not a whole number (1..={MAX_WEIGHT})"))?;
+        let n: u32 = value.parse().map_err(|_| {
+            format!(
+                "weight {} is not a whole number (1..={MAX_WEIGHT})",
+                quote(value)
+            )
+        })?;
         if n == 0 || n > MAX_WEIGHT {
             return Err(format!(
                 "weight {n} is out of range 1..={MAX_WEIGHT} (remove the line to take a target out)"
@@ -191,6 +200,11 @@ fn parse_line(
     })
 }
 
+/// The longest host name DNS allows.
+const MAX_HOST_NAME: usize = 253;
+
+use files::quoted as quote;
+
 fn parse_addr(
     host_port: &str,
     resolve: &impl Fn(&str) -> Result<SocketAddr, String>,
@@ -198,34 +212,95 @@ fn parse_addr(
     if let Ok(addr) = host_port.parse::<SocketAddr>() {
         return check_port(addr, host_port);
     }
+    if let Some(hint) = common_mistake(host_port) {
+        return Err(format!("{} is not HOST:PORT: {hint}", quote(host_port)));
+    }
     let Some((host, port)) = host_port.rsplit_once(':') else {
         return Err(format!(
-            "{host_port:?} is not HOST:PORT (IPv6 is written [::1]:6400)"
+            "{} is not HOST:PORT (IPv6 is written [::1]:6400)",
+            quote(host_port)
         ));
     };
     if host.is_empty() || port.parse::<u16>().is_err() {
         return Err(format!(
-            "{host_port:?} is not HOST:PORT with a port 1-65535 (IPv6 is written [::1]:6400)"
+            "{} is not HOST:PORT with a port 1-65535 (IPv6 is written [::1]:6400)",
+            quote(host_port)
         ));
     }
     if host.contains(':') || host.starts_with('[') {
         return Err(format!(
-            "{host_port:?} is not a valid IPv6 address and port"
+            "{} is not a valid IPv6 address and port",
+            quote(host_port)
         ));
     }
-    if !host
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    if host.len() > MAX_HOST_NAME
+        || !host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
     {
-        return Err(format!("{host:?} is neither an IP address nor a host name"));
+        return Err(format!(
+            "{} is neither an IP address nor a host name",
+            quote(host)
+        ));
     }
     let addr = resolve(host_port)?;
     check_port(addr, host_port)
 }
 
+/// What to write instead of a URL, a path or an address without a port,
+/// the usual ways a line goes wrong.
+fn common_mistake(text: &str) -> Option<String> {
+    if let Some((scheme, rest)) = text.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+        let default_port = match scheme.to_ascii_lowercase().as_str() {
+            "https" => Some(443),
+            "http" => Some(80),
+            _ => None,
+        };
+        let has_port = authority.rsplit_once(':').is_some_and(|(h, p)| {
+            !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) && !h.ends_with(':')
+        });
+        let suggestion = match (has_port, default_port) {
+            (true, _) => authority.to_string(),
+            (false, Some(port)) => format!("{authority}:{port}"),
+            (false, None) => format!("{authority}:PORT"),
+        };
+        return Some(format!(
+            "a URL; a targets file names a server, not a URL: write {} (health checks take their path from [target_group.health_check] path)",
+            quote(&suggestion)
+        ));
+    }
+    if let Some((addr, _path)) = text.split_once('/') {
+        return Some(format!(
+            "a targets line takes no path: write {} (health checks take their path from [target_group.health_check] path)",
+            quote(addr)
+        ));
+    }
+    if text.parse::<std::net::Ipv4Addr>().is_ok() {
+        return Some(format!(
+            "the port is missing: write {}",
+            quote(&format!("{text}:6400"))
+        ));
+    }
+    let bracketed = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .is_some_and(|t| t.parse::<std::net::Ipv6Addr>().is_ok());
+    if bracketed || text.parse::<std::net::Ipv6Addr>().is_ok() {
+        return Some(
+            "an IPv6 address with a port is written in brackets, [ADDRESS]:PORT, e.g. \"[::1]:6400\""
+                .into(),
+        );
+    }
+    None
+}
+
 fn check_port(addr: SocketAddr, text: &str) -> Result<SocketAddr, String> {
     if addr.port() == 0 {
-        return Err(format!("{text:?}: port 0 is not a valid target port"));
+        return Err(format!(
+            "{}: port 0 is not a valid target port",
+            quote(text)
+        ));
     }
     Ok(addr)
 }
@@ -298,6 +373,7 @@ mod tests {
     fn every_mistake_names_its_line() {
         let cases = [
             ("127.0.0.1", 1, "not HOST:PORT"),
+            ("localhost", 1, "not HOST:PORT"),
             ("\n127.0.0.1:99999", 2, "port 1-65535"),
             ("127.0.0.1:6400 weight=0", 1, "out of range"),
             ("127.0.0.1:6400 weight=x", 1, "not a whole number"),
@@ -308,6 +384,24 @@ mod tests {
             ("a\n127.0.0.1:6400\n#c\n127.0.0.1:6400", 1, "not HOST:PORT"),
             ("127.0.0.1:6400\n#c\n127.0.0.1:6400", 3, "first on line 1"),
             ("::1:6400", 1, "IPv6"),
+            ("http://127.0.0.1:6400", 1, "write \"127.0.0.1:6400\""),
+            (
+                "https://api.example.com/v1",
+                1,
+                "write \"api.example.com:443\"",
+            ),
+            ("http://10.0.0.5/api/v1/health", 1, "write \"10.0.0.5:80\""),
+            (
+                "127.0.0.1:6400/api/v1/todos",
+                1,
+                "takes no path: write \"127.0.0.1:6400\"",
+            ),
+            (
+                "127.0.0.1",
+                1,
+                "the port is missing: write \"127.0.0.1:6400\"",
+            ),
+            ("::1", 1, "IPv6 address with a port is written in brackets"),
             ("127.0.0.1:0", 1, "port 0"),
             ("nowhere.invalid:80", 1, "cannot resolve"),
             ("bad_host!:80", 1, "neither an IP address nor a host name"),
@@ -317,6 +411,17 @@ mod tests {
             assert_eq!(got_line, line, "{text:?}: {msg}");
             assert!(msg.contains(needle), "{text:?}: {msg:?} lacks {needle:?}");
         }
+    }
+
+    #[test]
+    fn a_huge_line_is_quoted_as_a_short_excerpt() {
+        let line = format!("{}:80\n", "a".repeat(5 << 20));
+        let (_, msg) = parse(&line, no_dns).unwrap_err();
+        assert!(msg.len() < 300, "{} bytes", msg.len());
+        let line = format!("127.0.0.1:80 {}\n", "w".repeat(5 << 20));
+        let (_, msg) = parse(&line, no_dns).unwrap_err();
+        assert!(msg.len() < 300, "{} bytes", msg.len());
+        assert!(msg.contains("bytes)"), "{msg}");
     }
 
     #[test]

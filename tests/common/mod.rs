@@ -672,6 +672,19 @@ pub async fn metric(lb: &Ringlb, series: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }
 
+/// Waits until one series of ringlb's `/metrics` satisfies `ok`; its value.
+pub async fn wait_metric(lb: &Ringlb, series: &str, ok: impl Fn(u64) -> bool) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = metric(lb, series).await;
+        if ok(v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed at {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Sends raw bytes to the admin endpoint: (status, body).
 pub async fn admin_raw(admin: SocketAddr, request: &[u8]) -> (u16, String) {
     let mut s = tokio::net::TcpStream::connect(admin).await.unwrap();
