@@ -16,8 +16,8 @@ use crate::config::Config;
 use crate::control::{BoundInfo, ControlPlane};
 use crate::listener::ListenerError;
 use crate::load::{LoadError, empty_group_warning, load};
-use crate::runtime::{self, RuntimeError, Stop, WorkerPlan};
 use crate::snapshot::{SharedSnapshot, Snapshot};
+use crate::worker::{self, RuntimeError, Stop, WorkerPlan};
 use crate::{admin, notify, takeover};
 
 #[derive(Debug, thiserror::Error)]
@@ -213,9 +213,9 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
     };
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
-    let workers_handle = runtime::start(
+    let workers_handle = worker::start(
         plans,
-        runtime::Shared {
+        worker::Shared {
             snapshot: shared,
             events: events_tx,
             stop: stop_rx,
@@ -285,7 +285,7 @@ fn plan_workers(
     config: &Config,
     mut inherited: Option<&mut takeover::Inherited>,
 ) -> Result<(Vec<WorkerPlan>, HashMap<String, BoundInfo>), AppError> {
-    let cpus = runtime::allowed_cpus();
+    let cpus = worker::allowed_cpus();
     let workers = match config.runtime.workers {
         0 => cpus.len().max(1),
         n => n,
@@ -339,7 +339,7 @@ fn inherit(
 /// The running process, as the main thread's loop sees it.
 struct Main {
     cp: ControlPlane,
-    workers: runtime::Workers,
+    workers: worker::Workers,
     signals: Signals,
     admin: AdminTask,
     ask_tx: tokio::sync::mpsc::Sender<admin::Ask>,
@@ -362,7 +362,7 @@ impl Main {
         &mut self,
         takeover_listener: Option<std::os::fd::OwnedFd>,
         mut probes: tokio::sync::mpsc::UnboundedReceiver<crate::health::prober::ProbeResult>,
-        mut events: tokio::sync::mpsc::UnboundedReceiver<runtime::Event>,
+        mut events: tokio::sync::mpsc::UnboundedReceiver<worker::Event>,
         mut asks: tokio::sync::mpsc::Receiver<admin::Ask>,
         mut handovers: tokio::sync::mpsc::Receiver<Handover>,
     ) -> bool {
@@ -389,8 +389,13 @@ impl Main {
         let mut watchdog =
             tokio::time::interval(watchdog_every.unwrap_or(std::time::Duration::from_secs(3600)));
         loop {
+            // Health flips waiting for their snapshot (they are paced).
+            let publish_due = self.cp.publish_due();
+            let publish_at =
+                tokio::time::Instant::from_std(publish_due.unwrap_or_else(std::time::Instant::now));
             tokio::select! {
                 name = self.signals.stop.next() => { info!("{name}: shutting down"); return false }
+                _ = tokio::time::sleep_until(publish_at), if publish_due.is_some() => self.cp.flush(),
                 _ = self.signals.hup.recv() => self.reload(),
                 _ = tick.tick() => {
                     self.let_go_of_the_old_process(settle_until).await;

@@ -61,10 +61,10 @@ pub fn empty_group_warning(group: &str, file: &Path) -> String {
 
 /// Reads and validates the config and every targets file it names, by the
 /// same rules at start-up, in `check` and on SIGHUP. `in_service` gives the
-/// text currently applied from a targets file, if any (see [`targets::load`]).
+/// set currently applied from a targets file, if any (see [`targets::load`]).
 pub fn load(
     path: &Path,
-    in_service: &dyn Fn(&Path) -> Option<String>,
+    in_service: &dyn Fn(&Path) -> Option<Vec<Target>>,
 ) -> Result<Loaded, LoadError> {
     let config = config::load(path)?;
     let mut targets = Vec::with_capacity(config.groups.len());

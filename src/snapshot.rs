@@ -30,8 +30,8 @@ pub struct Snapshot {
     /// reload may rename listeners and remap or reorder groups.
     pub listeners: HashMap<u64, ListenerView>,
     /// Targets removed from their group (of any group, present or removed)
-    /// whose connections may still run.
-    pub draining: Vec<Draining>,
+    /// whose connections may still run; shared by snapshots until it changes.
+    pub draining: Arc<Vec<Draining>>,
 }
 
 /// What a worker needs to know about a listener when it accepts.
@@ -61,7 +61,7 @@ impl Snapshot {
             epoch: 0,
             groups: Vec::new(),
             listeners: HashMap::new(),
-            draining: Vec::new(),
+            draining: Arc::default(),
         }
     }
 
@@ -106,7 +106,7 @@ pub struct Draining {
     pub addr: SocketAddr,
     /// Its weight when it was removed (for reports).
     pub weight: u32,
-    pub deadline: tokio::time::Instant,
+    pub deadline: std::time::Instant,
     pub stats: Arc<TargetStats>,
 }
 

@@ -105,16 +105,24 @@ proptest! {
     }
 
     #[test]
-    fn one_rule_set_only_changing_text_must_end_in_a_newline(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn one_rule_set_only_text_that_changes_the_set_must_end_in_a_newline(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
         let text = String::from_utf8_lossy(&bytes);
-        let calm = targets::parse_checked(&text, false, no_dns);
-        let changing = targets::parse_checked(&text, true, no_dns);
+        let calm = targets::parse_checked(&text, None, no_dns);
+        prop_assert_eq!(&calm, &targets::parse(&text, no_dns), "nothing in service: the parser alone");
+        let serving = targets::parse(&text, no_dns).unwrap_or_default();
+        let unchanged = targets::parse_checked(&text, Some(&serving), no_dns);
+        let from_none = targets::parse_checked(&text, Some(&[]), no_dns);
         if text.is_empty() || text.ends_with('\n') {
-            prop_assert_eq!(calm, changing);
-        } else if calm.is_ok() {
-            let (line, msg) = changing.unwrap_err();
-            prop_assert!(msg.contains("half-written"), "{}", msg);
-            prop_assert_eq!(line, text.lines().count());
+            prop_assert_eq!(&calm, &from_none);
+        } else if let Ok(t) = &calm {
+            prop_assert_eq!(unchanged.as_ref(), Ok(t), "the same set is no change");
+            if t.is_empty() {
+                prop_assert_eq!(from_none, Ok(vec![]));
+            } else {
+                let (line, msg) = from_none.unwrap_err();
+                prop_assert!(msg.contains("half-written"), "{}", msg);
+                prop_assert_eq!(line, text.lines().count());
+            }
         }
     }
 

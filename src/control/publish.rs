@@ -4,6 +4,8 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::balancer::Tables;
 use crate::config::Config;
@@ -18,7 +20,7 @@ pub struct Inputs<'a> {
     pub epoch: u64,
     pub config: &'a Config,
     pub targets: &'a [Vec<Target>],
-    pub draining: &'a [Draining],
+    pub draining: Arc<Vec<Draining>>,
     pub healthy: &'a dyn Fn(&str, SocketAddr) -> bool,
     pub listener_ids: &'a HashMap<String, u64>,
 }
@@ -81,6 +83,68 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
         epoch,
         groups,
         listeners,
-        draining: draining.to_vec(),
+        draining,
+    }
+}
+
+/// How soon after one snapshot a health flip may publish the next: flips
+/// that come together (a storm of them, when a switch fails) share one.
+pub const HEALTH_PUBLISH_GAP: Duration = Duration::from_millis(50);
+
+/// Paces the snapshots health flips ask for. A change of targets or config
+/// publishes at once, and takes any waiting flips along.
+#[derive(Debug)]
+pub struct Pacer {
+    waiting: bool,
+    last: Instant,
+}
+
+impl Pacer {
+    /// A pacer whose first flip may publish at once.
+    pub fn new(now: Instant) -> Pacer {
+        Pacer {
+            waiting: false,
+            last: now.checked_sub(HEALTH_PUBLISH_GAP).unwrap_or(now),
+        }
+    }
+
+    /// A flip wants a snapshot.
+    pub fn want(&mut self) {
+        self.waiting = true;
+    }
+
+    /// A snapshot went out at `now`, with every flip so far.
+    pub fn published(&mut self, now: Instant) {
+        self.waiting = false;
+        self.last = now;
+    }
+
+    /// When the waiting snapshot may go out, if one waits.
+    pub fn due(&self) -> Option<Instant> {
+        self.waiting.then(|| self.last + HEALTH_PUBLISH_GAP)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flips_publish_at_once_after_a_quiet_spell_and_share_a_snapshot_in_a_storm() {
+        let t0 = Instant::now();
+        let mut p = Pacer::new(t0);
+        assert_eq!(p.due(), None, "nothing waits");
+        p.want();
+        assert!(p.due().unwrap() <= t0, "the first flip goes at once");
+        p.published(t0);
+        p.want();
+        p.want();
+        assert_eq!(
+            p.due(),
+            Some(t0 + HEALTH_PUBLISH_GAP),
+            "the next waits for the gap"
+        );
+        p.published(t0 + Duration::from_millis(10)); // a targets change took them along
+        assert_eq!(p.due(), None);
     }
 }

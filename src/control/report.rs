@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use serde_json::json;
-use tokio::time::Instant;
+use std::time::Instant;
 
 use super::ControlPlane;
 use crate::admin::{Response, Route};
@@ -32,7 +32,7 @@ impl ControlPlane {
     }
 
     fn health_of(&self, group: &str, addr: std::net::SocketAddr) -> Option<&Health> {
-        self.health.get(group).and_then(|h| h.get(&addr))
+        self.core.health().get(group, addr)
     }
 
     /// Every group with targets has one in service.
@@ -102,9 +102,9 @@ impl ControlPlane {
             "gauge",
             "Maglev table slots that changed target in the group's last rebuild.",
         );
-        for g in &self.config.groups {
+        for g in &self.config().groups {
             if matches!(g.algorithm, Algorithm::Maglev(_)) {
-                let moved = self.tables.moved.get(&g.name).copied().unwrap_or(0);
+                let moved = self.core.tables().moved.get(&g.name).copied().unwrap_or(0);
                 e.sample(m::MAGLEV_SLOTS_MOVED, &[("group", &g.name)], moved);
             }
         }
@@ -129,14 +129,13 @@ impl ControlPlane {
 
     /// Per-listener series, listeners by name.
     fn listener_series(&self, e: &mut Exposition) {
-        let mut names: Vec<&String> = self.bound.keys().collect();
-        names.sort();
+        let listeners = self.listeners.by_name();
         for (name, kind, help, label, field) in PER_LISTENER {
             if !kind.is_empty() {
                 e.family(name, kind, help);
             }
-            for n in &names {
-                let v = self.bound[*n].stats.slots.sum(field);
+            for (n, b) in &listeners {
+                let v = b.stats.slots.sum(field);
                 match label {
                     None => e.sample(name, &[("listener", n)], v),
                     Some(l) => e.sample(name, &[("listener", n), l], v),
@@ -170,7 +169,7 @@ impl ControlPlane {
         let mut groups: Vec<serde_json::Value> = snap
             .groups
             .iter()
-            .zip(&self.config.groups)
+            .zip(&self.config().groups)
             .map(|(g, cfg)| {
                 let mut targets: Vec<serde_json::Value> = g
                     .targets

@@ -37,8 +37,8 @@ use std::time::Instant;
 use pipe::PipePool;
 use stage::{Loan, Stage, recv_into};
 
+use crate::rt::op::{self, PollOp};
 use crate::rt::{self, Multishot};
-use crate::uring::{self, PollOp};
 use io_uring::cqueue;
 
 use crate::metrics::{TargetSlot, bump};
@@ -422,7 +422,7 @@ struct Wait {
 impl Wait {
     fn arm(fd: RawFd, events: libc::c_short, side: Side) -> Wait {
         Wait {
-            op: Some(uring::poll(fd, events as u32)),
+            op: Some(op::poll(fd, events as u32)),
             fd,
             side,
         }
@@ -591,7 +591,7 @@ impl<'a> Direction<'a> {
                     && !std::mem::take(&mut self.starved)
                     && rt::with_bufs(|b| b.is_some())
                 {
-                    self.recv = Some(uring::recv_multi(src.as_raw_fd()));
+                    self.recv = Some(op::recv_multi(src.as_raw_fd()));
                 } else {
                     let events = libc::POLLIN | libc::POLLRDHUP;
                     self.wait = Some(Wait::arm(src.as_raw_fd(), events, src_side));

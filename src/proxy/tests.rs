@@ -1,7 +1,7 @@
 use super::*;
 
 /// Every idle connection holds one of these, inside its session's task
-/// (whose size `runtime::worker`'s test holds): keep it from growing back.
+/// (whose size `worker::session`'s test holds): keep it from growing back.
 /// Nested futures once made it 1,752 bytes, and idle memory 3 KB. The
 /// client's first read, which the session holds while it connects, is 32.
 /// The ring receive each direction may hold (8 bytes each) made it 328.
@@ -112,7 +112,7 @@ fn proxy_ends(
         let mut held = None;
         if let Some((a, b)) = &hog {
             std::io::Write::write_all(&mut &*a, b"x").unwrap();
-            let mut recv = uring::recv_multi(b.as_raw_fd());
+            let mut recv = op::recv_multi(b.as_raw_fd());
             let (n, flags) = std::future::poll_fn(|cx| recv.poll_next(cx)).await.unwrap();
             assert_eq!(n, 1, "the test's receive took a buffer");
             held = Some((recv, cqueue::buffer_select(flags).unwrap()));

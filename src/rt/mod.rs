@@ -22,7 +22,7 @@
 //! all of the data path's, take no lock.
 
 mod bufs;
-mod op;
+pub mod op;
 mod task;
 pub mod time;
 

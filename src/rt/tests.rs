@@ -192,7 +192,7 @@ fn an_accept_dropped_in_flight_does_not_leak_its_socket() {
     let mut client = rt.block_on(async {
         // Dropped before it completes (the kernel takes the SQE with the
         // next turn of the loop either way).
-        drop(crate::uring::accept(listener.as_raw_fd()));
+        drop(crate::rt::op::accept(listener.as_raw_fd()));
         let client = TcpStream::connect(addr).unwrap();
         wait_until("the orphaned accept completes", || rt_ops_in_flight() == 0).await;
         client
@@ -223,10 +223,10 @@ fn dropping_the_runtime_with_ops_in_flight_cancels_them() {
     let (client_fd, listener_fd) = (client.as_raw_fd(), listener.as_raw_fd());
     rt.block_on(async {
         for _ in 0..10 {
-            spawn_detached(crate::uring::poll(client_fd, libc::POLLIN as u32).map_ok());
+            spawn_detached(crate::rt::op::poll(client_fd, libc::POLLIN as u32).map_ok());
         }
         spawn_detached(async move {
-            crate::uring::accept(listener_fd).await.ok();
+            crate::rt::op::accept(listener_fd).await.ok();
         });
         wait_until("all 11 ops are submitted", || rt_ops_in_flight() == 11).await;
     });
@@ -283,7 +283,7 @@ fn a_ring_receive_stays_armed_and_fills_provided_buffers() {
     let (mut client, server) = connected();
     let rt = Runtime::with_buffers(4, 4096).unwrap();
     rt.block_on(async {
-        let mut recv = crate::uring::recv_multi(server.as_raw_fd());
+        let mut recv = crate::rt::op::recv_multi(server.as_raw_fd());
         for word in [&b"first"[..], b"second", b"third"] {
             std::io::Write::write_all(&mut client, word).unwrap();
             let (n, flags) = next(&mut recv).await.expect("a completion");
@@ -312,7 +312,7 @@ fn a_ring_receive_with_no_buffer_free_ends_starved_and_a_dropped_one_gives_back(
     let (mut client, server) = connected();
     let rt = Runtime::with_buffers(1, 4096).unwrap();
     rt.block_on(async {
-        let mut recv = crate::uring::recv_multi(server.as_raw_fd());
+        let mut recv = crate::rt::op::recv_multi(server.as_raw_fd());
         std::io::Write::write_all(&mut client, b"one").unwrap();
         let (n, flags) = next(&mut recv).await.unwrap();
         assert_eq!(n, 3);
@@ -326,7 +326,7 @@ fn a_ring_receive_with_no_buffer_free_ends_starved_and_a_dropped_one_gives_back(
         give_back(bid);
         // A fresh receive takes the waiting bytes; dropped with them
         // queued, it gives the buffer back and cancels itself.
-        let again = crate::uring::recv_multi(server.as_raw_fd());
+        let again = crate::rt::op::recv_multi(server.as_raw_fd());
         wait_until("the bytes land in the buffer", || {
             again.peek().is_some() || lent() == 1
         })
@@ -351,7 +351,7 @@ fn dropping_the_runtime_with_a_receive_armed_reaps_it() {
     let fd = server.as_raw_fd();
     rt.block_on(async move {
         spawn_detached(async move {
-            let mut recv = crate::uring::recv_multi(fd);
+            let mut recv = crate::rt::op::recv_multi(fd);
             next(&mut recv).await;
         });
         wait_until("the receive is armed", || {

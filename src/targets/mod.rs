@@ -50,14 +50,27 @@ pub const MAX_FILE_BYTES: u64 = 16 << 20;
 pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads and checks a targets file by the one rule set ([`parse_checked`]).
-/// `in_service` is the text currently applied from this file, if any: content
-/// that differs from it is changing, and may be caught mid-write. Returns the
-/// text read (what the watcher will compare against) and its targets.
-pub fn load(path: &Path, in_service: Option<&str>) -> Result<(String, Vec<Target>), TargetsError> {
+/// `in_service` is the set currently applied from this file, if any (a
+/// SIGHUP has one; start-up and `check` do not). Returns the text read
+/// (what the watcher will compare against) and its targets.
+///
+/// A file of 0 bytes while targets serve from it is most likely being
+/// rewritten in place (truncated, then written): the set in service is
+/// kept, and the watcher applies the empty file only if it stays so
+/// ([`watch::EMPTY_GRACE`]).
+pub fn load(
+    path: &Path,
+    in_service: Option<&[Target]>,
+) -> Result<(String, Vec<Target>), TargetsError> {
     let text = read(path)?;
-    let changing = in_service.is_some_and(|old| old != text);
+    if let Some(serving) = in_service
+        && text.is_empty()
+        && !serving.is_empty()
+    {
+        return Ok((text, serving.to_vec()));
+    }
     let targets =
-        parse_checked(&text, changing, resolve).map_err(|(line, message)| TargetsError {
+        parse_checked(&text, in_service, resolve).map_err(|(line, message)| TargetsError {
             file: path.to_path_buf(),
             line,
             message,
@@ -78,23 +91,39 @@ pub fn read(path: &Path) -> Result<String, TargetsError> {
 
 /// The one rule set for a targets file, the same at start-up, in `ringlb
 /// check`, on SIGHUP and when the file changes under a running ringlb: every
-/// line must parse, and content that is `changing` (differs from the set in
-/// service) must end with a newline, since a file caught mid-write usually
-/// does not. An empty set is allowed (the caller warns: its group's clients
-/// are closed until targets come).
+/// line must parse, and content that changes the set in service
+/// (`in_service`, when there is one) must end with a newline, since a file
+/// caught mid-write usually does not. A set that only lost its final
+/// newline (some editors drop it) is no change and is not refused. An empty
+/// set is allowed (the caller warns: its group's clients are closed until
+/// targets come).
 pub fn parse_checked(
     text: &str,
-    changing: bool,
+    in_service: Option<&[Target]>,
     resolve: impl Fn(&str) -> Result<SocketAddr, String>,
 ) -> Result<Vec<Target>, (usize, String)> {
-    if changing && !text.is_empty() && !text.ends_with('\n') {
-        return Err((
+    let parsed = parse(text, resolve);
+    let (Some(serving), false) = (in_service, text.is_empty() || text.ends_with('\n')) else {
+        return parsed;
+    };
+    match parsed {
+        Ok(t) if same_set(&t, serving) => Ok(t),
+        _ => Err((
             text.lines().count(),
             "last line has no newline: the file looks half-written (write a temp file and rename it)"
                 .into(),
-        ));
+        )),
     }
-    parse(text, resolve)
+}
+
+/// Whether two lists name the same targets with the same weights, in any order.
+pub fn same_set(a: &[Target], b: &[Target]) -> bool {
+    let key = |t: &[Target]| {
+        let mut k: Vec<(SocketAddr, u32)> = t.iter().map(|t| (t.addr, t.weight)).collect();
+        k.sort_unstable();
+        k
+    };
+    a.len() == b.len() && key(a) == key(b)
 }
 
 /// Resolves `HOST:PORT` where HOST is a name (e.g. `localhost`): first address.
@@ -422,6 +451,66 @@ mod tests {
         let (_, msg) = parse(&line, no_dns).unwrap_err();
         assert!(msg.len() < 300, "{} bytes", msg.len());
         assert!(msg.contains("bytes)"), "{msg}");
+    }
+
+    fn t(port: u16) -> Target {
+        Target {
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+        }
+    }
+
+    /// "Changing" is judged by the set: the same set without its final
+    /// newline is no change; a changed set without one looks half-written;
+    /// with nothing in service (start-up, check) there is nothing to be
+    /// half of.
+    #[test]
+    fn a_missing_final_newline_is_refused_only_when_the_set_changes() {
+        let serving = [t(1), t(2)];
+        let same = "127.0.0.1:2\n127.0.0.1:1";
+        assert_eq!(
+            parse_checked(same, Some(&serving), no_dns).unwrap().len(),
+            2
+        );
+        let (line, msg) =
+            parse_checked("127.0.0.1:1\n127.0.0.1:3", Some(&serving), no_dns).unwrap_err();
+        assert_eq!(line, 2);
+        assert!(msg.contains("half-written"), "{msg}");
+        let (_, msg) = parse_checked("127.0.0.1:1\n127.0.0.", Some(&serving), no_dns).unwrap_err();
+        assert!(
+            msg.contains("half-written"),
+            "a cut line says half-written: {msg}"
+        );
+        assert_eq!(
+            parse_checked("127.0.0.1:3", None, no_dns).unwrap(),
+            vec![t(3)]
+        );
+        assert!(parse_checked("127.0.0.1:3\n", Some(&serving), no_dns).is_ok());
+    }
+
+    #[test]
+    fn a_zero_byte_file_keeps_the_set_in_service_on_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.txt");
+        std::fs::write(&path, "").unwrap();
+        let (text, kept) = load(&path, Some(&[t(1)])).unwrap();
+        assert_eq!(
+            (text.as_str(), kept),
+            ("", vec![t(1)]),
+            "kept; the watcher decides"
+        );
+        assert_eq!(
+            load(&path, None).unwrap().1,
+            vec![],
+            "at start-up it is an empty set"
+        );
+        assert_eq!(load(&path, Some(&[])).unwrap().1, vec![]);
+        std::fs::write(&path, "# none\n").unwrap();
+        assert_eq!(
+            load(&path, Some(&[t(1)])).unwrap().1,
+            vec![],
+            "a comment is meant"
+        );
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! Worker threads: one per core, pinned, each with its own io_uring runtime
 //! ([`crate::rt`]) and its own listening sockets.
 
-mod worker;
+mod accept;
+mod run;
+mod session;
 
 use std::io;
 use std::thread::JoinHandle;
@@ -11,10 +13,49 @@ use tokio::sync::{mpsc, watch};
 
 use std::sync::Arc;
 
+use crate::metrics::ListenerStats;
 use crate::metrics::{Slots, WorkerSlot};
 use crate::proxy::pipe::{COPY_BUF, PipePool, Splice};
 use crate::snapshot::SharedSnapshot;
-pub use worker::{BoundListener, Command, Event};
+
+/// What the control plane asks of a worker.
+#[derive(Debug)]
+pub enum Command {
+    /// Start accepting on this socket.
+    AddListener(BoundListener),
+    /// Stop accepting on the listener of this name and close its socket.
+    RemoveListener(Arc<str>),
+    /// Listeners that keep their sockets under new names: `(from, to)`.
+    RenameListeners(Vec<(Arc<str>, Arc<str>)>),
+    /// Close every connection this worker proxies to `addr` for `group`.
+    CloseTarget {
+        group: Arc<str>,
+        addr: std::net::SocketAddr,
+    },
+}
+
+/// What a worker tells the control plane.
+#[derive(Debug)]
+pub enum Event {
+    /// A connect to a target failed (a passive health failure).
+    ConnectFailed {
+        group: Arc<str>,
+        addr: std::net::SocketAddr,
+        error: String,
+    },
+}
+
+/// One listener as a worker holds it.
+#[derive(Debug)]
+pub struct BoundListener {
+    /// Its key in the snapshot's listeners; a rename keeps it.
+    pub id: u64,
+    /// For logs; a rename changes it.
+    pub name: Arc<str>,
+    pub socket: std::net::TcpListener,
+    /// Counters, one slot per worker; the same for every worker's socket.
+    pub stats: Arc<ListenerStats>,
+}
 
 /// What the control plane tells every worker about stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +173,7 @@ pub fn start(plans: Vec<WorkerPlan>, shared: Shared) -> Result<Workers, RuntimeE
                         shared.pipe_size,
                     );
                     let stop = shared.stop.clone();
-                    let w = worker::Worker::new(id, shared, pipes);
+                    let w = run::Worker::new(id, shared, pipes);
                     ready.send(Ok(())).ok();
                     drop(ready);
                     w.run(plan.listeners, command_rx, stop).await;

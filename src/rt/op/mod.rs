@@ -1,11 +1,31 @@
-//! One io_uring operation as a future that owns what its SQE points at.
+//! One io_uring operation as a future that owns what its SQE points at
+//! ([`Op`], [`Multishot`]), and the operations ringlb submits, one file per
+//! opcode: accept, connect, poll, multishot receive and cancel.
+//!
+//! Each op owns what its SQE points at (boxed, so it does not move), and the
+//! runtime keeps that alive until the completion arrives even if the op is
+//! dropped first. Dropping an op does not cancel the kernel's work, though:
+//! a connect would hold its socket until it gives up. So callers that give
+//! up call [`cancel_fd`] and then await the operation to completion.
+
+mod accept;
+mod cancel;
+mod connect;
+mod poll;
+mod recv;
+
+pub use accept::{Accept, accept};
+pub use cancel::cancel_fd;
+pub use connect::{Connect, connect};
+pub use poll::{PollOp, poll};
+pub use recv::recv_multi;
 
 use std::any::Any;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::pin::Pin;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Waker, ready};
 
 use io_uring::{cqueue, opcode, squeue};
 
@@ -311,5 +331,25 @@ pub(super) fn complete_multi(inner: &Inner, key: usize, result: i32, flags: u32)
     }
     if let Some(w) = waker {
         w.wake();
+    }
+}
+
+fn check(result: i32) -> std::io::Result<u32> {
+    if result < 0 {
+        Err(std::io::Error::from_raw_os_error(-result))
+    } else {
+        Ok(result as u32)
+    }
+}
+
+/// An op that owns nothing and answers a count or flags.
+pub struct Plain(Op<()>);
+
+impl Future for Plain {
+    type Output = std::io::Result<u32>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (_, result, _) = ready!(Pin::new(&mut self.0).poll(cx));
+        Poll::Ready(check(result))
     }
 }
