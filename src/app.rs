@@ -206,11 +206,13 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
     let ring_buffers = config.runtime.ring_buffers;
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-    // Probe tasks are spawned on the control plane's runtime.
-    let (cp, probes) = {
-        let _in_runtime = control.enter();
-        ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers)
-    };
+    let (cp, probes) =
+        ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers).map_err(
+            |source| AppError::Io {
+                what: "health-probe thread",
+                source,
+            },
+        )?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
     let workers_handle = worker::start(

@@ -14,9 +14,9 @@
 //!   [`events`]: what happened, to log once and keep.
 //!
 //! This file is the shell around them: it reads the targets files and
-//! the config, runs the probes (so it lives within the control plane's
-//! tokio runtime), feeds the core with the time, and carries out what the
-//! core returns in its order: publish, tell the workers, log.
+//! the config, runs the probes (on their own thread, [`Prober`]), feeds the
+//! core with the time, and carries out what the core returns in its order:
+//! publish, tell the workers, log.
 //!
 //! Reload = read, unchanged? stop, parse, validate, diff, publish. A bad file
 //! or config keeps the last good state serving, is logged once and counted.
@@ -76,19 +76,19 @@ pub struct ControlPlane {
 
 impl ControlPlane {
     /// Takes over a loaded config whose listeners are bound; publishes epoch 1.
-    /// Probe results arrive on the returned receiver, for [`Self::on_probe`].
-    /// Must be called within the control plane's runtime (probes are spawned).
+    /// Probe results arrive on the returned receiver, for [`Self::on_probe`];
+    /// the probes run on a thread of their own, started here.
     pub fn new(
         config_path: PathBuf,
         mut loaded: Loaded,
         bound: HashMap<String, BoundInfo>,
         shared: SharedSnapshot,
         worker_count: usize,
-    ) -> (
+    ) -> std::io::Result<(
         ControlPlane,
         tokio::sync::mpsc::UnboundedReceiver<ProbeResult>,
-    ) {
-        let (prober, results) = Prober::new();
+    )> {
+        let (prober, results) = Prober::new()?;
         let listeners = Listeners::new(bound, worker_count);
         let texts = std::mem::take(&mut loaded.texts);
         let watches = watches_for(&loaded.config, texts, &loaded.targets);
@@ -108,7 +108,7 @@ impl ControlPlane {
             recent: VecDeque::with_capacity(RECENT_EVENTS),
         };
         cp.carry_out(effects, None);
-        (cp, results)
+        Ok((cp, results))
     }
 
     pub fn config(&self) -> &Config {

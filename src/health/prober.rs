@@ -1,14 +1,19 @@
-//! Running the probes: one task per (group, target) on the control plane's
-//! runtime. A target is probed at once when it appears, then at a fixed phase
+//! Running the probes: one task per (group, target), on a thread and a
+//! runtime of their own ("ringlb-probes"), so a storm of probes (25,000
+//! targets appearing at once) never makes the control loop, the admin
+//! endpoint or a signal wait behind it; results come back on a channel. A target is probed at once when it appears, then at a fixed phase
 //! within each interval derived from its address, so 50 targets sharing an
 //! interval are spread across it instead of all probed at the same instant.
+//! At most [`in_flight_limit`] probes hold a socket at once: 25,000 targets
+//! appearing together queue for their first probe instead of taking every
+//! file descriptor the process has.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
@@ -38,18 +43,38 @@ pub struct Prober {
     next_generation: u64,
     /// Probes not made for lack of local resources, logged once an episode.
     shortage: Arc<Mutex<Shortage>>,
+    /// Permits to hold a probe's socket.
+    in_flight: Arc<Semaphore>,
+    /// The probes' runtime, and the switch that ends its thread.
+    runtime: tokio::runtime::Handle,
+    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 impl Prober {
-    pub fn new() -> (Prober, mpsc::UnboundedReceiver<ProbeResult>) {
+    /// A prober with its thread started, and the receiver of its results.
+    pub fn new() -> std::io::Result<(Prober, mpsc::UnboundedReceiver<ProbeResult>)> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let handle = runtime.handle().clone();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("ringlb-probes".into())
+            .spawn(move || {
+                // Until the prober is dropped; its tasks are aborted then.
+                let _dropped_or_stopped = runtime.block_on(stopped);
+            })?;
         let prober = Prober {
             running: HashMap::new(),
             results: tx,
             next_generation: 1,
             shortage: Arc::default(),
+            in_flight: Arc::new(Semaphore::new(in_flight_limit())),
+            runtime: handle,
+            _stop: stop,
         };
-        (prober, rx)
+        Ok((prober, rx))
     }
 
     /// The generation of the probe task now responsible for (group, addr).
@@ -60,8 +85,7 @@ impl Prober {
     }
 
     /// Makes the running probes exactly `wanted`: starts new ones (probing at
-    /// once), stops gone ones, restarts those whose settings changed. Must be
-    /// called within the control plane's tokio runtime.
+    /// once), stops gone ones, restarts those whose settings changed.
     pub fn sync(&mut self, wanted: &[(Arc<str>, SocketAddr, Arc<HealthCheckConfig>)]) {
         let keep: HashMap<(Arc<str>, SocketAddr), &Arc<HealthCheckConfig>> = wanted
             .iter()
@@ -80,15 +104,18 @@ impl Prober {
             }
             let generation = self.next_generation;
             self.next_generation += 1;
-            let task = tokio::spawn(probe_loop(
+            let task = self.runtime.spawn(probe_loop(
                 Probing {
                     group: group.clone(),
                     addr: *addr,
                     config: config.clone(),
                     generation,
                 },
-                self.results.clone(),
-                self.shortage.clone(),
+                Shared {
+                    results: self.results.clone(),
+                    shortage: self.shortage.clone(),
+                    in_flight: self.in_flight.clone(),
+                },
             ));
             self.running.insert(
                 (group.clone(), *addr),
@@ -118,20 +145,32 @@ struct Probing {
     generation: u64,
 }
 
-async fn probe_loop(
-    p: Probing,
+/// What every probe task shares.
+struct Shared {
     results: mpsc::UnboundedSender<ProbeResult>,
     shortage: Arc<Mutex<Shortage>>,
-) {
+    in_flight: Arc<Semaphore>,
+}
+
+async fn probe_loop(p: Probing, shared: Shared) {
     let Probing {
         group,
         addr,
         config,
         generation,
     } = p;
+    let Shared {
+        results,
+        shortage,
+        in_flight,
+    } = shared;
     let phase = phase(addr, config.interval);
     loop {
+        let Ok(permit) = in_flight.acquire().await else {
+            return; // closed: the prober is gone
+        };
         let outcome = probe::check(&config, addr).await;
+        drop(permit);
         tracing::debug!(%group, target = %addr, generation, ?outcome, "probe done");
         let outcome = match outcome {
             probe::Outcome::Pass(reason) => Some(Ok(reason)),
@@ -163,6 +202,23 @@ async fn probe_loop(
         }
         tokio::time::sleep_until(next_slot(Instant::now(), phase, config.interval)).await;
     }
+}
+
+/// How many probes may hold a socket at once: a quarter of the open-files
+/// limit (workers need the rest for clients and targets), between 16 and
+/// 1,024.
+pub fn in_flight_limit() -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we own.
+    let soft = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        lim.rlim_cur
+    } else {
+        1024
+    };
+    (soft / 4).clamp(16, 1024) as usize
 }
 
 /// Where in each interval this target is probed.
