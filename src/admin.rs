@@ -1,9 +1,11 @@
 //! The admin HTTP endpoint: `GET /metrics`, `/targets`, `/healthz`.
 //!
-//! It runs on the control plane's runtime, never on a worker, so it cannot slow
-//! the data plane. Each connection reads one request (at most 8 KiB; its first
-//! byte within 2 s, all of it within 5 s), asks the control loop for the answer
-//! over a channel, replies and closes.
+//! It runs on a thread of its own ("ringlb-admin"), never on a worker, so it
+//! cannot slow the data plane, and the control loop being busy (a reload of
+//! 100,000 targets) cannot hold up `/healthz`, which it answers itself. Each
+//! connection reads one request (at most 8 KiB; its first byte within 2 s,
+//! all of it within 5 s), asks the control loop for any other answer over a
+//! channel, replies and closes.
 //!
 //! A crowd of idle connections must not starve a health check (keepalived's
 //! answers within a second or fails over): up to [`MAX_CONNECTIONS`] are
@@ -61,6 +63,19 @@ impl Response {
             body: body.into(),
         }
     }
+}
+
+/// Starts the admin endpoint's thread and runtime; its handle spawns
+/// [`serve`]. The thread lives as long as the process.
+pub fn runtime() -> std::io::Result<tokio::runtime::Handle> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let handle = rt.handle().clone();
+    std::thread::Builder::new()
+        .name("ringlb-admin".into())
+        .spawn(move || rt.block_on(std::future::pending::<()>()))?;
+    Ok(handle)
 }
 
 /// A request for the control loop to answer.
@@ -173,6 +188,11 @@ async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>, waiting: Arc<AtomicBo
     let head_only = request.as_ref().is_ok_and(|r| r.head_only);
     let response = match request {
         Err(resp) => resp,
+        // Serving means answering this, whatever the control loop is doing.
+        Ok(Request {
+            route: Route::Healthz,
+            ..
+        }) => Response::text(200, "ok\n"),
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             let ask = Ask {

@@ -102,7 +102,9 @@ struct AdminTask {
 }
 
 impl AdminTask {
+    /// Serves `listener` on the admin thread's runtime (`rt`).
     fn start(
+        rt: &tokio::runtime::Handle,
         listener: std::net::TcpListener,
         asks: tokio::sync::mpsc::Sender<admin::Ask>,
     ) -> Result<AdminTask, AppError> {
@@ -111,9 +113,12 @@ impl AdminTask {
             source,
         })?;
         let handover = listener.try_clone().ok().map(std::os::fd::OwnedFd::from);
-        let listener = tokio::net::TcpListener::from_std(listener)
-            .map_err(|source| AppError::Admin { addr, source })?;
-        let task = tokio::spawn(admin::serve(listener, asks));
+        let listener = {
+            let _on_its_runtime = rt.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(|source| AppError::Admin { addr, source })?
+        };
+        let task = rt.spawn(admin::serve(listener, asks));
         info!(%addr, "admin listening");
         Ok(AdminTask {
             addr,
@@ -229,16 +234,18 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
     )?;
     let (ask_tx, asks) = tokio::sync::mpsc::channel(64);
     let (handover_tx, handovers) = tokio::sync::mpsc::channel(1);
-    let admin = {
-        let _in_runtime = control.enter();
-        AdminTask::start(admin_listener, ask_tx.clone())?
-    };
+    let admin_rt = admin::runtime().map_err(|source| AppError::Io {
+        what: "admin endpoint thread",
+        source,
+    })?;
+    let admin = AdminTask::start(&admin_rt, admin_listener, ask_tx.clone())?;
     info!(workers, pid = std::process::id(), "ready");
     let mut main = Main {
         cp,
         workers: workers_handle,
         signals,
         admin,
+        admin_rt,
         ask_tx,
         handover_tx,
         inherited,
@@ -344,6 +351,8 @@ struct Main {
     workers: worker::Workers,
     signals: Signals,
     admin: AdminTask,
+    /// The admin endpoint's runtime (a thread of its own).
+    admin_rt: tokio::runtime::Handle,
     ask_tx: tokio::sync::mpsc::Sender<admin::Ask>,
     handover_tx: tokio::sync::mpsc::Sender<Handover>,
     /// Taking over: the old process's sockets until it has been told READY.
@@ -461,7 +470,12 @@ impl Main {
         info!("SIGHUP: reloading config");
         notify::reloading();
         self.cp.reload_config(&self.workers);
-        move_admin(&mut self.admin, self.cp.config().admin, &self.ask_tx);
+        move_admin(
+            &self.admin_rt,
+            &mut self.admin,
+            self.cp.config().admin,
+            &self.ask_tx,
+        );
         self.write_address_file();
         self.status = self.cp.status_line();
         notify::ready(&self.status);
@@ -543,6 +557,7 @@ impl Main {
 /// Moves the admin endpoint after a SIGHUP changed `[admin] listen`. If the
 /// new address cannot be bound, the old endpoint keeps serving.
 fn move_admin(
+    rt: &tokio::runtime::Handle,
     admin: &mut AdminTask,
     wanted: SocketAddr,
     asks: &tokio::sync::mpsc::Sender<admin::Ask>,
@@ -551,7 +566,7 @@ fn move_admin(
     if same {
         return;
     }
-    match bind_admin(wanted).and_then(|l| AdminTask::start(l, asks.clone())) {
+    match bind_admin(wanted).and_then(|l| AdminTask::start(rt, l, asks.clone())) {
         Ok(new) => {
             admin.task.abort();
             *admin = new;

@@ -126,6 +126,12 @@ impl Core {
         self.pacer.due()
     }
 
+    /// The last [`Core::flush`] that published took `took` (the shell
+    /// times it): flips are paced by it.
+    pub fn flush_took(&mut self, took: std::time::Duration) {
+        self.pacer.cost(took);
+    }
+
     /// Publishes the waiting snapshot if it is due at `now`.
     pub fn flush(&mut self, now: Instant) -> Vec<Effect> {
         match self.pacer.due() {
@@ -224,19 +230,17 @@ impl Core {
         let mut out = vec![Effect::Probes(
             self.health.sync(&self.config, &self.targets),
         )];
-        let listed: HashSet<(&str, SocketAddr)> = self
-            .config
-            .groups
-            .iter()
-            .zip(&self.targets)
-            .flat_map(|(g, t)| t.iter().map(move |t| (g.name.as_str(), t.addr)))
-            .collect();
-        out.extend(
-            self.drains
-                .readd(|g, a| listed.contains(&(g, a)))
-                .into_iter()
-                .map(Effect::Log),
-        );
+        if !self.drains.is_empty() {
+            let listed: HashSet<(&str, SocketAddr)> = self
+                .config
+                .groups
+                .iter()
+                .zip(&self.targets)
+                .flat_map(|(g, t)| t.iter().map(move |t| (g.name.as_str(), t.addr)))
+                .collect();
+            let back = self.drains.readd(|g, a| listed.contains(&(g, a)));
+            out.extend(back.into_iter().map(Effect::Log));
+        }
         out.extend(self.publish(now));
         out
     }

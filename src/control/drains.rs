@@ -121,7 +121,6 @@ impl Drains {
         due
     }
 
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.by_target.is_empty()
     }

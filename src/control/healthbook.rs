@@ -9,12 +9,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::events::Event;
-use crate::config::{Config, GroupConfig, HealthCheckConfig};
+use crate::config::{Config, GroupConfig};
 use crate::health::{Health, State};
 use crate::targets::Target;
 
-/// A probe that should be running: group, target, and its settings.
-pub type Wanted = (Arc<str>, SocketAddr, Arc<HealthCheckConfig>);
+pub use crate::health::prober::Wanted;
 
 #[derive(Debug, Default)]
 pub struct HealthBook {
@@ -25,6 +24,8 @@ pub struct HealthBook {
 struct GroupHealth {
     states: HashMap<SocketAddr, Health>,
     healthy: usize,
+    /// The targets as last synced, in order.
+    addrs: Vec<SocketAddr>,
 }
 
 impl HealthBook {
@@ -32,23 +33,29 @@ impl HealthBook {
     /// `initial`, kept ones keep their state (health belongs to the address,
     /// so it survives a reload). Returns the probes that should run.
     pub fn sync(&mut self, config: &Config, targets: &[Vec<Target>]) -> Vec<Wanted> {
-        let mut wanted = Vec::new();
+        let mut wanted = Vec::with_capacity(config.groups.len());
         let mut groups = HashMap::with_capacity(config.groups.len());
         for (g, listed) in config.groups.iter().zip(targets) {
+            let addrs: Vec<SocketAddr> = listed.iter().map(|t| t.addr).collect();
             let mut old = self.groups.remove(&g.name).unwrap_or_default();
-            let settings = Arc::new(g.health.clone());
-            let name: Arc<str> = g.name.as_str().into();
-            let states: HashMap<SocketAddr, Health> = listed
-                .iter()
-                .map(|t| (t.addr, old.states.remove(&t.addr).unwrap_or_default()))
-                .collect();
-            let healthy = states.values().filter(|h| h.is_healthy()).count();
-            wanted.extend(
-                listed
+            if old.addrs != addrs {
+                let states: HashMap<SocketAddr, Health> = addrs
                     .iter()
-                    .map(|t| (name.clone(), t.addr, settings.clone())),
-            );
-            groups.insert(g.name.clone(), GroupHealth { states, healthy });
+                    .map(|a| (*a, old.states.remove(a).unwrap_or_default()))
+                    .collect();
+                let healthy = states.values().filter(|h| h.is_healthy()).count();
+                old = GroupHealth {
+                    states,
+                    healthy,
+                    addrs: addrs.clone(),
+                };
+            }
+            wanted.push(Wanted {
+                group: g.name.as_str().into(),
+                config: Arc::new(g.health.clone()),
+                addrs,
+            });
+            groups.insert(g.name.clone(), old);
         }
         self.groups = groups;
         wanted
@@ -136,7 +143,7 @@ mod tests {
     fn the_last_healthy_target_going_down_says_the_group_fails_open() {
         let (c, t) = config(&[1, 2]);
         let mut book = HealthBook::default();
-        assert_eq!(book.sync(&c, &t).len(), 2, "one probe per target");
+        assert_eq!(book.sync(&c, &t)[0].addrs.len(), 2, "one probe per target");
         let g = &c.groups[0];
         assert_eq!(
             book.record(g, a(1), true, "ok", 2).len(),

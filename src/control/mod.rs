@@ -176,10 +176,16 @@ impl ControlPlane {
         self.core.flush_due()
     }
 
-    /// Publishes what health flips wait for, if it is due.
+    /// Publishes what health flips wait for, if it is due; how long that
+    /// took paces the next (see [`publish::Pacer`]).
     pub fn flush(&mut self) {
-        let effects = self.core.flush(Instant::now());
+        let started = Instant::now();
+        let effects = self.core.flush(started);
+        if effects.is_empty() {
+            return;
+        }
         self.carry_out(effects, None);
+        self.core.flush_took(started.elapsed());
     }
 
     /// One tick: follow the targets files, finish or expire drains.

@@ -91,12 +91,19 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
 /// that come together (a storm of them, when a switch fails) share one.
 pub const HEALTH_PUBLISH_GAP: Duration = Duration::from_millis(50);
 
+/// The gap is also at least this many times what the last health snapshot
+/// took to build, so with 100,000 targets (a build of many milliseconds)
+/// publishing flips takes at most a tenth of the control plane's time.
+const GAP_PER_BUILD: u32 = 10;
+
 /// Paces the snapshots health flips ask for. A change of targets or config
 /// publishes at once, and takes any waiting flips along.
 #[derive(Debug)]
 pub struct Pacer {
     waiting: bool,
     last: Instant,
+    /// What the last health snapshot took to build.
+    cost: Duration,
 }
 
 impl Pacer {
@@ -105,6 +112,7 @@ impl Pacer {
         Pacer {
             waiting: false,
             last: now.checked_sub(HEALTH_PUBLISH_GAP).unwrap_or(now),
+            cost: Duration::ZERO,
         }
     }
 
@@ -119,9 +127,15 @@ impl Pacer {
         self.last = now;
     }
 
+    /// The last health snapshot took `took` to build and send.
+    pub fn cost(&mut self, took: Duration) {
+        self.cost = took;
+    }
+
     /// When the waiting snapshot may go out, if one waits.
     pub fn due(&self) -> Option<Instant> {
-        self.waiting.then(|| self.last + HEALTH_PUBLISH_GAP)
+        let gap = HEALTH_PUBLISH_GAP.max(self.cost * GAP_PER_BUILD);
+        self.waiting.then(|| self.last + gap)
     }
 }
 
@@ -146,5 +160,9 @@ mod tests {
         );
         p.published(t0 + Duration::from_millis(10)); // a targets change took them along
         assert_eq!(p.due(), None);
+        // A build of 20 ms (100,000 targets): flips wait 200 ms.
+        p.cost(Duration::from_millis(20));
+        p.want();
+        assert_eq!(p.due(), Some(t0 + Duration::from_millis(210)));
     }
 }

@@ -51,7 +51,7 @@ fn core(extra: &str, ports: &[u16], t0: Instant) -> Core {
         t0,
     );
     assert!(
-        matches!(effects[..], [Effect::Probes(ref w), Effect::Publish(ref s)] if w.len() == ports.len() && s.epoch == 1),
+        matches!(effects[..], [Effect::Probes(ref w), Effect::Publish(ref s)] if w[0].addrs.len() == ports.len() && s.epoch == 1),
         "a new core starts its probes and publishes epoch 1: {effects:?}"
     );
     core
@@ -64,7 +64,9 @@ fn words(effects: &[Effect]) -> Vec<String> {
         .map(|e| match e {
             Effect::Publish(s) => format!("publish {}", s.epoch),
             Effect::CloseTarget { addr, .. } => format!("close {}", addr.port()),
-            Effect::Probes(w) => format!("probes {}", w.len()),
+            Effect::Probes(w) => {
+                format!("probes {}", w.iter().map(|g| g.addrs.len()).sum::<usize>())
+            }
             Effect::Log(Event::DrainStarted { target, .. }) => {
                 format!("draining {}", target.port())
             }
