@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""What would ringlb's own io_uring completion loop buy? (issue #13)
+"""How far is ringlb from the floor of a bare io_uring completion loop?
 
 Measures examples/uring_loop.rs, a prototype proxy on its own completion loop
 (no tokio: SINGLE_ISSUER | DEFER_TASKRUN, multishot accept, recv, send,

@@ -1,6 +1,7 @@
 //! A measuring prototype, not ringlb: the smallest TCP proxy on its own
-//! io_uring completion loop (the `io-uring` crate, no tokio), to learn what
-//! issue #13's next step could buy before building it into ringlb.
+//! io_uring completion loop (the `io-uring` crate, no tokio): the floor a
+//! user-space proxy's own code could reach, which `bench/loop_probe.py`
+//! measures ringlb against.
 //!
 //! One thread, one ring set up with `SINGLE_ISSUER | DEFER_TASKRUN`, a
 //! multishot accept, and every socket operation on the ring: recv and send

@@ -4,6 +4,7 @@ pub mod admin;
 pub mod app;
 pub mod autoscale;
 pub mod balancer;
+pub mod choices;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -5,13 +5,15 @@
 //! by that worker, with a plain load and store; a scrape sums the slots.
 //! Metric names are the constants below.
 //!
-//! Three atomics are shared by all workers and touched once or twice per
-//! connection: a target's `active` count ([`TargetStats`]; least connections
-//! and `max_connections_per_target` need it exact across workers), a
-//! listener's `open` count ([`ListenerStats`], for `max_connections`), both
-//! an add when a connection opens and one when it closes (a compare-and-swap
-//! loop when a limit is set), and the group's rotation position in
-//! `balancer/` (one add per pick).
+//! What every worker writes, per connection: a target's `active` count
+//! ([`TargetStats`]; least connections and `max_connections_per_target`
+//! need it exact across workers) and a listener's `open` count
+//! ([`ListenerStats`], for `max_connections`), each an atomic add when a
+//! connection opens and one when it closes (a compare-and-swap loop when a
+//! limit is set, always for `open`); the group's rotation position in
+//! `balancer/` (one add per pick); and the reference counts of the `Arc`s
+//! a connection holds while it lives (the snapshot while it is placed, its
+//! target's and its listener's stats).
 
 use std::collections::HashMap;
 use std::fmt::Write;
@@ -90,7 +92,8 @@ impl ListenerStats {
         }
     }
 
-    /// Counts one more open connection unless that would pass `max`.
+    /// Counts one more open connection unless that would pass `max` (no
+    /// limit: `u64::MAX`); one compare-and-swap loop either way.
     pub fn try_open(&self, max: Option<u64>) -> bool {
         let limit = max.unwrap_or(u64::MAX);
         self.open

@@ -4,13 +4,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-/// What to send a target before the client's first byte.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProxyProtocol {
-    Off,
-    V1,
-    V2,
-}
+pub use crate::choices::ProxyProtocol;
 
 impl ProxyProtocol {
     /// The header for a connection from `client` accepted on `local`, if any.

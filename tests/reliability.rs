@@ -1,5 +1,7 @@
-//! The reliability round (issue #12): each defect found by hand or in review,
-//! pinned by a test that failed before its fix.
+//! Defects found by hand or in review, each pinned by a test that failed
+//! before its fix: what sits at a targets path, absurd durations, urgent
+//! bytes, drains that cannot be escaped, listener renames, admin limits,
+//! early answers, a second SIGTERM, fd exhaustion.
 
 mod common;
 

@@ -14,28 +14,11 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use crate::choices::HashKey;
+
 /// Slots in the table: prime, and large enough that 1,000 targets still get
 /// about 65 slots each.
 pub const TABLE_SIZE: usize = 65_537;
-
-/// What a client is identified by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HashKey {
-    /// Client IP and port: each new connection may land elsewhere.
-    SourceIpPort,
-    /// Client IP only: a client stays on one target.
-    SourceIp,
-}
-
-impl HashKey {
-    /// The config's word for it.
-    pub fn name(self) -> &'static str {
-        match self {
-            HashKey::SourceIpPort => "source_ip_port",
-            HashKey::SourceIp => "source_ip",
-        }
-    }
-}
 
 /// Slots a pick steps over before it looks at the targets one by one.
 pub const STEPS: usize = 64;

@@ -20,7 +20,8 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
 pub use least_connections::LeastConnections;
-pub use maglev::{HashKey, Maglev};
+pub use crate::choices::{Algorithm, HashKey};
+pub use maglev::Maglev;
 pub use round_robin::RoundRobin;
 pub use tables::Tables;
 
@@ -56,19 +57,6 @@ pub trait Balance: std::fmt::Debug + Send + Sync {
     }
 
     fn as_any(&self) -> &dyn std::any::Any;
-}
-
-/// The algorithms a target group can use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Algorithm {
-    /// Smooth weighted round robin.
-    RoundRobin,
-    /// Fewest `(active + 1) / weight`; `least_connections` and
-    /// `weighted_least_connections` both mean this (weights apply to every
-    /// algorithm, as with HAProxy's leastconn).
-    LeastConnections,
-    /// Maglev consistent hashing on the client's address.
-    Maglev(HashKey),
 }
 
 impl Algorithm {

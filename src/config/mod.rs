@@ -11,10 +11,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::balancer::{Algorithm, HashKey};
+pub use crate::choices::{Algorithm, HashKey, ProxyProtocol, Splice};
 use crate::files::quoted;
-pub use crate::proxy::pipe::Splice;
-pub use crate::proxy_protocol::ProxyProtocol;
 pub use duration::{ConfigDuration, parse_duration};
 use raw::{RawConfig, RawHealthCheck, RawPort, RawTargetGroup};
 use toml::Spanned;

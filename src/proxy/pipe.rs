@@ -4,12 +4,14 @@
 //! to a pipe. When no pipe can be had (the per-worker cap, EMFILE, ENFILE) the
 //! caller keeps copying.
 
+pub use crate::choices::Splice;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
-/// Linux's default pipe size: 16 pages against `fs.pipe-user-pages-soft`.
-pub const DEFAULT_PIPE_SIZE: usize = 64 * 1024;
+/// The size Linux gives a new pipe (16 pages against `fs.pipe-user-pages-soft`),
+/// which tests use; ringlb asks for `[runtime] pipe_size` (default "256KiB").
+pub const LINUX_PIPE_SIZE: usize = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Pipe {
@@ -133,17 +135,6 @@ fn splice(from: RawFd, to: RawFd, len: usize) -> io::Result<usize> {
     } else {
         Ok(n as usize)
     }
-}
-
-/// When a direction moves its bytes through a pipe rather than a buffer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Splice {
-    /// Once a read fills a buffer ([`COPY_BUF`]): small exchanges copy, bulk splices.
-    Auto,
-    /// From the first byte.
-    Always,
-    /// Never: every byte is copied.
-    Never,
 }
 
 /// Bytes in one copy buffer; a read that fills one marks the direction as bulk.
@@ -278,7 +269,7 @@ mod tests {
 
     #[test]
     fn pool_lends_up_to_its_cap_and_reuses_clean_pipes() {
-        let pool = PipePool::new(Splice::Auto, 2, 1, DEFAULT_PIPE_SIZE);
+        let pool = PipePool::new(Splice::Auto, 2, 1, LINUX_PIPE_SIZE);
         let a = pool.take().unwrap();
         let b = pool.take().unwrap();
         assert!(pool.take().is_none(), "cap of 2 lent pipes");
@@ -293,7 +284,7 @@ mod tests {
 
     #[test]
     fn trim_closes_idle_pipes_only_after_a_quiet_period() {
-        let pool = PipePool::new(Splice::Auto, 4, 4, DEFAULT_PIPE_SIZE);
+        let pool = PipePool::new(Splice::Auto, 4, 4, LINUX_PIPE_SIZE);
         let p = pool.take().unwrap();
         pool.give_back(p);
         assert_eq!(pool.trim(), 0, "used since the last trim: kept");
@@ -306,8 +297,8 @@ mod tests {
     fn pipes_grow_to_the_size_asked_for() {
         let pipe = Pipe::new(1024 * 1024).unwrap();
         assert_eq!(pipe.capacity, 1024 * 1024);
-        let pipe = Pipe::new(DEFAULT_PIPE_SIZE).unwrap();
-        assert_eq!(pipe.capacity, DEFAULT_PIPE_SIZE);
+        let pipe = Pipe::new(LINUX_PIPE_SIZE).unwrap();
+        assert_eq!(pipe.capacity, LINUX_PIPE_SIZE);
     }
 
     #[test]
@@ -319,7 +310,7 @@ mod tests {
         let c = TcpStream::connect(l2.local_addr().unwrap()).unwrap();
         let (mut d, _) = l2.accept().unwrap();
         a.write_all(b"hello splice").unwrap();
-        let mut pipe = Pipe::new(DEFAULT_PIPE_SIZE).unwrap();
+        let mut pipe = Pipe::new(LINUX_PIPE_SIZE).unwrap();
         assert!(pipe.capacity >= 4096);
         let mut got = 0;
         while got < 12 {

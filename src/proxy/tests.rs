@@ -12,7 +12,7 @@ fn proxy_future_stays_small() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let a = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let (b, _) = l.accept().unwrap();
-        let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+        let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::LINUX_PIPE_SIZE);
         let counters = TargetSlot::default();
         a.set_nonblocking(true).unwrap();
         let a = OwnedFd::from(a);
@@ -52,7 +52,7 @@ fn auto_proxy(upload: usize, ring_buffers: u16) -> (usize, usize) {
         let mut rest = Vec::new();
         client.read_to_end(&mut rest).unwrap();
     });
-    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::LINUX_PIPE_SIZE);
     let (moved, _) = proxy(&pool, proxy_client, proxy_target, ring_buffers, false);
     assert_eq!(moved.client_to_target, upload as u64);
     writer.join().unwrap();
@@ -181,7 +181,7 @@ fn end_rides_with_last_bytes(ring_buffers: u16) -> RingUse {
         client.shutdown(Shutdown::Write).unwrap();
         (got, segments)
     });
-    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::LINUX_PIPE_SIZE);
     let (moved, ring) = proxy(&pool, proxy_client, proxy_target, ring_buffers, false);
     assert_eq!(moved.target_to_client, 10);
     let (got, segments) = reader.join().unwrap();
@@ -239,7 +239,7 @@ fn a_starved_ring_receive_goes_on_by_system_call() {
         got
     });
     // Copy only, so the upload stays on the buffer path and holds it.
-    let pool = PipePool::new(pipe::Splice::Never, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Never, 4, 4, pipe::LINUX_PIPE_SIZE);
     let (moved, ring) = proxy(&pool, proxy_client, proxy_target, 1, true);
     assert_eq!(moved.client_to_target, UP as u64);
     assert_eq!(
@@ -260,7 +260,7 @@ fn a_starved_ring_receive_goes_on_by_system_call() {
 /// off nothing does.
 #[test]
 fn a_bulk_direction_leaves_the_pipe_only_after_short_reads_in_a_row() {
-    let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::LINUX_PIPE_SIZE);
     let counter = AtomicU64::new(0);
     let mut d = Direction::new(&pool, &counter);
     assert!(!d.bulk, "a new direction copies");
@@ -283,7 +283,7 @@ fn a_bulk_direction_leaves_the_pipe_only_after_short_reads_in_a_row() {
     d.after_read(100, false);
     assert!(!d.bulk, "and copies stay copies");
 
-    let never = PipePool::new(pipe::Splice::Never, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+    let never = PipePool::new(pipe::Splice::Never, 1, 1, pipe::LINUX_PIPE_SIZE);
     let mut d = Direction::new(&never, &counter);
     d.after_read(pipe::COPY_BUF * 4, false);
     assert!(!d.bulk, "splice = \"never\" never pipes");
@@ -295,7 +295,7 @@ fn a_bulk_direction_leaves_the_pipe_only_after_short_reads_in_a_row() {
 #[test]
 fn a_full_first_read_starts_the_short_read_count_again() {
     use std::io::Write;
-    let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Auto, 1, 1, pipe::LINUX_PIPE_SIZE);
     let counter = AtomicU64::new(0);
     let mut d = Direction::new(&pool, &counter);
     d.after_read(pipe::COPY_BUF, false);
@@ -353,7 +353,7 @@ fn after_bulk_small_messages_go_back_to_the_ring() {
         target.read_to_end(&mut rest).unwrap();
         assert!(rest.is_empty());
     });
-    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::LINUX_PIPE_SIZE);
     let (moved, ring) = proxy(&pool, proxy_client, proxy_target, 16, false);
     writer.join().unwrap();
     reader.join().unwrap();
@@ -409,7 +409,7 @@ fn a_reset_is_passed_on_as_a_reset_after_the_bytes_before_it() {
         (pipe::Splice::Never, 16),
         (pipe::Splice::Always, 0),
     ] {
-        let pool = PipePool::new(mode, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+        let pool = PipePool::new(mode, 4, 4, pipe::LINUX_PIPE_SIZE);
         // The target resets.
         let (client, proxy_client, proxy_target, target) = sockets();
         let bytes = payload.clone();
@@ -489,7 +489,7 @@ fn a_reset_waits_until_a_slow_reader_has_the_bytes() {
             }
         }
     });
-    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::DEFAULT_PIPE_SIZE);
+    let pool = PipePool::new(pipe::Splice::Auto, 4, 4, pipe::LINUX_PIPE_SIZE);
     let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, 16, false);
     sender.join().unwrap();
     assert!(ended.is_err());

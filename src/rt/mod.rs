@@ -1,8 +1,8 @@
 //! ringlb's own per-core runtime: one thread, one io_uring ring, tasks that
 //! never leave the thread.
 //!
-//! It replaces tokio-uring under the workers (issue #13). What it does that
-//! tokio-uring could not:
+//! What it does that a general io_uring runtime (tokio-uring, on an epoll
+//! reactor) does not:
 //!
 //! - it waits in `io_uring_enter` itself, not in `epoll_wait` on the ring's
 //!   fd, so the ring can be set up `SINGLE_ISSUER | DEFER_TASKRUN`: the
@@ -333,9 +333,7 @@ impl Drop for Enter {
 /// `DEFER_TASKRUN`: completion work runs only when the loop asks for events,
 /// in one batch (with `SINGLE_ISSUER`, which it requires). `COOP_TASKRUN`,
 /// the fallback for kernels before 6.1, at least keeps completions from
-/// interrupting the worker's system calls as a signal-like interruption
-/// (measured under tokio-uring without it: 9% of a worker's CPU in
-/// `get_signal` and task work under keep-alive load).
+/// interrupting the worker's system calls as signal-like task work.
 fn new_ring() -> io::Result<(IoUring, RingMode)> {
     let defer = IoUring::builder()
         .setup_single_issuer()

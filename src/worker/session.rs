@@ -342,7 +342,7 @@ async fn connect(
 mod tests {
     use super::*;
     use crate::proxy::pipe::PipePool;
-    use crate::proxy::pipe::{DEFAULT_PIPE_SIZE, Splice};
+    use crate::proxy::pipe::{LINUX_PIPE_SIZE, Splice};
     use crate::worker::{Shared, Stop};
     use std::net::TcpListener;
     use tokio::sync::{mpsc, watch};
@@ -364,10 +364,10 @@ mod tests {
             stop,
             stats: Arc::new(crate::metrics::Slots::new(1)),
             splice: Splice::Auto,
-            pipe_size: DEFAULT_PIPE_SIZE,
+            pipe_size: LINUX_PIPE_SIZE,
             ring_buffers: 0,
         };
-        let pipes = PipePool::new(Splice::Auto, 1, 1, DEFAULT_PIPE_SIZE);
+        let pipes = PipePool::new(Splice::Auto, 1, 1, LINUX_PIPE_SIZE);
         let worker = Worker::new(0, shared, pipes);
         let listener = Arc::new(ListenerStats::new(1));
         // As `serve` does before a session exists.
