@@ -19,8 +19,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicUsize;
 
-pub use least_connections::LeastConnections;
 pub use crate::choices::{Algorithm, HashKey};
+pub use least_connections::LeastConnections;
 pub use maglev::Maglev;
 pub use round_robin::RoundRobin;
 pub use tables::Tables;

@@ -1,4 +1,9 @@
+use super::direction::{Direction, SHORT_READS_OFF_PIPE};
 use super::*;
+use crate::rt::op;
+use io_uring::cqueue;
+use std::net::Shutdown;
+use std::sync::atomic::AtomicU64;
 
 /// Every idle connection holds one of these, inside its session's task
 /// (whose size `worker::session`'s test holds): keep it from growing back.
