@@ -415,61 +415,27 @@ fn a_reset_is_passed_on_as_a_reset_after_the_bytes_before_it() {
         (pipe::Splice::Always, 0),
     ] {
         let pool = PipePool::new(mode, 4, 4, pipe::LINUX_PIPE_SIZE);
-        // The target resets.
-        let (client, proxy_client, proxy_target, target) = sockets();
-        let bytes = payload.clone();
-        let sender = std::thread::spawn(move || send_then_reset(target, &bytes));
-        let reader = std::thread::spawn(move || read_to_reset(client));
-        let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, ring_buffers, false);
-        sender.join().unwrap();
-        let (got, reset) = reader.join().unwrap();
-        assert_eq!(
-            got.len(),
-            N,
-            "{mode:?}/{ring_buffers}: every byte before the reset"
-        );
-        assert!(got == payload, "{mode:?}/{ring_buffers}: the bytes intact");
-        assert!(
-            reset,
-            "{mode:?}/{ring_buffers}: the client saw a clean end, not a reset"
-        );
-        assert!(
-            matches!(
-                ended,
-                Err(ProxyError::Io {
-                    side: Side::Target,
-                    ..
-                })
-            ),
-            "{mode:?}/{ring_buffers}: {ended:?}"
-        );
-        // The client resets.
-        let (client, proxy_client, proxy_target, target) = sockets();
-        let bytes = payload.clone();
-        let sender = std::thread::spawn(move || send_then_reset(client, &bytes));
-        let reader = std::thread::spawn(move || read_to_reset(target));
-        let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, ring_buffers, false);
-        sender.join().unwrap();
-        let (got, reset) = reader.join().unwrap();
-        assert!(
-            got == payload,
-            "{mode:?}/{ring_buffers}: upload intact ({} bytes)",
-            got.len()
-        );
-        assert!(
-            reset,
-            "{mode:?}/{ring_buffers}: the target saw a clean end, not a reset"
-        );
-        assert!(
-            matches!(
-                ended,
-                Err(ProxyError::Io {
-                    side: Side::Client,
-                    ..
-                })
-            ),
-            "{mode:?}/{ring_buffers}: {ended:?}"
-        );
+        for resets in [Side::Target, Side::Client] {
+            let (client, proxy_client, proxy_target, target) = sockets();
+            let (sends, reads) = match resets {
+                Side::Target => (target, client),
+                Side::Client => (client, target),
+            };
+            let bytes = payload.clone();
+            let sender = std::thread::spawn(move || send_then_reset(sends, &bytes));
+            let reader = std::thread::spawn(move || read_to_reset(reads));
+            let (ended, _) = proxy_ends(&pool, proxy_client, proxy_target, ring_buffers, false);
+            sender.join().unwrap();
+            let (got, reset) = reader.join().unwrap();
+            let case = format!("{mode:?}, {ring_buffers} ring buffers, the {resets:?} resets");
+            assert_eq!(got.len(), N, "{case}: every byte before the reset");
+            assert!(got == payload, "{case}: the bytes intact");
+            assert!(reset, "{case}: the other side saw a clean end, not a reset");
+            assert!(
+                matches!(ended, Err(ProxyError::Io { side, .. }) if side == resets),
+                "{case}: {ended:?}"
+            );
+        }
     }
 }
 
