@@ -5,7 +5,7 @@ summary. Run it through scripts/autoscale-demo.sh.
 
     python3 bench/autoscale_demo.py [--stage 20] [--vus 60] [--out bench/results/autoscale]
 """
-import argparse, csv, json, os, shutil, signal, subprocess, sys, time, urllib.request
+import datetime, argparse, csv, json, os, shutil, signal, subprocess, sys, time, urllib.request
 from collections import defaultdict
 
 from common import ROOT, workdir
@@ -48,6 +48,16 @@ def percentile(values, p):
         return float("nan")
     values = sorted(values)
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def log_time(line):
+    """The Unix time of a log line's leading UTC timestamp, if it has one."""
+    stamp = line.split(" ", 1)[0]
+    try:
+        return datetime.datetime.strptime(stamp[:26].rstrip("Z"), "%Y-%m-%dT%H:%M:%S.%f").replace(
+            tzinfo=datetime.timezone.utc).timestamp()
+    except ValueError:
+        return None
 
 
 def main():
@@ -147,33 +157,54 @@ def main():
     all_durations = [d for s in secs for d in per_sec[s]["dur"]]
     total = sum(per_sec[s]["reqs"] for s in secs)
     failed = sum(per_sec[s]["failed"] for s in secs)
+    decisions, marks = [], []
     with open(f"{args.out}/autoscale.log") as f:
-        decisions = [l.split("INFO ", 1)[-1].strip() for l in f if " scale " in l]
-        f.seek(0)
+        for line in f:
+            if " scale " not in line:
+                continue
+            text = line.split("INFO ", 1)[-1].strip()
+            decisions.append(text)
+            when = log_time(line)
+            if when is not None:
+                marks.append((when - start, text))
+    with open(f"{args.out}/autoscale.log") as f:
         replaced = sum(" replacing" in l for l in f)
 
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(4, 1, figsize=(10, 10), sharex=True)
-    ax[0].plot(secs, [per_sec[s]["vus"] for s in secs], color="tab:gray", label="k6 VUs")
-    ax[0].set_ylabel("VUs")
+    from matplotlib.ticker import MaxNLocator
+    fig, ax = plt.subplots(4, 1, figsize=(10, 11), sharex=True)
+    vus_line, = ax[0].plot(secs, [per_sec[s]["vus"] for s in secs], color="tab:gray", label="k6 virtual users (left)")
+    ax[0].set_ylabel("virtual users")
     rps = ax[0].twinx()
-    rps.plot(secs, [per_sec[s]["reqs"] for s in secs], color="tab:blue", label="requests/s")
+    rps_line, = rps.plot(secs, [per_sec[s]["reqs"] for s in secs], color="tab:blue", label="requests/s (right)")
     rps.set_ylabel("requests/s")
-    ax[0].set_title("ringlb autoscale: k6 ramp, targets, CPU (scripts/autoscale-demo.sh)")
-    ax[1].plot(secs, [percentile(per_sec[s]["dur"], 95) for s in secs], color="tab:red")
+    ax[0].legend(handles=[vus_line, rps_line], loc="upper right")
+    ax[0].set_title("ringlb autoscale: k6 ramp, latency, targets, CPU (scripts/autoscale-demo.sh)")
+    ax[1].plot(secs, [percentile(per_sec[s]["dur"], 95) for s in secs], color="tab:red", label="p95 latency")
     ax[1].set_ylabel("p95 latency, ms")
+    ax[1].legend(loc="upper right")
     ts = [t for t, _ in samples]
     ax[2].step(ts, [g.get("in_service", 0) for _, g in samples], where="post", label="in service")
     ax[2].step(ts, [g.get("desired", 0) for _, g in samples], where="post", linestyle="--", label="desired")
     ax[2].set_ylabel("targets")
+    ax[2].yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax[2].set_ylim(bottom=0)
     ax[2].legend(loc="upper right")
-    ax[3].plot(ts, [g.get("metric", float("nan")) for _, g in samples], color="tab:orange")
-    ax[3].axhline(40, color="tab:gray", linestyle=":", label="target 40%")
-    ax[3].set_ylabel("avg CPU per target, %")
+    ax[3].plot(ts, [g.get("metric", float("nan")) for _, g in samples], color="tab:orange",
+               label="average CPU of the targets in service (over each period)")
+    ax[3].axhline(40, color="tab:gray", linestyle=":", label="target tracking: 40%")
+    ax[3].set_ylabel("CPU per target, %")
     ax[3].set_xlabel("seconds since k6 started")
     ax[3].legend(loc="upper right")
+    # One mark per scaling decision, labelled on the targets panel.
+    for when, text in marks:
+        for a in ax:
+            a.axvline(when, color="tab:green", alpha=0.35, linewidth=1)
+        short = text.split(":", 1)[0].replace("scale ", "").replace(" web", "")
+        ax[2].annotate(short, (when, 0), xytext=(3, 3), textcoords="offset points",
+                       fontsize=8, color="tab:green", rotation=90, va="bottom")
     fig.tight_layout()
     fig.savefig(f"{args.out}/timeline.png", dpi=80)
 
@@ -202,7 +233,7 @@ def main():
     ]
     with open(f"{args.out}/summary.md", "w") as f:
         f.write("\n".join(summary))
-    print("\n".join(summary[:14]))
+    print("\n".join(summary[:-3]))
     print(f"autoscale-demo: wrote {args.out}/timeline.png and {args.out}/summary.md")
     sys.exit(0 if failed == 0 and checks["fail"] == 0 and k6_status == 0 else 1)
 

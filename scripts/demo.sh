@@ -8,8 +8,26 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 # Only what runs is built: ringlb and the demo backend (the first build
-# compiles about 80 crates; a few minutes on 2 cores).
+# compiles about 80 crates: about a minute on this project's 2-core machine
+# with the crates downloaded).
 cargo build --release --bin ringlb --bin demo-backend
+
+# Every port the demo uses must be free: on a taken one, ringlb would
+# balance onto whatever listens there (course students often run their own
+# todo API on 6400).
+taken=()
+for port in 6400 6401 6402 8080 9900; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    taken+=("$port")
+  fi
+done
+if [ ${#taken[@]} -gt 0 ]; then
+  echo "demo: 127.0.0.1 port(s) ${taken[*]} already in use by another program; the demo needs" >&2
+  echo "  6400-6402 (backends), 8080 (ringlb) and 9900 (admin). See who listens: ss -ltnp" >&2
+  echo "  Stop it, or run ringlb in front of it instead: edit config/demo.toml and" >&2
+  echo "  config/targets/web.txt, then: target/release/ringlb run --config config/demo.toml" >&2
+  exit 1
+fi
 
 pids=()
 cleanup() {
@@ -41,6 +59,9 @@ healthz() {
 }
 for _ in $(seq 100); do
   kill -0 "$lb" 2>/dev/null || { echo "ringlb exited; see its log above" >&2; exit 1; }
+  for p in "${pids[@]:0:3}"; do
+    kill -0 "$p" 2>/dev/null || { echo "a demo backend exited; see its log above" >&2; exit 1; }
+  done
   healthz 2>/dev/null && break
   sleep 0.1
 done

@@ -1,6 +1,11 @@
 #!/usr/bin/env bash
-# Installs ringlb as a systemd service. Run as root from the repository; safe to
-# run again (it upgrades the binary and unit, and never overwrites a config).
+# Installs ringlb from a build of this repository as a systemd service (the
+# Debian package does the same from a .deb: see docs/operating.md). Build as
+# yourself first, then install as root; safe to run again (it upgrades the
+# binary and unit, and never overwrites a config):
+#
+#   cargo build --release --bin ringlb
+#   sudo scripts/install.sh            # or: sudo scripts/install.sh path/to/ringlb
 #
 #   binary   /usr/local/bin/ringlb
 #   config   /etc/ringlb/ringlb.toml          (from config/ringlb.toml, if absent)
@@ -18,8 +23,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 [ "$(id -u)" -eq 0 ] || { echo "install.sh: run as root" >&2; exit 1; }
 
-cargo build --release --bin ringlb
-install -m 0755 target/release/ringlb /usr/local/bin/ringlb
+# No cargo here: sudo's PATH usually lacks ~/.cargo/bin, and root should not
+# build. A binary built (or downloaded) beforehand is installed.
+bin=${1:-target/release/ringlb}
+if [ ! -x "$bin" ]; then
+  echo "install.sh: no ringlb binary at $bin" >&2
+  echo "  build it first, as yourself: cargo build --release --bin ringlb" >&2
+  echo "  then: sudo scripts/install.sh   (or give a binary: sudo scripts/install.sh path/to/ringlb)" >&2
+  exit 1
+fi
+install -m 0755 "$bin" /usr/local/bin/ringlb
 
 getent group ringlb-targets >/dev/null || groupadd --system ringlb-targets
 getent passwd ringlb >/dev/null || useradd --system --no-create-home --home-dir /nonexistent \

@@ -36,7 +36,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
     Metrics,
-    Targets,
+    /// `pretty`: indented (`/targets?pretty`), for a person to read.
+    Targets {
+        pretty: bool,
+    },
     Healthz,
 }
 
@@ -97,11 +100,14 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Response> {
         Ok(httparse::Status::Partial) => Ok(None),
         Err(e) => Err(Response::text(400, format!("bad request: {e}\n"))),
         Ok(httparse::Status::Complete(_)) => {
-            let path = req.path.unwrap_or("/");
-            let path = path.split('?').next().unwrap_or(path);
+            let target = req.path.unwrap_or("/");
+            let (path, query) = target.split_once('?').unwrap_or((target, ""));
+            let pretty = query
+                .split('&')
+                .any(|q| q == "pretty" || q.starts_with("pretty="));
             let route = match path {
                 "/metrics" => Route::Metrics,
-                "/targets" => Route::Targets,
+                "/targets" => Route::Targets { pretty },
                 "/healthz" => Route::Healthz,
                 _ => {
                     return Err(Response::text(
@@ -290,7 +296,7 @@ mod tests {
         assert_eq!(
             parse_request(b"HEAD /targets?pretty HTTP/1.0\r\n\r\n"),
             Ok(Some(Request {
-                route: Route::Targets,
+                route: Route::Targets { pretty: true },
                 head_only: true
             }))
         );

@@ -59,6 +59,11 @@ pub enum Command {
     Upgrade {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
+        /// Where the new process logs (appended). Without it, its log goes
+        /// where this command's stderr goes: the journal under systemd, or
+        /// the terminal this command was run from.
+        #[arg(long)]
+        log_file: Option<PathBuf>,
     },
     /// Validate the config and its targets files; exit 0 if good, 1 if not.
     Check {

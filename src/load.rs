@@ -67,6 +67,7 @@ pub fn load(
     in_service: &dyn Fn(&Path) -> Option<Vec<Target>>,
 ) -> Result<Loaded, LoadError> {
     let config = config::load(path)?;
+    check_paths(&config)?;
     let mut targets = Vec::with_capacity(config.groups.len());
     let mut texts = Vec::with_capacity(config.groups.len());
     for g in &config.groups {
@@ -89,6 +90,23 @@ pub fn load(
         targets,
         texts,
     })
+}
+
+/// What `run` would refuse about the paths the config names, caught by
+/// `check` (and a SIGHUP) too: a takeover socket needs its folder.
+fn check_paths(config: &Config) -> Result<(), ConfigError> {
+    if let Some(s) = &config.runtime.takeover_socket {
+        let dir = s.path.parent().unwrap_or(Path::new("/"));
+        if !dir.is_dir() {
+            let message = format!(
+                "the folder {} does not exist: under systemd the unit's RuntimeDirectory=ringlb makes /run/ringlb; run by hand, create it first (mkdir -p {}) or name a folder that exists",
+                dir.display(),
+                dir.display()
+            );
+            return Err(s.error(&config.file, "runtime.takeover_socket", message));
+        }
+    }
+    Ok(())
 }
 
 /// `ringlb check`: a one-line summary of a good config, and its warnings.

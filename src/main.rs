@@ -41,7 +41,9 @@ fn main() -> ExitCode {
             takeover,
             address_file,
         } => app::run(config, *takeover, address_file.as_deref()).map_err(|e| e.to_string()),
-        Command::Upgrade { config } => ringlb::takeover::upgrade(config),
+        Command::Upgrade { config, log_file } => {
+            ringlb::takeover::upgrade(config, log_file.as_deref())
+        }
         Command::Autoscale {
             config,
             stop_targets_on_exit,

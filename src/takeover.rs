@@ -346,11 +346,24 @@ const UPGRADE_LIMIT: Duration = Duration::from_secs(120);
 
 /// `ringlb upgrade`: starts `ringlb run --takeover` (this binary) detached,
 /// in a process group of its own, and returns once it says it serves
-/// alone, or with its failure.
-pub fn upgrade(config: &Path) -> Result<(), String> {
+/// alone, or with its failure. Its log goes to `log_file` (appended; a link
+/// there is not followed), or where this command's stderr goes.
+pub fn upgrade(config: &Path, log_file: Option<&Path>) -> Result<(), String> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let stderr = match log_file {
+        None => std::process::Stdio::inherit(),
+        Some(p) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o640)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(p)
+            .map(std::process::Stdio::from)
+            .map_err(|e| format!("cannot open the log file {}: {e}", p.display()))?,
+    };
     // Not close-on-exec: the child inherits the write end.
     let (read, write) = nix::unistd::pipe().map_err(|e| format!("pipe: {e}"))?;
     let mut child = std::process::Command::new(&exe)
@@ -358,6 +371,8 @@ pub fn upgrade(config: &Path) -> Result<(), String> {
         .arg(config)
         .env(UPGRADE_FD_ENV, write.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(stderr)
         .process_group(0)
         .spawn()
         .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
@@ -370,15 +385,25 @@ pub fn upgrade(config: &Path) -> Result<(), String> {
         let _gone = tx.send(said);
     });
     let said = rx.recv_timeout(UPGRADE_LIMIT).unwrap_or_default();
+    let logs = match log_file {
+        Some(p) => format!("{}", p.display()),
+        None if std::env::var_os("JOURNAL_STREAM").is_some() => "the journal".into(),
+        None => "this terminal (--log-file sends it to a file)".into(),
+    };
     if said.trim() == "ok" {
-        eprintln!("ringlb: upgraded: pid {} serves now", child.id());
+        eprintln!(
+            "ringlb: upgraded: pid {} serves now; its log goes to {logs}",
+            child.id()
+        );
         return Ok(());
     }
     match child.try_wait() {
         Ok(Some(status)) => Err(format!(
-            "the new process failed ({status}); the old one keeps serving"
+            "the new process failed ({status}); the old one keeps serving; its log went to {logs}"
         )),
-        _ => Err("the new process did not confirm; see its log".into()),
+        _ => Err(format!(
+            "the new process did not confirm; see its log ({logs})"
+        )),
     }
 }
 

@@ -161,3 +161,30 @@ fn version_prints_the_crate_version() {
         format!("ringlb {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// `check` refuses what `run` would: a takeover socket whose folder does not
+/// exist (outside systemd, /run/ringlb usually does not), with the file,
+/// line and key, and says how to make it.
+#[test]
+fn check_refuses_a_takeover_socket_without_its_folder() {
+    let config = simple_config(1, "").replace(
+        "shutdown_timeout = \"5s\"",
+        "shutdown_timeout = \"5s\"\ntakeover_socket = \"/nonexistent-ringlb-folder/takeover.sock\"",
+    );
+    let dir = write_config(&config, &[("targets/web.txt", "127.0.0.1:6400\n".into())]);
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1, "{stderr}");
+    for words in [
+        "ringlb.toml:5:",
+        "runtime.takeover_socket",
+        "/nonexistent-ringlb-folder does not exist",
+        "mkdir -p",
+    ] {
+        assert!(stderr.contains(words), "{words:?} in {stderr}");
+    }
+    // A folder that exists is fine.
+    let ok = config.replace("/nonexistent-ringlb-folder/takeover.sock", "takeover.sock");
+    std::fs::write(dir.path().join("ringlb.toml"), ok).unwrap();
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 0, "{stderr}");
+}

@@ -216,6 +216,22 @@ async fn targets_report_shows_a_health_flip_and_a_drain() {
     assert_eq!(t["reason"], "deregistration in progress", "{t}");
     let left = t["drain_seconds_left"].as_f64().unwrap();
     assert!(left > 25.0 && left <= 30.0, "{left}");
+    // `?pretty` is the same report, indented, keys in the documented order.
+    let (_, pretty) = admin_get(lb.admin, "/targets?pretty").await;
+    assert!(pretty.starts_with("{\n  \"epoch\": "), "{pretty}");
+    let keys = [
+        "\"address\"",
+        "\"weight\"",
+        "\"health\"",
+        "\"reason\"",
+        "\"ready\"",
+        "\"draining\"",
+        "\"drain_seconds_left\"",
+        "\"active_connections\"",
+    ];
+    let at: Vec<usize> = keys.iter().map(|k| pretty.find(k).unwrap()).collect();
+    assert!(at.windows(2).all(|w| w[0] < w[1]), "key order: {pretty}");
+    assert_eq!(report(pretty)["groups"][0]["name"], "web");
     drop(held);
     assert!(lb.stop().success());
 }

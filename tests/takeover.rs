@@ -211,11 +211,14 @@ fn takeover_with_nobody_running_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ringlb_upgrade_returns_once_the_new_process_serves() {
     let (_backend, dir, path, mut old, addr) = first_ringlb(3, 1, "5s").await;
-    // To a file: the new process inherits stderr and outlives `upgrade`.
+    // `upgrade`'s own word to one file, the new process's log to another.
     let log = dir.path().join("upgrade.log");
+    let new_log = dir.path().join("new.log");
     let status = Command::new(BIN)
         .args(["upgrade", "--config"])
         .arg(&path)
+        .arg("--log-file")
+        .arg(&new_log)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())
         .status()
@@ -240,6 +243,12 @@ async fn ringlb_upgrade_returns_once_the_new_process_serves() {
     assert!(old.exited_within(Duration::from_secs(20)), "{}", old.log());
     assert_eq!(connect_tagged(addr).await.1, 3, "the new process serves");
     assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    assert!(
+        err.contains(&format!("its log goes to {}", new_log.display())),
+        "{err}"
+    );
+    let new_said = std::fs::read_to_string(&new_log).unwrap();
+    assert!(new_said.contains("the old process let go"), "{new_said}");
 }
 
 /// The takeover socket hands over every listening socket, so it is `0600`

@@ -60,7 +60,12 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(), AppError> {
     let loaded = load(path, &|_| None)?;
     raise_nofile_limit();
-    let takeover_path = loaded.config.runtime.takeover_socket.clone();
+    let takeover_path = loaded
+        .config
+        .runtime
+        .takeover_socket
+        .as_ref()
+        .map(|s| s.path.clone());
     let mut inherited = inherit(path, takeover_path.as_deref(), takeover)?;
     // The running process's role: offer its sockets to the next one. A
     // process taking over binds this only once the old one has let go.

@@ -130,14 +130,21 @@ pub fn run(
         }
         info!("stopping");
         stop_tx.send_replace(true);
+        let mut left = Vec::new();
         for l in loops {
             let Ok(mut g) = l.await else { continue };
             if stop_targets_on_exit {
                 g.stop_all().await;
+            } else {
+                left.extend(g.managed.keys().map(|&p| SocketAddr::new(g.cfg.host, p)));
             }
         }
-        if !stop_targets_on_exit {
-            info!("targets keep running; a restarted autoscaler adopts them");
+        if !left.is_empty() {
+            warn!(
+                targets = %crate::targets::describe_addrs(&left),
+                "{} targets keep running (a restarted autoscaler adopts them); to stop them when the autoscaler stops, run it with --stop-targets-on-exit",
+                left.len()
+            );
         }
         Ok(())
     })
@@ -181,6 +188,16 @@ impl Group {
             host: cfg.host,
             ports: cfg.ports.clone(),
         };
+        if !file.path.exists() {
+            // The autoscaler owns this file: it makes it (and its folder),
+            // so ringlb, started after it, finds it.
+            if let Some(dir) = file.path.parent() {
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+            }
+            file.write(&Content::default())?;
+            info!(group = %cfg.name, file = %file.path.display(), "created the targets file");
+        }
         let Content { ours, others } = file.read()?;
         let now = Instant::now();
         let managed: BTreeMap<u16, Managed> = ours

@@ -10,21 +10,18 @@ use serde::de::{self, Deserialize, Deserializer, Visitor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConfigDuration(pub Duration);
 
-/// A duration in the config's words: the largest unit that says it
-/// exactly ("5m", "90s", "250ms").
+/// A duration in the config's words: whole hours as hours, else seconds,
+/// else milliseconds ("720h", "300s", "250ms").
 impl fmt::Display for ConfigDuration {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0.as_millis();
-        let (n, unit) = if !ms.is_multiple_of(1000) {
-            (ms, "ms")
-        } else if ms.is_multiple_of(3_600_000) && ms > 0 {
-            (ms / 3_600_000, "h")
-        } else if ms.is_multiple_of(60_000) && ms > 0 {
-            (ms / 60_000, "m")
+        if !ms.is_multiple_of(1000) {
+            write!(f, "{ms}ms")
+        } else if ms > 0 && ms.is_multiple_of(3_600_000) {
+            write!(f, "{}h", ms / 3_600_000)
         } else {
-            (ms / 1000, "s")
-        };
-        write!(f, "{n}{unit}")
+            write!(f, "{}s", ms / 1000)
+        }
     }
 }
 
@@ -93,12 +90,12 @@ mod tests {
     #[test]
     fn durations_are_said_in_the_configs_words() {
         let say = |d| ConfigDuration(d).to_string();
-        assert_eq!(say(Duration::from_secs(300)), "5m");
+        assert_eq!(say(Duration::from_secs(300)), "300s");
         assert_eq!(say(Duration::from_secs(90)), "90s");
         assert_eq!(say(Duration::from_secs(7200)), "2h");
         assert_eq!(say(Duration::from_millis(250)), "250ms");
         assert_eq!(say(Duration::ZERO), "0s");
-        for text in ["5m", "90s", "2h", "250ms", "0s"] {
+        for text in ["300s", "90s", "2h", "250ms", "0s"] {
             assert_eq!(say(parse_duration(text).unwrap()), text, "round trip");
         }
     }

@@ -52,7 +52,31 @@ pub struct RuntimeConfig {
     pub ring_buffers: u16,
     /// The Unix socket a new process takes the listening sockets over from
     /// (relative to the config file's folder).
-    pub takeover_socket: Option<PathBuf>,
+    pub takeover_socket: Option<PathSetting>,
+}
+
+/// A path the config names (resolved against the config's folder), and the
+/// line and column it was written at: what the file system says of it
+/// (checked by [`crate::load`] at start, in `check` and on SIGHUP) is an
+/// error that points there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PathSetting {
+    pub path: PathBuf,
+    pub line: usize,
+    pub column: usize,
+}
+
+impl PathSetting {
+    /// An error about this setting, `key`, at its place in `file`.
+    pub fn error(&self, file: &Path, key: &str, message: String) -> ConfigError {
+        ConfigError::Invalid {
+            file: file.to_path_buf(),
+            line: self.line,
+            column: self.column,
+            key: key.into(),
+            message,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -57,7 +57,7 @@ pub struct RawRuntime {
     pub ring_buffers: Spanned<i64>,
     /// Where a running ringlb offers its sockets to `ringlb run --takeover`.
     #[serde(default)]
-    pub takeover_socket: Option<String>,
+    pub takeover_socket: Option<Spanned<String>>,
 }
 
 impl Default for RawRuntime {

@@ -313,11 +313,22 @@ impl Validator<'_> {
                 self.src
                     .at(&r.ring_buffers, 0..0, "runtime.ring_buffers".into(), m)
             })?,
-            takeover_socket: r
-                .takeover_socket
-                .as_ref()
-                .map(|p| self.src.file.parent().unwrap_or(Path::new(".")).join(p)),
+            takeover_socket: r.takeover_socket.as_ref().map(|p| self.path_setting(p)),
         })
+    }
+
+    /// A path the config names (relative to its folder), and where.
+    fn path_setting(&self, value: &Spanned<String>) -> PathSetting {
+        let dir = self.src.file.parent().unwrap_or(Path::new("."));
+        let at = self.src.error(value.span(), String::new(), String::new());
+        let ConfigError::Invalid { line, column, .. } = at else {
+            unreachable!("a spanned error has a place")
+        };
+        PathSetting {
+            path: dir.join(value.get_ref()),
+            line,
+            column,
+        }
     }
 
     fn group(&self, key: &str, g: &RawTargetGroup) -> Result<GroupConfig, ConfigError> {

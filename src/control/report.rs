@@ -23,11 +23,19 @@ impl ControlPlane {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.metrics(),
             },
-            Route::Targets => Response {
-                status: 200,
-                content_type: "application/json",
-                body: self.targets_report().to_string() + "\n",
-            },
+            Route::Targets { pretty } => {
+                let report = self.targets_report();
+                let body = if pretty {
+                    serde_json::to_string_pretty(&report).unwrap_or_default()
+                } else {
+                    report.to_string()
+                };
+                Response {
+                    status: 200,
+                    content_type: "application/json",
+                    body: body + "\n",
+                }
+            }
         }
     }
 
