@@ -11,8 +11,10 @@
 //! one small app server: `--work-us` burns that much CPU per `/api/v1/todos`
 //! request, so CPU-based scaling can be watched on one machine.
 //!
-//!   demo-backend --port 6400 [--name todo-6400] [--work-us 0]
-//!   demo-backend --listen [::1]:6400
+//! ```text
+//! demo-backend --port 6400 [--name todo-6400] [--work-us 0]
+//! demo-backend --listen [::1]:6400
+//! ```
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -78,14 +78,14 @@ fn default_splice() -> Spanned<toml::Value> {
 }
 
 /// Four times Linux's own: measured 12% less CPU per GB than 64 KiB and the
-/// same as 1 MiB (bench/RESULTS.md); see `[runtime] pipe_size` in the README.
+/// same as 1 MiB (bench/RESULTS.md); see `[runtime] pipe_size` in docs/configuration.md.
 pub const DEFAULT_PIPE_SIZE: &str = "256KiB";
 fn default_pipe_size() -> Spanned<String> {
     unspanned(DEFAULT_PIPE_SIZE.to_string())
 }
 
 /// 256 buffers of 16 KiB: 4 MiB of address space per worker, resident only
-/// as far as receives have used it; see `[runtime] ring_buffers` in the README.
+/// as far as receives have used it; see `[runtime] ring_buffers` in docs/configuration.md.
 pub const DEFAULT_RING_BUFFERS: i64 = 256;
 fn default_ring_buffers() -> Spanned<i64> {
     unspanned(DEFAULT_RING_BUFFERS)

@@ -1,5 +1,5 @@
 //! What a SIGHUP changed, in the config's own words, for the one log line
-//! that says so ("group web: algorithm round_robin -> maglev", "[runtime]
+//! that says so ("group web: algorithm round_robin -> maglev", "\[runtime\]
 //! takeover_socket none -> "/run/ringlb/takeover.sock" (on restart only)"):
 //! durations, words and addresses as written, paths in quotes, an absent
 //! key as `none`.

@@ -152,7 +152,7 @@ impl ControlPlane {
         }
     }
 
-    /// `GET /targets`: the JSON shape the README documents.
+    /// `GET /targets`: the JSON shape docs/operating.md documents.
     pub fn targets_report(&self) -> serde_json::Value {
         let snap = self.shared.load();
         let now = Instant::now();
