@@ -188,3 +188,15 @@ fn check_refuses_a_takeover_socket_without_its_folder() {
     let (code, _, stderr) = check(dir.path());
     assert_eq!(code, 0, "{stderr}");
 }
+
+/// A 5 MiB targets line is quoted as a short excerpt, not echoed whole.
+#[test]
+fn check_quotes_a_huge_bad_line_as_a_short_excerpt() {
+    let huge = format!("{}:80\n", "h".repeat(5 << 20));
+    let dir = write_config(&simple_config(1, ""), &[("targets/web.txt", huge)]);
+    let (code, _, stderr) = check(dir.path());
+    assert_eq!(code, 1);
+    assert!(stderr.len() < 1000, "{} bytes of error", stderr.len());
+    assert!(stderr.contains("web.txt:1:"), "{stderr}");
+    assert!(stderr.contains("bytes)"), "{stderr}");
+}

@@ -331,3 +331,51 @@ async fn sighup_adds_a_listener_and_changes_the_algorithm_without_closing_connec
     drop(long);
     assert!(lb.stop().success());
 }
+
+/// A writer that truncates the targets file in place, pauses, then writes
+/// the same content back: with `deregistration_delay = "0s"`, an empty set
+/// taking effect would close every connection; the 0-byte file is instead
+/// held for its grace, and nothing is closed or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_rewrite_in_place_closes_no_connection() {
+    let a = Backend::tagged(1).await;
+    let lb = Ringlb::in_front_of(2, "deregistration_delay = \"0s\"", &[a.addr]);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(connect_tagged(lb.addr()).await.0);
+    }
+    let path = targets_path(&lb);
+    std::fs::File::create(&path).unwrap(); // truncated in place
+    lb.wait_log("targets file is empty (0 bytes)", Duration::from_secs(5));
+    // Clients keep being served while the file is empty.
+    for _ in 0..20 {
+        assert_eq!(connect_tagged(lb.addr()).await.1, 1);
+    }
+    std::fs::write(&path, targets(&[a.addr])).unwrap();
+    for s in &mut held {
+        echo(s, b"still open").await.unwrap();
+    }
+    assert_eq!(lb.count_log("targets reloaded"), 0, "{}", lb.log());
+    assert_eq!(lb.count_log("has no targets"), 0, "{}", lb.log());
+    assert!(lb.stop().success());
+}
+
+/// The same set rewritten without its final newline (as some editors do)
+/// is no change: it is not refused, and a SIGHUP that adds a listener
+/// goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_final_newline_never_blocks_a_reload() {
+    let a = Backend::tagged(1).await;
+    let lb = Ringlb::in_front_of(1, "", &[a.addr]);
+    std::fs::write(targets_path(&lb), a.addr.to_string()).unwrap();
+    let config = simple_config(1, "")
+        + "\n[[listener]]\nname = \"api\"\nlisten = \"127.0.0.1:0\"\ntarget_group = \"web\"\n";
+    replace_file(&lb.config_path(), &config);
+    lb.signal(libc::SIGHUP);
+    let said = lb.wait_log("config reloaded", Duration::from_secs(10));
+    assert!(said.contains("listener api added"), "{said}");
+    assert_eq!(lb.count_log("config reload rejected"), 0, "{}", lb.log());
+    assert_eq!(lb.count_log("targets file rejected"), 0, "{}", lb.log());
+    assert_eq!(connect_tagged(lb.addr()).await.1, 1);
+    assert!(lb.stop().success());
+}
