@@ -47,10 +47,12 @@ def rss_kib(pid):
     raise RuntimeError("no VmRSS")
 
 
-def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group="", binary=None, extra_runtime=""):
+def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group="", binary=None, extra_runtime="",
+                 extra_config=""):
     """Starts ringlb (listening on 127.0.0.1, kernel-chosen port); returns (proc, port).
     `binary` runs another build (A/B runs); default target/release/ringlb.
-    `extra_runtime` adds lines to [runtime] (e.g. 'pipe_size = "1MiB"')."""
+    `extra_runtime` adds lines to [runtime] (e.g. 'pipe_size = "1MiB"');
+    `extra_config` adds tables at the end (e.g. '[access_log]\nto = "access.log"')."""
     os.makedirs(f"{workdir}/targets", exist_ok=True)
     with open(f"{workdir}/targets/t.txt", "w") as f:
         f.write("".join(f"{t}\n" for t in targets))
@@ -58,6 +60,7 @@ def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group="", binary=N
         f.write(
             f'[runtime]\nworkers = {workers}\n{extra_runtime}\n[admin]\nlisten = "127.0.0.1:0"\n[[listener]]\nname = "bench"\nlisten = "127.0.0.1:0"\n'
             f'target_group = "t"\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n{extra_group}\n'
+            f'{extra_config}\n'
         )
     log = open(f"{workdir}/ringlb.log", "w+")
     binary = binary or f"{ROOT}/target/release/ringlb"

@@ -123,7 +123,7 @@ def wait_port(port, deadline=10):
 class Proxy:
     """One proxy in front of one backend port; `port` is where clients go."""
 
-    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None, runtimes=None):
+    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None, runtimes=None, extras=None):
         self.kind, self.proc = kind, None
         if kind == "direct":
             self.port = backend
@@ -131,7 +131,8 @@ class Proxy:
         if kind.startswith("ringlb"):
             self.proc, self.port = start_ringlb(work, [f"127.0.0.1:{backend}"], workers=workers, cpus=cpus,
                                                 binary=(binaries or {}).get(kind),
-                                                extra_runtime=(runtimes or {}).get(kind, ""))
+                                                extra_runtime=(runtimes or {}).get(kind, ""),
+                                                extra_config=(extras or {}).get(kind, ""))
             return
         self.port = free_port()
         if kind == "haproxy":

@@ -12,7 +12,7 @@ per-round ratio new/old holds within about 1% per connection or request and
 
     bench/pair.py --old OLD_BINARY [--new target/release/ringlb]
                   [--only close,keepalive,bulk] [--rounds 6] [--seconds 4]
-                  [--runtime TOML] [--old-runtime TOML]
+                  [--runtime TOML] [--old-runtime TOML] [--extra TOML] [--old-extra TOML]
 
 Scenarios: close (wrk -c50 with Connection: close, CPU µs per connection),
 keepalive (wrk -c50, CPU µs per request), bulk (one iperf3 stream each, to its
@@ -43,10 +43,11 @@ def load(scenario, proxy, seconds, lua, out):
     out[proxy.kind.removeprefix("ringlb-")] = (ops, user + kernel - user0 - kernel0, user - user0)
 
 
-def ringlb(which, backend, work, binaries, runtimes):
+def ringlb(which, backend, work, binaries, runtimes, extras):
     """The `which` ("new" or "old") build in front of `backend`, pinned to CPU 0."""
     kind = f"ringlb-{which}"
-    return compare.Proxy(kind, backend, work, binaries={kind: binaries[which]}, runtimes={kind: runtimes[which]})
+    return compare.Proxy(kind, backend, work, binaries={kind: binaries[which]}, runtimes={kind: runtimes[which]},
+                         extras={kind: extras[which]})
 
 
 def cost(scenario, ops, seconds):
@@ -62,6 +63,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=4)
     ap.add_argument("--runtime", default="", metavar="TOML", help="lines for the new build's [runtime]")
     ap.add_argument("--old-runtime", default="", metavar="TOML", help="the same for the old build")
+    ap.add_argument("--extra", default="", metavar="TOML",
+                    help="tables for the new build's config, e.g. '[access_log]\\nto = \"access.log\"'")
+    ap.add_argument("--old-extra", default="", metavar="TOML", help="the same for the old build")
     args = ap.parse_args()
     if not 1 <= args.rounds <= 30 or not 1 <= args.seconds <= 60:
         sys.exit("--rounds must be 1-30 and --seconds 1-60")
@@ -73,6 +77,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     binaries = {"new": os.path.abspath(args.new), "old": os.path.abspath(args.old)}
     runtimes = {"new": args.runtime.replace("\\n", "\n"), "old": args.old_runtime.replace("\\n", "\n")}
+    extras = {"new": args.extra.replace("\\n", "\n"), "old": args.old_extra.replace("\\n", "\n")}
 
     work = workdir("ringlb-pair-")
     lua = f"{work}/report.lua"
@@ -83,7 +88,7 @@ def main():
         backend, port = compare.http_backend(work)
         children.append(backend)
         for kind in ("new", "old"):
-            proxies[("http", kind)] = ringlb(kind, port, f"{work}/{kind}", binaries, runtimes)
+            proxies[("http", kind)] = ringlb(kind, port, f"{work}/{kind}", binaries, runtimes, extras)
         if "bulk" in wanted:
             for i, kind in enumerate(("new", "old")):
                 iperf_port = compare.IPERF_PORT + i
@@ -91,7 +96,7 @@ def main():
                                                   str(iperf_port)], stdout=subprocess.DEVNULL,
                                                  stderr=subprocess.DEVNULL))
                 compare.wait_port(iperf_port)
-                proxies[("bulk", kind)] = ringlb(kind, iperf_port, f"{work}/bulk-{kind}", binaries, runtimes)
+                proxies[("bulk", kind)] = ringlb(kind, iperf_port, f"{work}/bulk-{kind}", binaries, runtimes, extras)
         rows = []
         for rnd in range(args.rounds):
             for sc in wanted:
@@ -119,7 +124,8 @@ def main():
         for c in children:
             c.terminate()
             c.wait(timeout=10)
-    print(f"\nnew = {binaries['new']} {runtimes['new']!r}\nold = {binaries['old']} {runtimes['old']!r}")
+    print(f"\nnew = {binaries['new']} {runtimes['new']!r} {extras['new']!r}\n"
+          f"old = {binaries['old']} {runtimes['old']!r} {extras['old']!r}")
     print("| scenario | figure | new (median) | old (median) | new / old, median | range |")
     print("|---|---|---|---|---|---|")
     for sc in wanted:

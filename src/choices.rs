@@ -53,3 +53,12 @@ pub enum ProxyProtocol {
     V1,
     V2,
 }
+
+/// What a connection log line looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One readable line.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}

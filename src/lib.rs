@@ -13,7 +13,8 @@
 //! - [`control`]: the pure core (targets, health, drains, snapshots) and the
 //!   shell around it; [`health`]: the health state machine and the probes.
 //! - [`admin`]: the admin endpoint; [`notify`]: systemd; [`takeover`]: the
-//!   zero-downtime upgrade's socket handover.
+//!   zero-downtime upgrade's socket handover; [`access_log`]: the connection
+//!   log's writer (workers hand it their lines).
 //!
 //! Between them: [`snapshot`], the one immutable value workers read, with
 //! [`balancer`] tables and [`metrics`] counters; [`choices`], the closed
@@ -33,6 +34,7 @@
 // modules and items: the house is documented for those who change it.
 #![allow(rustdoc::private_intra_doc_links)]
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod autoscale;

@@ -106,7 +106,42 @@ fn check_paths(config: &Config) -> Result<(), ConfigError> {
             return Err(s.error(&config.file, "runtime.takeover_socket", message));
         }
     }
+    if let Some(config::AccessLogConfig {
+        to: config::LogTo::File(s),
+        ..
+    }) = &config.access_log
+        && let Err(why) = appendable(&s.path)
+    {
+        let message = format!("cannot append to {}: {why}", s.path.display());
+        return Err(s.error(&config.file, "access_log.to", message));
+    }
     Ok(())
+}
+
+/// Whether lines could be appended to `path`: an existing regular file is
+/// opened for it; a missing one needs a folder this process may write.
+fn appendable(path: &Path) -> Result<(), String> {
+    if path.exists() {
+        return crate::access_log::open_file(path)
+            .map(drop)
+            .map_err(|e| e.to_string());
+    }
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| "the path holds a NUL byte".to_string())?;
+    // SAFETY: access(2) reads the NUL-terminated path.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) } == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "its folder {}: {}",
+            dir.display(),
+            std::io::Error::last_os_error()
+        ))
+    }
 }
 
 /// `ringlb check`: a one-line summary of a good config, and its warnings.

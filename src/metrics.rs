@@ -25,6 +25,8 @@ pub const LISTENER_ACCEPTED: &str = "ringlb_listener_connections_accepted_total"
 pub const LISTENER_ACTIVE: &str = "ringlb_listener_connections_active";
 pub const LISTENER_REFUSED: &str = "ringlb_listener_connections_refused_total";
 pub const LISTENER_RESETS: &str = "ringlb_listener_connections_reset_total";
+pub const CONNECTIONS_CLOSED: &str = "ringlb_connections_closed_total";
+pub const ACCESS_LOG_DROPPED: &str = "ringlb_access_log_dropped_total";
 pub const WORKER_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
 pub const WORKER_RING_STARVED: &str = "ringlb_worker_ring_receives_starved_total";
 pub const TARGET_ACTIVE: &str = "ringlb_target_connections_active";
@@ -73,6 +75,8 @@ pub struct ListenerSlot {
     /// Ended by an error on the target's side, passed on to the client as a
     /// reset.
     pub reset_by_target: AtomicU64,
+    /// Connections ended, by how ([`crate::access_log::End::index`]).
+    pub closed: [AtomicU64; crate::access_log::End::ALL.len()],
 }
 
 /// A listener's counters: per-worker slots, plus the one count every worker

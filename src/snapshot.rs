@@ -32,6 +32,8 @@ pub struct Snapshot {
     /// Targets removed from their group (of any group, present or removed)
     /// whose connections may still run; shared by snapshots until it changes.
     pub draining: Arc<Vec<Draining>>,
+    /// The connection log, when it is on.
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 /// What a worker needs to know about a listener when it accepts.
@@ -62,6 +64,7 @@ impl Snapshot {
             groups: Vec::new(),
             listeners: HashMap::new(),
             draining: Arc::default(),
+            access_log: None,
         }
     }
 

@@ -74,6 +74,10 @@ impl Main {
                 name = self.signals.stop.next() => { info!("{name}: shutting down"); return false }
                 _ = tokio::time::sleep_until(publish_at), if publish_due.is_some() => self.cp.flush(),
                 _ = self.signals.hup.recv() => self.reload(),
+                _ = self.signals.usr1.recv() => {
+                    info!("SIGUSR1: reopening the connection log");
+                    self.cp.reopen_access_log();
+                }
                 _ = tick.tick() => {
                     self.let_go_of_the_old_process(settle_until).await;
                     self.cp.tick(&self.workers);

@@ -1,4 +1,5 @@
-//! The signals ringlb acts on: SIGTERM and SIGINT stop it, SIGHUP reloads.
+//! The signals ringlb acts on: SIGTERM and SIGINT stop it, SIGHUP reloads,
+//! SIGUSR1 reopens the connection log's file.
 
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -9,6 +10,7 @@ use super::AppError;
 pub(super) struct Signals {
     pub(super) stop: StopSignals,
     pub(super) hup: tokio::signal::unix::Signal,
+    pub(super) usr1: tokio::signal::unix::Signal,
 }
 
 /// SIGTERM and SIGINT: both mean stop.
@@ -31,6 +33,7 @@ impl Signals {
                 int: sig(SignalKind::interrupt())?,
             },
             hup: sig(SignalKind::hangup())?,
+            usr1: sig(SignalKind::user_defined1())?,
         })
     }
 }

@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use crate::choices::{Algorithm, HashKey, ProxyProtocol, Splice};
+pub use crate::choices::{Algorithm, HashKey, LogFormat, ProxyProtocol, Splice};
 pub use duration::{ConfigDuration, parse_duration};
 use raw::RawConfig;
 use toml::Spanned;
@@ -36,6 +36,26 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     /// Where the admin HTTP endpoint (metrics, targets, healthz) listens.
     pub admin: SocketAddr,
+    /// `[access_log]`; `None`: off.
+    pub access_log: Option<AccessLogConfig>,
+}
+
+/// The connection log's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AccessLogConfig {
+    pub to: LogTo,
+    pub format: LogFormat,
+    /// One connection in this many is logged.
+    pub every: u32,
+}
+
+/// Where connection log lines go.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LogTo {
+    /// ringlb's stderr (the journal under systemd).
+    Stderr,
+    /// A file of its own.
+    File(PathSetting),
 }
 
 #[derive(Debug, Clone, PartialEq)]

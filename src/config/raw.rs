@@ -17,6 +17,18 @@ pub struct RawConfig {
     pub target_group: Vec<RawTargetGroup>,
     #[serde(default)]
     pub admin: RawAdmin,
+    pub access_log: Option<RawAccessLog>,
+}
+
+/// `[access_log]`: the connection log.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    /// "off", "stderr", or a file path (relative to the config's folder).
+    pub to: Spanned<String>,
+    pub format: Option<Spanned<String>>,
+    /// The fraction of connections logged, 0 < sample <= 1.
+    pub sample: Option<Spanned<f64>>,
 }
 
 #[derive(Debug, Deserialize)]

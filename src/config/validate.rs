@@ -51,8 +51,13 @@ impl Validator<'_> {
             listeners.push(listener);
         }
         let admin = self.admin(&raw, &listeners)?;
+        let access_log = match &raw.access_log {
+            None => None,
+            Some(a) => self.access_log(a)?,
+        };
         Ok(Config {
             admin,
+            access_log,
             file: self.src.file.to_path_buf(),
             runtime: self.runtime(&raw.runtime)?,
             listeners,
@@ -315,6 +320,46 @@ impl Validator<'_> {
             })?,
             takeover_socket: r.takeover_socket.as_ref().map(|p| self.path_setting(p)),
         })
+    }
+
+    /// `[access_log]`: where, how, how many; `None` when `to = "off"`.
+    fn access_log(&self, a: &raw::RawAccessLog) -> Result<Option<AccessLogConfig>, ConfigError> {
+        let to = match a.to.get_ref().as_str() {
+            "off" => return Ok(None),
+            "stderr" => LogTo::Stderr,
+            "" => {
+                return Err(self.src.at(
+                    &a.to,
+                    0..0,
+                    "access_log.to".into(),
+                    "must be \"off\", \"stderr\" or a file path".into(),
+                ));
+            }
+            _ => LogTo::File(self.path_setting(&a.to)),
+        };
+        let format = match &a.format {
+            None => LogFormat::Text,
+            Some(f) => {
+                self.word(f, &a.to.span(), "access_log.format", LOG_FORMATS)?
+                    .1
+            }
+        };
+        let every = match &a.sample {
+            None => 1,
+            Some(s) => {
+                let v = *s.get_ref();
+                if !(v > 0.0 && v <= 1.0) {
+                    return Err(self.src.at(
+                        s,
+                        a.to.span(),
+                        "access_log.sample".into(),
+                        format!("{v} is not a fraction of connections: more than 0, at most 1 (0.01 logs one in a hundred)"),
+                    ));
+                }
+                (1.0 / v).round() as u32
+            }
+        };
+        Ok(Some(AccessLogConfig { to, format, every }))
     }
 
     /// A path the config names (relative to its folder), and where.

@@ -2,8 +2,12 @@
 //! of words a key takes (algorithms, hash keys, protocols), CIDR ranges,
 //! `splice`, sizes, buffer counts, status matchers.
 
-use super::{Algorithm, HashKey, HealthProtocol, ProxyProtocol, Splice};
+use super::{Algorithm, HashKey, HealthProtocol, LogFormat, ProxyProtocol, Splice};
 use crate::files::quoted;
+
+/// `[access_log] format` words.
+pub(super) const LOG_FORMATS: &[(&str, LogFormat)] =
+    &[("text", LogFormat::Text), ("json", LogFormat::Json)];
 
 /// `algorithm` words. Maglev's hash key comes from `hash_key`.
 pub(super) const ALGORITHMS: &[(&str, Algorithm)] = &[

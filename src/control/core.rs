@@ -59,6 +59,8 @@ pub struct Core {
     /// Health flips recorded and not yet published: logged with the
     /// snapshot that carries them, so a log line means "in effect".
     flips: Vec<Event>,
+    /// The connection log workers hand their lines to (started by the shell).
+    access_log: Option<Arc<crate::access_log::AccessLog>>,
 }
 
 impl Core {
@@ -68,6 +70,7 @@ impl Core {
         loaded: Loaded,
         listener_ids: HashMap<String, u64>,
         workers: usize,
+        access_log: Option<Arc<crate::access_log::AccessLog>>,
         now: Instant,
     ) -> (Core, Vec<Effect>) {
         let mut core = Core {
@@ -81,6 +84,7 @@ impl Core {
             epoch: 0,
             pacer: Pacer::new(now),
             flips: Vec::new(),
+            access_log,
         };
         let mut out = vec![Effect::Probes(
             core.health.sync(&core.config, &core.targets),
@@ -99,6 +103,16 @@ impl Core {
 
     pub fn tables(&self) -> &Tables {
         &self.tables
+    }
+
+    /// The connection log the next snapshots carry (the shell starts it);
+    /// in effect from the next publication.
+    pub fn set_access_log(&mut self, log: Option<Arc<crate::access_log::AccessLog>>) {
+        self.access_log = log;
+    }
+
+    pub fn access_log(&self) -> Option<&Arc<crate::access_log::AccessLog>> {
+        self.access_log.as_ref()
     }
 
     pub fn epoch(&self) -> u64 {
@@ -275,6 +289,7 @@ impl Core {
                 draining: self.drains.for_snapshot(),
                 healthy: &|g, a| health.is_healthy(g, a),
                 listener_ids: &self.listener_ids,
+                access_log: self.access_log.clone(),
             },
             &mut self.tables,
             &mut self.stats,

@@ -72,6 +72,8 @@ pub struct ControlPlane {
     pub takeover_refused: Arc<AtomicU64>,
     /// The latest events, with when they happened.
     recent: VecDeque<(SystemTime, Event)>,
+    /// Connection log lines dropped, by every log this process has had.
+    pub access_log_dropped: Arc<AtomicU64>,
 }
 
 impl ControlPlane {
@@ -92,7 +94,9 @@ impl ControlPlane {
         let listeners = Listeners::new(bound, worker_count);
         let texts = std::mem::take(&mut loaded.texts);
         let watches = watches_for(&loaded.config, texts, &loaded.targets);
-        let (core, effects) = Core::new(loaded, listeners.ids(), worker_count, Instant::now());
+        let access_log_dropped = Arc::<AtomicU64>::default();
+        let log = start_access_log(&loaded.config, &access_log_dropped)?;
+        let (core, effects) = Core::new(loaded, listeners.ids(), worker_count, log, Instant::now());
         let mut cp = ControlPlane {
             config_path,
             core,
@@ -106,6 +110,7 @@ impl ControlPlane {
             reloads: 0,
             takeover_refused: Arc::default(),
             recent: VecDeque::with_capacity(RECENT_EVENTS),
+            access_log_dropped,
         };
         cp.carry_out(effects, None);
         Ok((cp, results))
@@ -238,7 +243,18 @@ impl ControlPlane {
                     .map_err(|e| e.to_string())?;
                 Ok((l, plans))
             });
-        let (mut loaded, plans) = match loaded {
+        let loaded = loaded.and_then(|(l, plans)| {
+            // A changed connection log is opened before anything changes;
+            // the one in service keeps writing until the new one is out.
+            let log = if l.config.access_log == self.core.config().access_log {
+                self.core.access_log().cloned()
+            } else {
+                start_access_log(&l.config, &self.access_log_dropped)
+                    .map_err(|e| format!("[access_log]: {e}"))?
+            };
+            Ok((l, plans, log))
+        });
+        let (mut loaded, plans, log) = match loaded {
             Ok(l) => l,
             Err(error) => {
                 self.reload_errors += 1;
@@ -246,6 +262,7 @@ impl ControlPlane {
                 return;
             }
         };
+        self.core.set_access_log(log);
         let mut said = changes::describe(self.core.config(), &loaded.config);
         let texts = std::mem::take(&mut loaded.texts);
         let watches = watches_for(&loaded.config, texts, &loaded.targets);
@@ -264,6 +281,13 @@ impl ControlPlane {
         self.remember(Event::ConfigReloaded { epoch, changes });
     }
 
+    /// SIGUSR1: the connection log's file is opened again (after rotation).
+    pub fn reopen_access_log(&self) {
+        if let Some(log) = self.core.access_log() {
+            log.reopen();
+        }
+    }
+
     /// Closes the copies of the listening sockets kept for a takeover: once
     /// the workers close theirs, the sockets close and new connections are
     /// refused (graceful shutdown), not queued with nobody to accept them.
@@ -280,6 +304,29 @@ impl ControlPlane {
     pub fn offer(&self) -> Vec<crate::takeover::HandedListener> {
         self.listeners.offer()
     }
+}
+
+/// The connection log `config` asks for, started, or none.
+fn start_access_log(
+    config: &Config,
+    dropped: &Arc<AtomicU64>,
+) -> std::io::Result<Option<Arc<crate::access_log::AccessLog>>> {
+    use crate::access_log::{AccessLog, Destination, Format, Settings};
+    let Some(c) = &config.access_log else {
+        return Ok(None);
+    };
+    let settings = Settings {
+        to: match &c.to {
+            crate::config::LogTo::Stderr => Destination::Stderr,
+            crate::config::LogTo::File(s) => Destination::File(s.path.clone()),
+        },
+        format: match c.format {
+            crate::config::LogFormat::Text => Format::Text,
+            crate::config::LogFormat::Json => Format::Json,
+        },
+        every: c.every,
+    };
+    AccessLog::start(settings, dropped.clone()).map(Some)
 }
 
 /// One watch per group, starting from the text that was loaded and the set

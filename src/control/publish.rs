@@ -22,6 +22,7 @@ pub struct Inputs<'a> {
     pub targets: &'a [Vec<Target>],
     pub draining: Arc<Vec<Draining>>,
     pub healthy: &'a dyn Fn(&str, SocketAddr) -> bool,
+    pub access_log: Option<Arc<crate::access_log::AccessLog>>,
     pub listener_ids: &'a HashMap<String, u64>,
 }
 
@@ -35,6 +36,7 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
         draining,
         healthy,
         listener_ids,
+        access_log,
     } = inputs;
     let groups = config
         .groups
@@ -84,6 +86,7 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
         groups,
         listeners,
         draining,
+        access_log,
     }
 }
 

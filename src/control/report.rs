@@ -7,6 +7,7 @@ use serde_json::json;
 use std::time::Instant;
 
 use super::ControlPlane;
+use crate::access_log::End;
 use crate::admin::{Response, Route};
 use crate::config::Algorithm;
 use crate::health::Health;
@@ -117,6 +118,16 @@ impl ControlPlane {
             }
         }
         e.family(
+            m::ACCESS_LOG_DROPPED,
+            "counter",
+            "Connection log lines dropped: the writer could not keep up, or could not write.",
+        );
+        e.sample(
+            m::ACCESS_LOG_DROPPED,
+            &[],
+            self.access_log_dropped.load(Ordering::Relaxed),
+        );
+        e.family(
             m::TAKEOVER_REFUSED,
             "counter",
             "Takeover requests refused because the peer ran as another user than ringlb's (or root).",
@@ -148,6 +159,21 @@ impl ControlPlane {
                     None => e.sample(name, &[("listener", n)], v),
                     Some(l) => e.sample(name, &[("listener", n), l], v),
                 }
+            }
+        }
+        e.family(
+            m::CONNECTIONS_CLOSED,
+            "counter",
+            "Connections ended, by how they ended (the connection log's end= words).",
+        );
+        for (n, b) in &listeners {
+            for end in End::ALL {
+                let v = b.stats.slots.sum(|s| &s.closed[end.index()]);
+                e.sample(
+                    m::CONNECTIONS_CLOSED,
+                    &[("listener", n), ("reason", end.word())],
+                    v,
+                );
             }
         }
     }

@@ -27,6 +27,8 @@ pub(super) struct Direction<'a> {
     /// The worker's byte counter for this direction.
     counter: &'a AtomicU64,
     pub(super) done: bool,
+    /// It ended before the other direction did.
+    pub(super) ended_first: bool,
     /// The poll this direction waits on, if any.
     wait: Option<Wait>,
     /// A multishot receive armed on the source (the copy path, when the
@@ -116,6 +118,7 @@ impl<'a> Direction<'a> {
             moved: 0,
             counter,
             done: false,
+            ended_first: false,
             wait: None,
             recv: None,
             starved: false,

@@ -24,6 +24,7 @@ mod direction;
 pub mod pipe;
 mod stage;
 
+use std::cell::Cell;
 use std::future::Future;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -66,10 +67,12 @@ pub enum ProxyError {
 }
 
 /// How a session ended, for logs and counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transferred {
     pub client_to_target: u64,
     pub target_to_client: u64,
+    /// The side whose end of stream came first.
+    pub first_end: Side,
 }
 
 /// The client's first bytes, read once as soon as it is accepted, before a
@@ -131,7 +134,9 @@ impl FirstRead {
 /// Proxies until both directions have ended (each by end of stream, passed on
 /// as a half-close), an error on either side, or `idle` with no bytes moving.
 /// `first` is what was read from the client before the target was connected.
-/// Bytes moved are added to the calling worker's `counters` as they move.
+/// Bytes moved are added to the calling worker's `counters` as they move;
+/// with a `tally`, the bytes each way are left there when the proxy ends,
+/// however it ends (dropped too).
 pub fn run<'a>(
     pipes: &'a PipePool,
     first: FirstRead,
@@ -139,6 +144,7 @@ pub fn run<'a>(
     target: OwnedFd,
     idle: Duration,
     counters: &'a TargetSlot,
+    tally: Option<&'a Cell<[u64; 2]>>,
 ) -> impl Future<Output = Result<Transferred, ProxyError>> + 'a {
     let mut last_active = rt::time::now();
     let mut up = Direction::new(pipes, &counters.bytes_sent);
@@ -149,7 +155,9 @@ pub fn run<'a>(
         client,
         target,
         ending: None,
-        idle,
+        tally,
+        // Durations are at most 720h (validated): 2.6e9 ms fit.
+        idle_ms: idle.as_millis().min(u128::from(u32::MAX)) as u32,
         last_active,
         timer: rt::time::sleep(idle),
     }
@@ -170,9 +178,21 @@ struct Proxy<'a> {
     /// How the session ends when not by two ends of stream. Boxed: rare,
     /// and every idle connection carries the field.
     ending: Option<Box<Ending>>,
-    idle: Duration,
+    /// Where the bytes moved are left at the end, if anywhere.
+    tally: Option<&'a Cell<[u64; 2]>>,
+    /// The idle timeout, in milliseconds (smaller than a `Duration`; every
+    /// idle connection carries it).
+    idle_ms: u32,
     last_active: Instant,
     timer: rt::time::Sleep,
+}
+
+impl Drop for Proxy<'_> {
+    fn drop(&mut self) {
+        if let Some(tally) = self.tally {
+            tally.set([self.up.moved, self.down.moved]);
+        }
+    }
 }
 
 /// A session that is not ending by two ends of stream.
@@ -227,6 +247,10 @@ impl Future for Proxy<'_> {
         // did the target), no half-close is sent at all; closing both
         // sockets sends each FIN, as nginx does, and saves a shutdown(2).
         let (up_done, down_done) = (this.up.done, this.down.done);
+        if !this.up.ended_first && !this.down.ended_first {
+            this.up.ended_first = up_done;
+            this.down.ended_first = down_done && !up_done;
+        }
         if let Err(e) = this.up.pass_end(target, down_done) {
             this.ending = Some(Box::new(Ending::UploadRefused(ProxyError::Io {
                 side: Side::Target,
@@ -246,14 +270,19 @@ impl Future for Proxy<'_> {
                 _ => Poll::Ready(Ok(Transferred {
                     client_to_target: this.up.moved,
                     target_to_client: this.down.moved,
+                    first_end: if this.down.ended_first {
+                        Side::Target
+                    } else {
+                        Side::Client
+                    },
                 })),
             };
         }
         // The timer is moved forward lazily: only when it fires early.
         while Pin::new(&mut this.timer).poll(cx).is_ready() {
-            let deadline = this.last_active + this.idle;
+            let deadline = this.last_active + this.idle();
             if rt::time::now() >= deadline {
-                return Poll::Ready(Err(ProxyError::Idle(this.idle)));
+                return Poll::Ready(Err(ProxyError::Idle(this.idle())));
             }
             this.timer.reset(deadline);
         }
@@ -262,6 +291,10 @@ impl Future for Proxy<'_> {
 }
 
 impl Proxy<'_> {
+    fn idle(&self) -> Duration {
+        Duration::from_millis(u64::from(self.idle_ms))
+    }
+
     /// An error on one side ends the session: both directions stop reading
     /// (polls in flight stay, so no socket is shut down, which would send
     /// a FIN), and the other side is reset once what was sent to it has
@@ -275,7 +308,7 @@ impl Proxy<'_> {
     ) -> Poll<Result<Transferred, ProxyError>> {
         self.up.stop_reading();
         self.down.stop_reading();
-        let until = rt::time::now() + RESET_FLUSH_LIMIT.min(self.idle);
+        let until = rt::time::now() + RESET_FLUSH_LIMIT.min(self.idle());
         self.ending = Some(Box::new(Ending::Resetting { error, until }));
         self.poll_reset(cx)
     }

@@ -23,7 +23,15 @@ fn proxy_future_stays_small() {
         let a = OwnedFd::from(a);
         let first = FirstRead::new(&pool, &a);
         assert_eq!(std::mem::size_of_val(&first), 32, "FirstRead grew");
-        let fut = run(&pool, first, a, b.into(), Duration::from_secs(1), &counters);
+        let fut = run(
+            &pool,
+            first,
+            a,
+            b.into(),
+            Duration::from_secs(1),
+            &counters,
+            None,
+        );
         let size = std::mem::size_of_val(&fut);
         println!("proxy future: {size} bytes");
         assert!(size <= 328, "proxy future is {size} bytes");
@@ -126,7 +134,7 @@ fn proxy_ends(
         let idle = Duration::from_secs(10);
         let client = OwnedFd::from(client);
         let first = FirstRead::new(pool, &client);
-        let moved = run(pool, first, client, target.into(), idle, &counters).await;
+        let moved = run(pool, first, client, target.into(), idle, &counters, None).await;
         if let Some((recv, bid)) = held {
             rt::give_back(bid);
             drop(recv);

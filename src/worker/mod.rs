@@ -2,6 +2,7 @@
 //! ([`crate::rt`]) and its own listening sockets.
 
 mod accept;
+mod conn;
 mod run;
 mod session;
 

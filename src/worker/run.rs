@@ -37,6 +37,8 @@ pub(super) struct SessionEntry {
     pub(super) task: Option<AbortHandle>,
     /// Set once placed: the group and target it is proxied to.
     pub(super) target: Option<(Arc<str>, std::net::SocketAddr)>,
+    /// Its worker closes it (its target's deregistration delay ran out).
+    pub(super) closing: bool,
 }
 
 pub struct Worker {
@@ -180,14 +182,17 @@ impl Worker {
             Command::CloseTarget { group, addr } => {
                 let doomed: Vec<AbortHandle> = self
                     .sessions
-                    .borrow()
-                    .iter()
+                    .borrow_mut()
+                    .iter_mut()
                     .filter(|(_, s)| {
                         s.target
                             .as_ref()
                             .is_some_and(|(g, a)| *g == group && *a == addr)
                     })
-                    .filter_map(|(_, s)| s.task.clone())
+                    .filter_map(|(_, s)| {
+                        s.closing = true;
+                        s.task.clone()
+                    })
                     .collect();
                 if !doomed.is_empty() {
                     info!(worker = self.id, %group, target = %addr, connections = doomed.len(), "closing connections of a deregistered target");

@@ -11,10 +11,12 @@ use std::time::Duration;
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tracing::{debug, warn};
 
+use super::conn::{Conn, refused};
 use super::run::{SessionEntry, Worker};
 use super::{BoundListener, Event};
+use crate::access_log::End;
 use crate::balancer::Tried;
-use crate::metrics::{ActiveGuard, ListenerStats, bump, decrement};
+use crate::metrics::{ActiveGuard, bump};
 use crate::proxy::{self, ProxyError};
 use crate::proxy_protocol::ProxyProtocol;
 use crate::rt::{self, op};
@@ -26,62 +28,47 @@ pub(super) fn serve(w: &Rc<Worker>, l: &BoundListener, client: OwnedFd, peer: Op
     let peer = peer.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
     let slot = l.stats.slots.get(w.id);
     bump(&slot.accepted, 1);
-    bump(&w.shared.stats.get(w.id).accepted, 1);
+    let worker_slot = w.shared.stats.get(w.id);
+    bump(&worker_slot.accepted, 1);
     // Guard rails, before any target is contacted: a refused client
     // is closed at once and never holds up the others.
     // The snapshot is read once per connection, here; the session
     // places the connection with the same one, then lets it go.
     let snap = w.shared.snapshot.load_full();
+    let n = worker_slot
+        .accepted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let log = snap.access_log.as_ref().filter(|log| log.sampled(n));
     let Some(view) = snap.listeners.get(&l.id) else {
         bump(&slot.refused_no_target, 1);
+        refused(slot, &l.name, peer, End::NoTarget, log);
         debug!(%peer, listener = %l.name, "listener no longer configured; closed");
         return;
     };
     let (group, proxy_protocol) = (view.group, view.proxy_protocol);
     if !view.allows(peer.ip()) {
         bump(&slot.refused_not_allowed, 1);
+        refused(slot, &l.name, peer, End::NotAllowed, log);
         debug!(%peer, listener = %l.name, "client not in the allow list; closed");
         return;
     }
     if !l.stats.try_open(view.max_connections) {
         bump(&slot.refused_limit, 1);
+        refused(slot, &l.name, peer, End::MaxConnections, log);
         debug!(%peer, listener = %l.name, "max_connections reached; closed");
         return;
     }
     bump(&slot.active, 1);
     let key = w.sessions.borrow_mut().insert(SessionEntry::default());
-    let registered = Registered {
-        worker: w.clone(),
-        key,
-        listener: l.stats.clone(),
-    };
+    let conn = Conn::new(w, key, &l.stats, &l.name, peer, log);
     let placement = Placement {
         snapshot: snap,
         group,
         proxy_protocol,
     };
-    let task = rt::spawn_detached(session(registered, client, peer, placement));
+    let task = rt::spawn_detached(session(conn, client, peer, placement));
     if let Some(entry) = w.sessions.borrow_mut().get_mut(key) {
         entry.task = Some(task);
-    }
-}
-
-/// Removes a session from the worker's registry when it ends, however it ends.
-struct Registered {
-    worker: Rc<Worker>,
-    key: usize,
-    listener: Arc<ListenerStats>,
-}
-
-impl Drop for Registered {
-    fn drop(&mut self) {
-        decrement(&self.listener.slots.get(self.worker.id).active);
-        self.listener.close_one();
-        let mut sessions = self.worker.sessions.borrow_mut();
-        sessions.try_remove(self.key);
-        if sessions.is_empty() {
-            self.worker.drained.notify_waiters();
-        }
     }
 }
 
@@ -95,24 +82,25 @@ struct Placement {
 
 /// One accepted connection from placement to close: its first bytes read,
 /// placed on a target ([`place`]), the PROXY header, then the proxy.
-async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, placement: Placement) {
+async fn session(mut conn: Conn, client: OwnedFd, peer: SocketAddr, placement: Placement) {
     let proxy_protocol = placement.proxy_protocol;
     // TCP_NODELAY and SO_OOBINLINE come from the listener (inherited on accept).
-    let first = proxy::FirstRead::new(&registered.worker.pipes, &client);
+    let first = proxy::FirstRead::new(&conn.worker.pipes, &client);
     // Bytes to send the moment the target is connected: the handshake's
     // last ACK can wait for them.
     let speaks_first = first.has_bytes() || proxy_protocol != ProxyProtocol::Off;
     // Boxed: placing holds the snapshot, the retry state and a connect in
     // flight, and the session future would carry room for them for as
     // long as the connection lives; this way it is freed once placed.
-    let Some(placed) = Box::pin(place(&registered, peer, placement, speaks_first)).await else {
+    let Some(placed) = Box::pin(place(&mut conn, peer, placement, speaks_first)).await else {
         return;
     };
     if let Err(e) = send_proxy_header(&client, &placed.target, peer, proxy_protocol) {
+        conn.ended(End::TargetReset);
         debug!(%peer, target = %placed.addr, error = %e, "cannot send the PROXY header; closing");
         return;
     }
-    let w = &registered.worker;
+    let w = &conn.worker;
     let counters = placed.active.stats().slots.get(w.id);
     let ended = proxy::run(
         &w.pipes,
@@ -121,9 +109,10 @@ async fn session(registered: Registered, client: OwnedFd, peer: SocketAddr, plac
         placed.target,
         placed.idle,
         counters,
+        conn.tally(),
     )
     .await;
-    count_end(&registered, peer, placed.addr, ended);
+    count_end(&conn, peer, placed.addr, ended);
 }
 
 /// A connection placed on a target: the connected socket, its address, the
@@ -142,13 +131,14 @@ struct Placed {
 /// this machine had no resources to reach one, or the target was taken
 /// out while connecting.
 async fn place(
-    registered: &Registered,
+    conn: &mut Conn,
     peer: SocketAddr,
     placement: Placement,
     speaks_first: bool,
 ) -> Option<Placed> {
-    let w = &registered.worker;
-    let slot = registered.listener.slots.get(w.id);
+    let w = conn.worker.clone();
+    let listener = conn.listener.clone();
+    let slot = listener.slots.get(w.id);
     let Placement {
         snapshot, group, ..
     } = placement;
@@ -167,7 +157,11 @@ async fn place(
         let Some(active) = ActiveGuard::try_new(&t.stats, g.max_per_target) else {
             continue;
         };
-        match connect(t.addr, g.connect_timeout, speaks_first).await {
+        conn.attempt(&g.name, t.addr);
+        let started = rt::time::now();
+        let connected = connect(t.addr, g.connect_timeout, speaks_first).await;
+        conn.connected_in(rt::time::now().saturating_duration_since(started));
+        match connected {
             Ok(fd) => {
                 bump(&t.stats.slots.get(w.id).connections, 1);
                 placed = Some((fd, t.addr, active));
@@ -177,6 +171,7 @@ async fn place(
                 // another would fail the same way.
                 debug!(%peer, target = %t.addr, error = %e, "cannot connect: local resources");
                 w.short_of_resources(slot, &e);
+                conn.ended(End::LocalResources);
                 return None;
             }
             Err(ConnectError::Target(e)) => {
@@ -195,6 +190,11 @@ async fn place(
     }
     let Some((target, addr, active)) = placed else {
         bump(&slot.refused_no_target, 1);
+        conn.ended(if tried.is_empty() {
+            End::NoTarget
+        } else {
+            End::ConnectFailed
+        });
         debug!(%peer, group = %g.name, tried = tried.len(), "no target could take the connection; closing client");
         return None;
     };
@@ -203,10 +203,11 @@ async fn place(
     let now = w.shared.snapshot.load();
     if now.epoch != snapshot.epoch && !now.serves(&g.name, addr) {
         bump(&slot.refused_no_target, 1);
+        conn.ended(End::NoTarget);
         debug!(%peer, group = %g.name, target = %addr, "target removed while connecting; closing client");
         return None;
     }
-    if let Some(entry) = w.sessions.borrow_mut().get_mut(registered.key) {
+    if let Some(entry) = w.sessions.borrow_mut().get_mut(conn.key) {
         entry.target = Some((g.name.clone(), addr));
     }
     w.placed_one();
@@ -219,28 +220,34 @@ async fn place(
     })
 }
 
-/// Counts how a proxied connection ended (a reset passed on, by the side
-/// it came from), and says so at `debug`.
+/// How a proxied connection ended: counted (a reset passed on, by the side
+/// it came from), and said at `debug`.
 fn count_end(
-    registered: &Registered,
+    conn: &Conn,
     peer: SocketAddr,
     addr: SocketAddr,
     ended: Result<proxy::Transferred, ProxyError>,
 ) {
     match ended {
         Ok(t) => {
+            conn.ended(match t.first_end {
+                proxy::Side::Client => End::ClientClosed,
+                proxy::Side::Target => End::TargetClosed,
+            });
             debug!(%peer, target = %addr, up = t.client_to_target, down = t.target_to_client, "closed")
         }
-        Err(ProxyError::Idle(d)) => debug!(%peer, target = %addr, "idle for {d:?}; closed"),
+        Err(ProxyError::Idle(d)) => {
+            conn.ended(End::IdleTimeout);
+            debug!(%peer, target = %addr, "idle for {d:?}; closed")
+        }
         Err(e @ ProxyError::Io { side, .. }) => {
-            let slot = registered.listener.slots.get(registered.worker.id);
-            bump(
-                match side {
-                    proxy::Side::Client => &slot.reset_by_client,
-                    proxy::Side::Target => &slot.reset_by_target,
-                },
-                1,
-            );
+            let slot = conn.listener.slots.get(conn.worker.id);
+            let (counter, end) = match side {
+                proxy::Side::Client => (&slot.reset_by_client, End::ClientReset),
+                proxy::Side::Target => (&slot.reset_by_target, End::TargetReset),
+            };
+            bump(counter, 1);
+            conn.ended(end);
             debug!(%peer, target = %addr, error = %e, "closed on error; the other side reset");
         }
     }
@@ -341,6 +348,7 @@ async fn connect(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::ListenerStats;
     use crate::proxy::pipe::PipePool;
     use crate::proxy::pipe::{LINUX_PIPE_SIZE, Splice};
     use crate::worker::{Shared, Stop};
@@ -353,7 +361,8 @@ mod tests {
     /// 608 with the ring receive each direction may hold; placing the
     /// connection in a boxed future of its own, freed once it is placed,
     /// made it 576: the connect's state no longer lives as long as the
-    /// connection.
+    /// connection. How it ended and its connection log line (boxed, and
+    /// only when the log samples it) brought it back to 608.
     #[test]
     fn session_future_stays_small() {
         let (events, _) = mpsc::unbounded_channel();
@@ -374,11 +383,15 @@ mod tests {
         bump(&listener.slots.get(0).active, 1);
         assert!(listener.try_open(None));
         let key = worker.sessions.borrow_mut().insert(SessionEntry::default());
-        let registered = Registered {
-            worker: worker.clone(),
+        let name: Arc<str> = "web".into();
+        let conn = Conn::new(
+            &worker,
             key,
-            listener,
-        };
+            &listener,
+            &name,
+            "127.0.0.1:1".parse().unwrap(),
+            None,
+        );
         let placement = Placement {
             snapshot: Arc::new(Snapshot::empty()),
             group: 0,
@@ -387,9 +400,9 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let client = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
         let peer = client.local_addr().unwrap();
-        let fut = session(registered, client.into(), peer, placement);
+        let fut = session(conn, client.into(), peer, placement);
         let size = std::mem::size_of_val(&fut);
         println!("session future: {size} bytes");
-        assert!(size <= 576, "session future is {size} bytes");
+        assert!(size <= 608, "session future is {size} bytes");
     }
 }

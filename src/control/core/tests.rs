@@ -48,6 +48,7 @@ fn core(extra: &str, ports: &[u16], t0: Instant) -> Core {
         loaded(config(extra, false), vec![targets(ports)]),
         ids,
         1,
+        None,
         t0,
     );
     assert!(
@@ -259,6 +260,7 @@ fn a_reload_drains_what_it_removes_with_the_right_delay() {
         ),
         ids.clone(),
         1,
+        None,
         t0,
     );
     c.stats.get(addr(2)).active.store(1, Ordering::Relaxed);

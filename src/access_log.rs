@@ -1,0 +1,517 @@
+//! The connection log (`[access_log]`): one line per connection when it
+//! ends, saying who, where, how long, how many bytes each way, and how it
+//! ended ([`End`], in the same words as `ringlb_connections_closed_total`'s
+//! `reason` label).
+//!
+//! Never in the way of traffic: a worker hands each finished [`Record`] to a
+//! writer thread through a bounded queue and never waits; when the queue is
+//! full (the disk cannot keep up), the line is dropped and counted. The
+//! writer formats, buffers and writes, flushing whenever the queue runs dry;
+//! a write that fails (a full disk) loses its lines, counted too, and is
+//! said once per episode. `SIGUSR1` reopens the file (log rotation).
+
+use std::fmt::Write as _;
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::oserror::Shortage;
+
+/// How a connection ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// The client ended its side first (end of stream), then the target.
+    ClientClosed,
+    /// The target ended its side first.
+    TargetClosed,
+    /// No byte moved either way for `idle_timeout`.
+    IdleTimeout,
+    /// An error on the client's side (a reset, mostly), passed on to the target.
+    ClientReset,
+    /// An error on the target's side, passed on to the client.
+    TargetReset,
+    /// Every connect tried failed (`attempts` says how many).
+    ConnectFailed,
+    /// No target could take it: the group has none, or none is usable, or
+    /// its target was taken out while it connected.
+    NoTarget,
+    /// The client is outside the listener's `allow` list.
+    NotAllowed,
+    /// The listener was at `max_connections`.
+    MaxConnections,
+    /// ringlb had no descriptor, memory or local port left.
+    LocalResources,
+    /// Its target's `deregistration_delay` ran out.
+    Deregistered,
+    /// ringlb stopped, and its `shutdown_timeout` ran out.
+    Shutdown,
+}
+
+impl End {
+    /// Every way to end, in the order metrics list them.
+    pub const ALL: [End; 12] = [
+        End::ClientClosed,
+        End::TargetClosed,
+        End::IdleTimeout,
+        End::ClientReset,
+        End::TargetReset,
+        End::ConnectFailed,
+        End::NoTarget,
+        End::NotAllowed,
+        End::MaxConnections,
+        End::LocalResources,
+        End::Deregistered,
+        End::Shutdown,
+    ];
+
+    /// Its word, in the log and as the metric label.
+    pub fn word(self) -> &'static str {
+        match self {
+            End::ClientClosed => "client_closed",
+            End::TargetClosed => "target_closed",
+            End::IdleTimeout => "idle_timeout",
+            End::ClientReset => "client_reset",
+            End::TargetReset => "target_reset",
+            End::ConnectFailed => "connect_failed",
+            End::NoTarget => "no_target",
+            End::NotAllowed => "not_allowed",
+            End::MaxConnections => "max_connections",
+            End::LocalResources => "local_resources",
+            End::Deregistered => "deregistered",
+            End::Shutdown => "shutdown",
+        }
+    }
+
+    /// Its place in [`End::ALL`] (the per-worker counters' index).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One connection's line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// When it ended.
+    pub at: SystemTime,
+    pub listener: Arc<str>,
+    pub client: SocketAddr,
+    pub group: Option<Arc<str>>,
+    pub target: Option<SocketAddr>,
+    /// How long its (last) connect to the target took.
+    pub connect: Option<Duration>,
+    /// From accept to the end.
+    pub duration: Duration,
+    /// Bytes from the client to the target, and back.
+    pub up: u64,
+    pub down: u64,
+    /// Connects tried.
+    pub attempts: u32,
+    pub end: End,
+}
+
+/// What a line looks like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// One readable line.
+    Text,
+    /// One JSON object a line, for log shippers.
+    Json,
+}
+
+/// Where lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// ringlb's own stderr (the journal under systemd), beside its log.
+    Stderr,
+    /// A file of its own, appended to.
+    File(PathBuf),
+}
+
+/// `[access_log]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    pub to: Destination,
+    pub format: Format,
+    /// One connection in this many is logged (1: every one).
+    pub every: u32,
+}
+
+/// Lines that may wait for the writer; past it they are dropped.
+const QUEUE: usize = 8192;
+
+enum Msg {
+    Line(Box<Record>),
+    Reopen,
+}
+
+/// The log as workers hold it: the queue to its writer.
+pub struct AccessLog {
+    settings: Settings,
+    tx: SyncSender<Msg>,
+    /// Lines dropped: the queue was full, or their write failed.
+    dropped: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("settings", &self.settings)
+            .finish()
+    }
+}
+
+impl AccessLog {
+    /// Opens the destination (an error here is an error at start) and
+    /// starts the writer thread. Lines dropped are counted in `dropped`,
+    /// which outlives any one log (a SIGHUP may start a new one).
+    pub fn start(settings: Settings, dropped: Arc<AtomicU64>) -> io::Result<Arc<AccessLog>> {
+        let out = open(&settings.to)?;
+        let (tx, rx) = sync_channel(QUEUE);
+        let writer = Writer {
+            to: settings.to.clone(),
+            format: settings.format,
+            out,
+            dropped: dropped.clone(),
+            failing: Shortage::default(),
+        };
+        std::thread::Builder::new()
+            .name("ringlb-accesslog".into())
+            .spawn(move || writer.run(rx))?;
+        Ok(Arc::new(AccessLog {
+            settings,
+            tx,
+            dropped,
+        }))
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether the connection numbered `n` (by its worker) is logged.
+    pub fn sampled(&self, n: u64) -> bool {
+        self.settings.every <= 1 || n.is_multiple_of(u64::from(self.settings.every))
+    }
+
+    /// Hands a line to the writer, or drops it (counted) if the writer is
+    /// behind. Never waits.
+    pub fn send(&self, r: Box<Record>) {
+        match self.tx.try_send(Msg::Line(r)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Reopens the file (after log rotation moved it); best effort.
+    pub fn reopen(&self) {
+        // A full queue means the writer is busy: it reopens at the next
+        // SIGUSR1 then. Nothing else can fail.
+        let _busy_or_gone = self.tx.try_send(Msg::Reopen);
+    }
+}
+
+/// Opens where lines go: stderr, or a file appended to (created `0640`; a
+/// link at the path is not followed).
+fn open(to: &Destination) -> io::Result<Box<dyn Write + Send>> {
+    Ok(match to {
+        Destination::Stderr => Box::new(io::stderr()),
+        Destination::File(p) => Box::new(open_file(p)?),
+    })
+}
+
+/// Opens `path` to append lines to, as the writer does: what `check` and a
+/// SIGHUP try before they accept a config.
+pub fn open_file(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK)
+        .open(path)
+        .and_then(|f| {
+            if f.metadata()?.file_type().is_file() {
+                Ok(f)
+            } else {
+                Err(io::Error::other("not a regular file"))
+            }
+        })
+}
+
+struct Writer {
+    to: Destination,
+    format: Format,
+    out: Box<dyn Write + Send>,
+    dropped: Arc<AtomicU64>,
+    /// Writes failing (a full disk), said once an episode.
+    failing: Shortage,
+}
+
+impl Writer {
+    fn run(mut self, rx: Receiver<Msg>) {
+        let mut buf = String::with_capacity(64 << 10);
+        let mut lines = 0u64;
+        // Ends when every AccessLog handle is gone (a SIGHUP replaced it,
+        // or ringlb stopped), after writing what was queued.
+        while let Ok(msg) = rx.recv() {
+            let mut next = Some(msg);
+            while let Some(msg) = next.take() {
+                match msg {
+                    Msg::Line(r) => {
+                        format_line(&mut buf, &r, self.format);
+                        lines += 1;
+                    }
+                    Msg::Reopen => {
+                        self.flush(&mut buf, &mut lines);
+                        self.reopen();
+                    }
+                }
+                if buf.len() >= 60 << 10 {
+                    self.flush(&mut buf, &mut lines);
+                }
+                next = rx.try_recv().ok();
+            }
+            self.flush(&mut buf, &mut lines);
+        }
+    }
+
+    fn flush(&mut self, buf: &mut String, lines: &mut u64) {
+        if buf.is_empty() {
+            return;
+        }
+        let written = self
+            .out
+            .write_all(buf.as_bytes())
+            .and_then(|()| self.out.flush());
+        let now = std::time::Instant::now();
+        match written {
+            Ok(()) => {
+                if let Some(ended) = self.failing.went_well(now) {
+                    tracing::info!(lost = ended.count, "the access log writes again");
+                }
+            }
+            Err(e) => {
+                self.dropped.fetch_add(*lines, Ordering::Relaxed);
+                if self.failing.struck(now, *lines) {
+                    tracing::warn!(error = %e, "cannot write the access log; its lines are dropped (and counted) until it can");
+                }
+            }
+        }
+        buf.clear();
+        *lines = 0;
+    }
+
+    fn reopen(&mut self) {
+        match open(&self.to) {
+            Ok(out) => {
+                self.out = out;
+                tracing::info!("access log reopened");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reopen the access log; it goes on writing to the file it had")
+            }
+        }
+    }
+}
+
+/// Appends `r` to `out` as one line.
+pub fn format_line(out: &mut String, r: &Record, format: Format) {
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let group = r.group.as_deref().unwrap_or("-");
+    // Infallible: writing into a String.
+    let _ = match format {
+        Format::Text => {
+            write_time(out, r.at);
+            let target = r.target.map(|t| t.to_string());
+            let connect = r.connect.map(|c| format!("{:.1}ms", ms(c)));
+            writeln!(
+                out,
+                " {} {} -> {}/{} connect={} duration={:.1}ms up={} down={} attempts={} end={}",
+                r.listener,
+                r.client,
+                group,
+                target.as_deref().unwrap_or("-"),
+                connect.as_deref().unwrap_or("-"),
+                ms(r.duration),
+                r.up,
+                r.down,
+                r.attempts,
+                r.end.word()
+            )
+        }
+        Format::Json => {
+            out.push_str("{\"time\":\"");
+            write_time(out, r.at);
+            let json = |s: &str| serde_json::Value::from(s).to_string();
+            let target = r.target.map_or("null".to_string(), |t| format!("\"{t}\""));
+            let connect = r
+                .connect
+                .map_or("null".to_string(), |c| format!("{:.3}", ms(c)));
+            let group = r.group.as_deref().map_or("null".to_string(), json);
+            writeln!(
+                out,
+                "\",\"listener\":{},\"client\":\"{}\",\"group\":{},\"target\":{},\"connect_ms\":{},\"duration_ms\":{:.3},\"bytes_up\":{},\"bytes_down\":{},\"attempts\":{},\"end\":\"{}\"}}",
+                json(&r.listener),
+                r.client,
+                group,
+                target,
+                connect,
+                ms(r.duration),
+                r.up,
+                r.down,
+                r.attempts,
+                r.end.word()
+            )
+        }
+    };
+}
+
+/// `2026-12-01T23:50:00.123Z`.
+fn write_time(out: &mut String, at: SystemTime) {
+    let since = at.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (y, m, d) = civil(days as i64);
+    // Infallible: writing into a String.
+    let _ = write!(
+        out,
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60,
+        since.subsec_millis()
+    );
+}
+
+/// The calendar date of a count of days since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    (y, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record() -> Record {
+        Record {
+            at: UNIX_EPOCH + Duration::from_millis(1_764_633_000_123),
+            listener: "web".into(),
+            client: "127.0.0.1:50412".parse().unwrap(),
+            group: Some("web".into()),
+            target: Some("127.0.0.1:6400".parse().unwrap()),
+            connect: Some(Duration::from_micros(420)),
+            duration: Duration::from_micros(12_345),
+            up: 120,
+            down: 4200,
+            attempts: 1,
+            end: End::ClientClosed,
+        }
+    }
+
+    #[test]
+    fn a_text_line_says_who_where_how_long_how_much_and_how_it_ended() {
+        let mut out = String::new();
+        format_line(&mut out, &record(), Format::Text);
+        assert_eq!(
+            out,
+            "2025-12-01T23:50:00.123Z web 127.0.0.1:50412 -> web/127.0.0.1:6400 connect=0.4ms duration=12.3ms up=120 down=4200 attempts=1 end=client_closed\n"
+        );
+        let refused = Record {
+            group: None,
+            target: None,
+            connect: None,
+            attempts: 0,
+            end: End::NotAllowed,
+            ..record()
+        };
+        out.clear();
+        format_line(&mut out, &refused, Format::Text);
+        assert!(out.contains(" -> -/- connect=- "), "{out}");
+        assert!(out.ends_with(" end=not_allowed\n"), "{out}");
+    }
+
+    #[test]
+    fn a_json_line_is_one_object_with_every_field() {
+        let mut out = String::new();
+        format_line(&mut out, &record(), Format::Json);
+        assert!(out.ends_with("}\n") && out.matches('\n').count() == 1);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["time"], "2025-12-01T23:50:00.123Z");
+        assert_eq!(v["listener"], "web");
+        assert_eq!(v["target"], "127.0.0.1:6400");
+        assert_eq!(v["bytes_down"], 4200);
+        assert_eq!(v["end"], "client_closed");
+        assert_eq!(v["connect_ms"], 0.42);
+        let none = Record {
+            target: None,
+            connect: None,
+            ..record()
+        };
+        out.clear();
+        format_line(&mut out, &none, Format::Json);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert!(v["target"].is_null() && v["connect_ms"].is_null());
+    }
+
+    #[test]
+    fn dates_are_the_calendars() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(19_723), (2024, 1, 1));
+        assert_eq!(civil(19_782), (2024, 2, 29), "a leap day");
+        assert_eq!(civil(20_423), (2025, 12, 1));
+    }
+
+    #[test]
+    fn every_end_has_a_word_and_its_index() {
+        for (i, e) in End::ALL.iter().enumerate() {
+            assert_eq!(e.index(), i);
+            assert!(!e.word().is_empty());
+        }
+    }
+
+    /// A full queue never blocks a worker: the line is dropped and counted.
+    #[test]
+    fn a_writer_that_cannot_keep_up_costs_lines_not_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let dropped = Arc::new(AtomicU64::new(0));
+        let settings = Settings {
+            to: Destination::File(path.clone()),
+            format: Format::Text,
+            every: 1,
+        };
+        let log = AccessLog::start(settings, dropped.clone()).unwrap();
+        let started = std::time::Instant::now();
+        for _ in 0..(QUEUE * 4) {
+            log.send(Box::new(record()));
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "send waited");
+        drop(log);
+        // The writer ends once its handle is gone, having written what it took.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let written = std::fs::read_to_string(&path).unwrap().lines().count() as u64;
+            if written + dropped.load(Ordering::Relaxed) == (QUEUE * 4) as u64 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{written} written");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
