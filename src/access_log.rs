@@ -141,12 +141,75 @@ pub struct Settings {
     pub every: u32,
 }
 
-/// Lines that may wait for the writer; past it they are dropped.
-const QUEUE: usize = 8192;
+/// Lines that may wait for the writer; past it they are dropped. At most
+/// this many entries (about 200 bytes each) are held: 6 MiB.
+const QUEUE: usize = 32_768;
+
+/// How often the writer takes what is queued. Workers never wake it: it
+/// sleeps this long, then writes a batch (at most this late), so a line
+/// costs a worker no system call.
+const WRITE_EVERY: Duration = Duration::from_millis(50);
 
 enum Msg {
-    Line(Box<Record>),
+    Line(Box<Entry>),
     Reopen,
+    /// Write what came before, then say so.
+    Finish(std::sync::mpsc::Sender<()>),
+}
+
+/// One connection's line in the making, from accept to its end: built by
+/// its worker, handed over whole (no copy) when the connection ends.
+pub struct Entry {
+    sink: Arc<AccessLog>,
+    started: std::time::Instant,
+    /// When it ended, by the worker's clock; the writer turns it into
+    /// wall-clock time (the worker reads no clock for it).
+    ended: std::time::Instant,
+    pub record: Record,
+    /// Bytes up and down, which the proxy leaves here when it ends.
+    pub bytes: std::cell::Cell<[u64; 2]>,
+}
+
+impl Entry {
+    /// A connection accepted at `started` from `client` on `listener`.
+    pub fn new(
+        sink: &Arc<AccessLog>,
+        listener: &Arc<str>,
+        client: SocketAddr,
+        started: std::time::Instant,
+    ) -> Box<Entry> {
+        Box::new(Entry {
+            sink: sink.clone(),
+            started,
+            ended: started,
+            record: Record {
+                at: UNIX_EPOCH,
+                listener: listener.clone(),
+                client,
+                group: None,
+                target: None,
+                connect: None,
+                duration: Duration::ZERO,
+                up: 0,
+                down: 0,
+                attempts: 0,
+                end: End::Shutdown,
+            },
+            bytes: std::cell::Cell::new([0, 0]),
+        })
+    }
+
+    /// It ended, `end`, at `now` (the worker's clock): the line goes to the
+    /// writer, or is dropped and counted if the writer is behind.
+    pub fn finish(mut self: Box<Self>, end: End, now: std::time::Instant) {
+        let [up, down] = self.bytes.get();
+        self.ended = now;
+        let r = &mut self.record;
+        (r.up, r.down, r.end) = (up, down, end);
+        r.duration = now.saturating_duration_since(self.started);
+        let sink = self.sink.clone();
+        sink.send(self);
+    }
 }
 
 /// The log as workers hold it: the queue to its writer.
@@ -199,13 +262,23 @@ impl AccessLog {
     }
 
     /// Hands a line to the writer, or drops it (counted) if the writer is
-    /// behind. Never waits.
-    pub fn send(&self, r: Box<Record>) {
-        match self.tx.try_send(Msg::Line(r)) {
+    /// behind. Never waits, and never wakes the writer.
+    fn send(&self, e: Box<Entry>) {
+        match self.tx.try_send(Msg::Line(e)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
+        }
+    }
+
+    /// At shutdown, once every connection has ended: waits (at most a
+    /// second) until the writer has written every line queued.
+    pub fn finish(&self) {
+        let (done, wait) = std::sync::mpsc::channel();
+        if self.tx.send(Msg::Finish(done)).is_ok() {
+            // Gone or slow: nothing more to wait for.
+            let _written_or_gone = wait.recv_timeout(Duration::from_secs(1));
         }
     }
 
@@ -257,25 +330,37 @@ impl Writer {
     fn run(mut self, rx: Receiver<Msg>) {
         let mut buf = String::with_capacity(64 << 10);
         let mut lines = 0u64;
-        // Ends when every AccessLog handle is gone (a SIGHUP replaced it,
-        // or ringlb stopped), after writing what was queued.
-        while let Ok(msg) = rx.recv() {
-            let mut next = Some(msg);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Msg::Line(r) => {
-                        format_line(&mut buf, &r, self.format);
+        loop {
+            std::thread::sleep(WRITE_EVERY);
+            // One reading of each clock per batch dates every line in it.
+            let (wall, mono) = (SystemTime::now(), std::time::Instant::now());
+            loop {
+                match rx.try_recv() {
+                    Ok(Msg::Line(mut e)) => {
+                        e.record.at = wall - mono.saturating_duration_since(e.ended);
+                        format_line(&mut buf, &e.record, self.format);
                         lines += 1;
+                        if buf.len() >= 60 << 10 {
+                            self.flush(&mut buf, &mut lines);
+                        }
                     }
-                    Msg::Reopen => {
+                    Ok(Msg::Reopen) => {
                         self.flush(&mut buf, &mut lines);
                         self.reopen();
                     }
+                    Ok(Msg::Finish(done)) => {
+                        self.flush(&mut buf, &mut lines);
+                        // The one waiting may have given up.
+                        let _told_or_gone = done.send(());
+                    }
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    // Every AccessLog handle is gone (a SIGHUP replaced
+                    // it, or ringlb stopped): what was queued is written.
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        self.flush(&mut buf, &mut lines);
+                        return;
+                    }
                 }
-                if buf.len() >= 60 << 10 {
-                    self.flush(&mut buf, &mut lines);
-                }
-                next = rx.try_recv().ok();
             }
             self.flush(&mut buf, &mut lines);
         }
@@ -322,54 +407,96 @@ impl Writer {
 
 /// Appends `r` to `out` as one line.
 pub fn format_line(out: &mut String, r: &Record, format: Format) {
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let group = r.group.as_deref().unwrap_or("-");
-    // Infallible: writing into a String.
-    let _ = match format {
+    // Infallible throughout: writing into a String.
+    match format {
         Format::Text => {
             write_time(out, r.at);
-            let target = r.target.map(|t| t.to_string());
-            let connect = r.connect.map(|c| format!("{:.1}ms", ms(c)));
-            writeln!(
+            let _ = write!(out, " {} {} -> ", r.listener, r.client);
+            out.push_str(r.group.as_deref().unwrap_or("-"));
+            out.push('/');
+            match r.target {
+                Some(t) => {
+                    let _ = write!(out, "{t}");
+                }
+                None => out.push('-'),
+            }
+            out.push_str(" connect=");
+            match r.connect {
+                Some(c) => {
+                    tenths_of_ms(out, c);
+                    out.push_str("ms");
+                }
+                None => out.push('-'),
+            }
+            out.push_str(" duration=");
+            tenths_of_ms(out, r.duration);
+            let _ = writeln!(
                 out,
-                " {} {} -> {}/{} connect={} duration={:.1}ms up={} down={} attempts={} end={}",
-                r.listener,
-                r.client,
-                group,
-                target.as_deref().unwrap_or("-"),
-                connect.as_deref().unwrap_or("-"),
-                ms(r.duration),
+                "ms up={} down={} attempts={} end={}",
                 r.up,
                 r.down,
                 r.attempts,
                 r.end.word()
-            )
+            );
         }
         Format::Json => {
             out.push_str("{\"time\":\"");
             write_time(out, r.at);
-            let json = |s: &str| serde_json::Value::from(s).to_string();
-            let target = r.target.map_or("null".to_string(), |t| format!("\"{t}\""));
-            let connect = r
-                .connect
-                .map_or("null".to_string(), |c| format!("{:.3}", ms(c)));
-            let group = r.group.as_deref().map_or("null".to_string(), json);
-            writeln!(
+            out.push_str("\",\"listener\":");
+            json_str(out, &r.listener);
+            let _ = write!(out, ",\"client\":\"{}\",\"group\":", r.client);
+            match r.group.as_deref() {
+                Some(g) => json_str(out, g),
+                None => out.push_str("null"),
+            }
+            match r.target {
+                Some(t) => {
+                    let _ = write!(out, ",\"target\":\"{t}\"");
+                }
+                None => out.push_str(",\"target\":null"),
+            }
+            out.push_str(",\"connect_ms\":");
+            match r.connect {
+                Some(c) => thousandths_of_ms(out, c),
+                None => out.push_str("null"),
+            }
+            out.push_str(",\"duration_ms\":");
+            thousandths_of_ms(out, r.duration);
+            let _ = writeln!(
                 out,
-                "\",\"listener\":{},\"client\":\"{}\",\"group\":{},\"target\":{},\"connect_ms\":{},\"duration_ms\":{:.3},\"bytes_up\":{},\"bytes_down\":{},\"attempts\":{},\"end\":\"{}\"}}",
-                json(&r.listener),
-                r.client,
-                group,
-                target,
-                connect,
-                ms(r.duration),
+                ",\"bytes_up\":{},\"bytes_down\":{},\"attempts\":{},\"end\":\"{}\"}}",
                 r.up,
                 r.down,
                 r.attempts,
                 r.end.word()
-            )
+            );
         }
-    };
+    }
+}
+
+/// `d` in milliseconds with one decimal ("12.3"), by integer arithmetic.
+fn tenths_of_ms(out: &mut String, d: Duration) {
+    let tenths = (d.as_micros() + 50) / 100;
+    // Infallible: writing into a String.
+    let _ = write!(out, "{}.{}", tenths / 10, tenths % 10);
+}
+
+/// `d` in milliseconds with three decimals ("12.345").
+fn thousandths_of_ms(out: &mut String, d: Duration) {
+    let us = d.as_micros();
+    // Infallible: writing into a String.
+    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+}
+
+/// `s` as a JSON string (names are the config's: escaping is rare).
+fn json_str(out: &mut String, s: &str) {
+    if s.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        out.push_str(&serde_json::Value::from(s).to_string());
+    }
 }
 
 /// `2026-12-01T23:50:00.123Z`.
@@ -499,7 +626,8 @@ mod tests {
         let log = AccessLog::start(settings, dropped.clone()).unwrap();
         let started = std::time::Instant::now();
         for _ in 0..(QUEUE * 4) {
-            log.send(Box::new(record()));
+            let e = Entry::new(&log, &"web".into(), "127.0.0.1:1".parse().unwrap(), started);
+            e.finish(End::ClientClosed, started);
         }
         assert!(started.elapsed() < Duration::from_secs(5), "send waited");
         drop(log);

@@ -225,5 +225,6 @@ impl Main {
         if panicked.map_or(true, |n| n > 0) {
             warn!("a worker panicked during shutdown");
         }
+        self.cp.finish_access_log();
     }
 }

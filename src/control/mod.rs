@@ -281,6 +281,14 @@ impl ControlPlane {
         self.remember(Event::ConfigReloaded { epoch, changes });
     }
 
+    /// At shutdown, once the workers are done: the connection log writes
+    /// what is queued.
+    pub fn finish_access_log(&self) {
+        if let Some(log) = self.core.access_log() {
+            log.finish();
+        }
+    }
+
     /// SIGUSR1: the connection log's file is opened again (after rotation).
     pub fn reopen_access_log(&self) {
         if let Some(log) = self.core.access_log() {

@@ -2,16 +2,16 @@
 //! however it ends (its session returns, or is dropped: a deregistration
 //! deadline, the shutdown): counted by how it ended
 //! (`ringlb_connections_closed_total`), and, when the connection log is on
-//! and samples it, logged as one [`Record`].
+//! and samples it, logged as one [`crate::access_log::Record`].
 
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use super::run::Worker;
-use crate::access_log::{AccessLog, End, Record};
+use crate::access_log::{AccessLog, End, Entry};
 use crate::metrics::{ListenerSlot, ListenerStats, bump, decrement};
 use crate::rt;
 
@@ -24,23 +24,9 @@ pub(super) struct Conn {
     /// How it ended, once known; dropped without one, it was closed by its
     /// worker (a deregistered target) or at shutdown.
     end: Cell<Option<End>>,
-    /// What its log line needs, when it has one. Boxed: most connections
+    /// Its log line in the making, when it has one. Boxed: most connections
     /// have none, and every idle one carries the field.
-    log: Option<Box<Pending>>,
-}
-
-/// A log line in the making.
-pub(super) struct Pending {
-    sink: Arc<AccessLog>,
-    started: Instant,
-    listener: Arc<str>,
-    client: SocketAddr,
-    group: Option<Arc<str>>,
-    target: Option<SocketAddr>,
-    connect: Option<Duration>,
-    attempts: u32,
-    /// Bytes up and down, which the proxy leaves here when it ends.
-    pub(super) bytes: Cell<[u64; 2]>,
+    log: Option<Box<Entry>>,
 }
 
 impl Conn {
@@ -59,7 +45,7 @@ impl Conn {
             key,
             listener: listener.clone(),
             end: Cell::new(None),
-            log: log.map(|sink| Box::new(Pending::new(sink, name, client))),
+            log: log.map(|sink| Entry::new(sink, name, client, rt::time::now())),
         }
     }
 
@@ -72,61 +58,27 @@ impl Conn {
 
     /// A connect to `target` of `group` is about to be tried.
     pub(super) fn attempt(&mut self, group: &Arc<str>, target: SocketAddr) {
-        if let Some(p) = self.log.as_mut() {
-            p.attempts += 1;
-            p.group = Some(group.clone());
-            p.target = Some(target);
+        if let Some(e) = self.log.as_mut() {
+            e.record.attempts += 1;
+            e.record.group = Some(group.clone());
+            e.record.target = Some(target);
         }
     }
 
     /// The last connect tried took `took`.
     pub(super) fn connected_in(&mut self, took: Duration) {
-        if let Some(p) = self.log.as_mut() {
-            p.connect = Some(took);
+        if let Some(e) = self.log.as_mut() {
+            e.record.connect = Some(took);
         }
     }
 
     /// Where the proxy leaves the bytes it moved, when they are logged.
     pub(super) fn tally(&self) -> Option<&Cell<[u64; 2]>> {
-        self.log.as_ref().map(|p| &p.bytes)
+        self.log.as_ref().map(|e| &e.bytes)
     }
 
     fn slot(&self) -> &ListenerSlot {
         self.listener.slots.get(self.worker.id)
-    }
-}
-
-impl Pending {
-    fn new(sink: &Arc<AccessLog>, listener: &Arc<str>, client: SocketAddr) -> Pending {
-        Pending {
-            sink: sink.clone(),
-            started: rt::time::now(),
-            listener: listener.clone(),
-            client,
-            group: None,
-            target: None,
-            connect: None,
-            attempts: 0,
-            bytes: Cell::new([0, 0]),
-        }
-    }
-
-    fn send(self, end: End) {
-        let [up, down] = self.bytes.get();
-        let record = Record {
-            at: SystemTime::now(),
-            listener: self.listener,
-            client: self.client,
-            group: self.group,
-            target: self.target,
-            connect: self.connect,
-            duration: rt::time::now().saturating_duration_since(self.started),
-            up,
-            down,
-            attempts: self.attempts,
-            end,
-        };
-        self.sink.send(Box::new(record));
     }
 }
 
@@ -146,8 +98,8 @@ impl Drop for Conn {
             End::Shutdown
         });
         bump(&self.slot().closed[end.index()], 1);
-        if let Some(p) = self.log.take() {
-            (*p).send(end);
+        if let Some(e) = self.log.take() {
+            e.finish(end, rt::time::now());
         }
     }
 }
@@ -163,6 +115,7 @@ pub(super) fn refused(
 ) {
     bump(&slot.closed[end.index()], 1);
     if let Some(sink) = log {
-        Pending::new(sink, listener, client).send(end);
+        let now = rt::time::now();
+        Entry::new(sink, listener, client, now).finish(end, now);
     }
 }
