@@ -405,19 +405,22 @@ impl Writer {
     }
 }
 
-/// Appends `r` to `out` as one line.
+/// Appends `r` to `out` as one line. Numbers and IPv4 addresses are
+/// written digit by digit, not through `fmt`: the writer formats every
+/// connection's line, and this is most of its work.
 pub fn format_line(out: &mut String, r: &Record, format: Format) {
-    // Infallible throughout: writing into a String.
     match format {
         Format::Text => {
             write_time(out, r.at);
-            let _ = write!(out, " {} {} -> ", r.listener, r.client);
+            out.push(' ');
+            out.push_str(&r.listener);
+            out.push(' ');
+            push_addr(out, r.client);
+            out.push_str(" -> ");
             out.push_str(r.group.as_deref().unwrap_or("-"));
             out.push('/');
             match r.target {
-                Some(t) => {
-                    let _ = write!(out, "{t}");
-                }
+                Some(t) => push_addr(out, t),
                 None => out.push('-'),
             }
             out.push_str(" connect=");
@@ -430,30 +433,36 @@ pub fn format_line(out: &mut String, r: &Record, format: Format) {
             }
             out.push_str(" duration=");
             tenths_of_ms(out, r.duration);
-            let _ = writeln!(
-                out,
-                "ms up={} down={} attempts={} end={}",
-                r.up,
-                r.down,
-                r.attempts,
-                r.end.word()
-            );
+            out.push_str("ms up=");
+            push_u64(out, r.up);
+            out.push_str(" down=");
+            push_u64(out, r.down);
+            out.push_str(" attempts=");
+            push_u64(out, u64::from(r.attempts));
+            out.push_str(" end=");
+            out.push_str(r.end.word());
+            out.push('\n');
         }
         Format::Json => {
             out.push_str("{\"time\":\"");
             write_time(out, r.at);
             out.push_str("\",\"listener\":");
             json_str(out, &r.listener);
-            let _ = write!(out, ",\"client\":\"{}\",\"group\":", r.client);
+            out.push_str(",\"client\":\"");
+            push_addr(out, r.client);
+            out.push_str("\",\"group\":");
             match r.group.as_deref() {
                 Some(g) => json_str(out, g),
                 None => out.push_str("null"),
             }
+            out.push_str(",\"target\":");
             match r.target {
                 Some(t) => {
-                    let _ = write!(out, ",\"target\":\"{t}\"");
+                    out.push('"');
+                    push_addr(out, t);
+                    out.push('"');
                 }
-                None => out.push_str(",\"target\":null"),
+                None => out.push_str("null"),
             }
             out.push_str(",\"connect_ms\":");
             match r.connect {
@@ -462,30 +471,82 @@ pub fn format_line(out: &mut String, r: &Record, format: Format) {
             }
             out.push_str(",\"duration_ms\":");
             thousandths_of_ms(out, r.duration);
-            let _ = writeln!(
-                out,
-                ",\"bytes_up\":{},\"bytes_down\":{},\"attempts\":{},\"end\":\"{}\"}}",
-                r.up,
-                r.down,
-                r.attempts,
-                r.end.word()
-            );
+            out.push_str(",\"bytes_up\":");
+            push_u64(out, r.up);
+            out.push_str(",\"bytes_down\":");
+            push_u64(out, r.down);
+            out.push_str(",\"attempts\":");
+            push_u64(out, u64::from(r.attempts));
+            out.push_str(",\"end\":\"");
+            out.push_str(r.end.word());
+            out.push_str("\"}\n");
+        }
+    }
+}
+
+/// `n` in decimal.
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(d as char);
+    }
+}
+
+/// `n` in decimal, at least two digits.
+fn push_2(out: &mut String, n: u64) {
+    if n < 10 {
+        out.push('0');
+    }
+    push_u64(out, n);
+}
+
+/// An address as `Display` writes it; IPv4 digit by digit.
+fn push_addr(out: &mut String, a: SocketAddr) {
+    match a {
+        SocketAddr::V4(v4) => {
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                push_u64(out, u64::from(octet));
+            }
+            out.push(':');
+            push_u64(out, u64::from(v4.port()));
+        }
+        SocketAddr::V6(_) => {
+            // Infallible: writing into a String.
+            let _ = write!(out, "{a}");
         }
     }
 }
 
 /// `d` in milliseconds with one decimal ("12.3"), by integer arithmetic.
 fn tenths_of_ms(out: &mut String, d: Duration) {
-    let tenths = (d.as_micros() + 50) / 100;
-    // Infallible: writing into a String.
-    let _ = write!(out, "{}.{}", tenths / 10, tenths % 10);
+    let tenths = (d.as_micros() as u64 + 50) / 100;
+    push_u64(out, tenths / 10);
+    out.push('.');
+    push_u64(out, tenths % 10);
 }
 
 /// `d` in milliseconds with three decimals ("12.345").
 fn thousandths_of_ms(out: &mut String, d: Duration) {
-    let us = d.as_micros();
-    // Infallible: writing into a String.
-    let _ = write!(out, "{}.{:03}", us / 1000, us % 1000);
+    let us = d.as_micros() as u64;
+    push_u64(out, us / 1000);
+    out.push('.');
+    let frac = us % 1000;
+    if frac < 100 {
+        out.push('0');
+    }
+    push_2(out, frac);
 }
 
 /// `s` as a JSON string (names are the config's: escaping is rare).
@@ -505,15 +566,24 @@ fn write_time(out: &mut String, at: SystemTime) {
     let secs = since.as_secs();
     let (days, rest) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil(days as i64);
-    // Infallible: writing into a String.
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60,
-        since.subsec_millis()
-    );
+    push_u64(out, y.max(0) as u64);
+    out.push('-');
+    push_2(out, u64::from(m));
+    out.push('-');
+    push_2(out, u64::from(d));
+    out.push('T');
+    push_2(out, rest / 3600);
+    out.push(':');
+    push_2(out, rest / 60 % 60);
+    out.push(':');
+    push_2(out, rest % 60);
+    out.push('.');
+    let ms = u64::from(since.subsec_millis());
+    if ms < 100 {
+        out.push('0');
+    }
+    push_2(out, ms);
+    out.push('Z');
 }
 
 /// The calendar date of a count of days since 1970-01-01 (Howard Hinnant's
@@ -594,6 +664,24 @@ mod tests {
         format_line(&mut out, &none, Format::Json);
         let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert!(v["target"].is_null() && v["connect_ms"].is_null());
+    }
+
+    #[test]
+    fn numbers_and_addresses_are_written_as_display_writes_them() {
+        for n in [0u64, 7, 10, 99, 100, 12_345, u64::MAX] {
+            let mut out = String::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string());
+        }
+        for a in ["0.0.0.0:0", "127.0.0.1:6400", "255.255.255.255:65535", "[::1]:6400"] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = String::new();
+            push_addr(&mut out, a);
+            assert_eq!(out, a.to_string());
+        }
+        let mut out = String::new();
+        thousandths_of_ms(&mut out, Duration::from_micros(12_005));
+        assert_eq!(out, "12.005");
     }
 
     #[test]
