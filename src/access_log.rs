@@ -673,7 +673,12 @@ mod tests {
             push_u64(&mut out, n);
             assert_eq!(out, n.to_string());
         }
-        for a in ["0.0.0.0:0", "127.0.0.1:6400", "255.255.255.255:65535", "[::1]:6400"] {
+        for a in [
+            "0.0.0.0:0",
+            "127.0.0.1:6400",
+            "255.255.255.255:65535",
+            "[::1]:6400",
+        ] {
             let a: SocketAddr = a.parse().unwrap();
             let mut out = String::new();
             push_addr(&mut out, a);
