@@ -21,6 +21,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
+/// The console page: one file, built into the binary, that asks
+/// `/console.json` every 2 seconds and draws it. Nothing is fetched from
+/// anywhere else.
+pub const CONSOLE_PAGE: &str = include_str!("console.html");
+
 /// Largest request head accepted.
 pub const MAX_REQUEST: usize = 8 * 1024;
 /// How long a client may take to send its request.
@@ -35,6 +40,10 @@ pub const MAX_CONNECTIONS: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
+    /// `GET /`: the console page (the admin thread answers it itself).
+    Console,
+    /// `GET /console.json`: what the console page shows.
+    ConsoleData,
     Metrics,
     /// `pretty`: indented (`/targets?pretty`), for a person to read.
     Targets {
@@ -106,13 +115,15 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<Request>, Response> {
                 .split('&')
                 .any(|q| q == "pretty" || q.starts_with("pretty="));
             let route = match path {
+                "/" => Route::Console,
+                "/console.json" => Route::ConsoleData,
                 "/metrics" => Route::Metrics,
                 "/targets" => Route::Targets { pretty },
                 "/healthz" => Route::Healthz,
                 _ => {
                     return Err(Response::text(
                         404,
-                        "not found: try /metrics, /targets or /healthz\n",
+                        "not found: try /, /metrics, /targets or /healthz\n",
                     ));
                 }
             };
@@ -199,6 +210,14 @@ async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>, waiting: Arc<AtomicBo
             route: Route::Healthz,
             ..
         }) => Response::text(200, "ok\n"),
+        Ok(Request {
+            route: Route::Console,
+            ..
+        }) => Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: CONSOLE_PAGE.to_string(),
+        },
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             let ask = Ask {

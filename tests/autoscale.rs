@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::page::Page;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -431,6 +432,189 @@ async fn hook_commands_start_and_stop_targets_another_supervisor_runs() {
     let hooks = std::fs::read_to_string(&ran).unwrap();
     assert_eq!(hooks, format!("out {base}\nin {base}\n"));
     assert!(pids_with(&format!("{marker}-{base}")).is_empty());
+}
+
+/// The autoscaler's console, in headless Chromium: the group's size, its
+/// metric against the target over time, and its decisions with the figure
+/// that drove each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_autoscale_console_shows_the_group_grow_and_why() {
+    let lb = ringlb("1s");
+    let base = port_range(5, 4);
+    let marker = format!("as5-{}", std::process::id());
+    let config = write_autoscale(
+        &lb,
+        &format!(
+            "min = 1\nmax = 2\nports = \"{base}-{}\"\nexec = \"{DEMO} --port {{port}} --name {marker}-{{port}}\"\nperiod = \"1s\"\nmetric = \"active_connections\"\n\n[group.target_tracking]\ntarget = 2\nscale_out_periods = 1\nscale_out_cooldown = \"1s\"\n",
+            base + 3
+        ),
+    );
+    let a = Autoscaler::start(&config, &marker, &[]);
+    lb.wait_healthy(1);
+    a.wait_gauge("ringlb_autoscale_in_service", 1.0).await;
+    let Some(mut page) = Page::open(
+        "autoscale",
+        &format!("http://{}/", a.admin),
+        lb.dir.path(),
+        &[],
+    ) else {
+        return;
+    };
+    page.expect("loaded");
+    // Six connections held open: three a target at two, over the target of 2.
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        held.push(TcpStream::connect(lb.addr()).await.unwrap());
+    }
+    page.next();
+    page.expect("grown");
+    page.expect("chart");
+    page.expect("activity");
+    page.expect("screenshot");
+    page.finish();
+    let (status, body) = admin_get(a.admin, "/console.json").await;
+    assert_eq!(status, 200);
+    let c: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let text = c["events"].to_string();
+    assert!(
+        text.contains("scale out web 1 -> 2: active_connections ") && text.contains("> target 2"),
+        "the decision with its figure: {text}"
+    );
+    drop(held);
+}
+
+/// Metric names and, for each, the label names its samples carry, from
+/// Prometheus text.
+fn exported(text: &str, into: &mut std::collections::BTreeMap<String, Vec<String>>) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+    {
+        let name_end = line.find(['{', ' ']).unwrap_or(line.len());
+        let labels = into.entry(line[..name_end].to_string()).or_default();
+        if let Some(inner) = line[name_end..]
+            .strip_prefix('{')
+            .and_then(|r| r.split_once('}'))
+        {
+            for pair in inner.0.split("\",") {
+                let key = pair.split('=').next().unwrap().trim_start_matches(',');
+                if !key.is_empty() && !labels.iter().any(|l| l == key) {
+                    labels.push(key.to_string());
+                }
+            }
+        }
+    }
+}
+
+/// contrib/grafana/ringlb.json asks only for what ringlb and the
+/// autoscaler export: each metric its queries name, each label they select,
+/// group by or show in a legend (Prometheus's own `instance` and `job`
+/// aside), scraped from a real ringlb that has served, refused and reloaded
+/// and a real autoscaler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grafana_dashboard_names_only_what_ringlb_and_the_autoscaler_export() {
+    let lb = ringlb("1s");
+    let base = port_range(6, 4);
+    let marker = format!("as6-{}", std::process::id());
+    let config = write_autoscale(
+        &lb,
+        &format!(
+            "min = 1\nmax = 2\nports = \"{base}-{}\"\nexec = \"{DEMO} --port {{port}} --name {marker}-{{port}}\"\nperiod = \"1s\"\n\n[group.target_tracking]\ntarget = 50\n",
+            base + 3
+        ),
+    );
+    let a = Autoscaler::start(&config, &marker, &[]);
+    lb.wait_healthy(1);
+    assert!(get(lb.addr()).await, "a request through ringlb");
+    a.wait_gauge("ringlb_autoscale_in_service", 1.0).await;
+    let mut have = std::collections::BTreeMap::new();
+    for admin in [lb.admin, a.admin] {
+        let (status, body) = admin_get(admin, "/metrics").await;
+        assert_eq!(status, 200);
+        exported(&body, &mut have);
+    }
+
+    let text = std::fs::read_to_string(repo_path("contrib/grafana/ringlb.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for t in panel["targets"].as_array().into_iter().flatten() {
+            queries.push((
+                panel["title"].as_str().unwrap().to_string(),
+                t["expr"].as_str().unwrap().to_string(),
+                t["legendFormat"].as_str().unwrap_or("").to_string(),
+            ));
+        }
+    }
+    assert!(queries.len() >= 20, "{} queries", queries.len());
+    let words = |s: &str| -> Vec<String> {
+        s.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| !w.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let mut problems = Vec::new();
+    let mut used = std::collections::BTreeSet::new();
+    for (title, expr, legend) in &queries {
+        let metrics: Vec<String> = words(expr)
+            .into_iter()
+            .filter(|w| w.starts_with("ringlb_"))
+            .collect();
+        assert!(!metrics.is_empty(), "{title}: no ringlb metric in {expr}");
+        for m in &metrics {
+            if !have.contains_key(m) {
+                problems.push(format!("{title}: {m} is not exported"));
+            }
+            used.insert(m.clone());
+        }
+        // Labels: in selectors ({a="x", b=~"y"}), in by (...) and in the
+        // legend's {{label}}.
+        let mut labels = Vec::new();
+        for part in expr.split('{').skip(1) {
+            let inner = part.split('}').next().unwrap();
+            labels.extend(inner.split(',').filter_map(|m| {
+                let key = m.split(['=', '!']).next()?.trim();
+                (!key.is_empty()).then(|| key.to_string())
+            }));
+        }
+        for part in expr.split("by (").skip(1) {
+            labels.extend(words(part.split(')').next().unwrap()));
+        }
+        for part in legend.split("{{").skip(1) {
+            labels.push(part.split("}}").next().unwrap().trim().to_string());
+        }
+        for l in labels {
+            if l == "instance" || l == "job" {
+                continue;
+            }
+            if !metrics
+                .iter()
+                .any(|m| have.get(m).is_some_and(|ls| ls.contains(&l)))
+            {
+                problems.push(format!(
+                    "{title}: no metric of {metrics:?} has the label {l}"
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+    // The dashboard covers what the issue asks for: traffic, health and
+    // draining, refusals and closes by reason, reloads, ring starvation,
+    // the autoscaler's desired and in-service counts.
+    for m in [
+        "ringlb_listener_connections_accepted_total",
+        "ringlb_target_bytes_sent_total",
+        "ringlb_target_healthy",
+        "ringlb_target_draining",
+        "ringlb_listener_connections_refused_total",
+        "ringlb_connections_closed_total",
+        "ringlb_targets_reloads_total",
+        "ringlb_worker_ring_receives_starved_total",
+        "ringlb_autoscale_desired",
+        "ringlb_autoscale_in_service",
+    ] {
+        assert!(used.contains(m), "the dashboard shows no {m}");
+    }
 }
 
 #[test]

@@ -19,13 +19,13 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::rc::Rc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::{debug, info, warn};
 
-use config::{GroupConfig, Metric};
+use config::{GroupConfig, Metric, Policy};
 use fleet::{Content, Fleet, TargetsFile};
 use observe::GroupView;
 use policy::PolicyState;
@@ -218,7 +218,23 @@ impl Group {
             managed,
             policy: PolicyState::default(),
             connections: None,
-            stats: GroupStats::default(),
+            stats: GroupStats {
+                past: admin::Past {
+                    lines: match cfg.policy {
+                        Policy::TargetTracking { target, .. } => vec![target],
+                        Policy::Step {
+                            scale_out_threshold,
+                            scale_in_threshold,
+                            ..
+                        } => vec![scale_out_threshold, scale_in_threshold],
+                    },
+                    min: cfg.min,
+                    max: cfg.max,
+                    metric: cfg.metric.name(),
+                    ..admin::Past::default()
+                },
+                ..GroupStats::default()
+            },
             ringlb_down: false,
             cfg,
         })
@@ -291,10 +307,10 @@ impl Group {
             } else {
                 self.stats.scale_in += 1;
             }
+            let at_ms = admin::unix_ms();
+            self.stats.past.decided(at_ms, "info", said.clone());
             self.stats.last_decision = said;
-            self.stats.last_decision_unix = SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0.0, |d| d.as_secs_f64());
+            self.stats.last_decision_unix = at_ms as f64 / 1000.0;
         } else if decide {
             debug!(group = %self.cfg.name, capacity, "hold: {}", decision.why);
         }
@@ -307,6 +323,14 @@ impl Group {
         self.stats.starting = self.count(State::Starting);
         self.stats.in_service = self.count(State::InService);
         self.stats.removing = self.count(State::Removing);
+        if decide {
+            self.stats.past.point(admin::Point {
+                at_ms: admin::unix_ms(),
+                metric: self.stats.metric,
+                desired,
+                in_service: self.stats.in_service,
+            });
+        }
     }
 
     /// Moves targets along with what ringlb says of them; takes out those
@@ -327,7 +351,13 @@ impl Group {
             let ready = view.targets.get(&addr).is_some_and(|t| t.ready);
             if ready {
                 if m.state == State::Starting {
-                    info!(group = %self.cfg.name, target = %addr, after = ?now.duration_since(m.since), "in service");
+                    let after = now.duration_since(m.since);
+                    info!(group = %self.cfg.name, target = %addr, after = ?after, "in service");
+                    self.stats.past.decided(
+                        admin::unix_ms(),
+                        "info",
+                        format!("{addr} in service after {:.1} s", after.as_secs_f64()),
+                    );
                 }
                 m.state = State::InService;
                 m.unhealthy_since = None;
@@ -348,6 +378,8 @@ impl Group {
         let n = doomed.len() as u32;
         for (port, why) in doomed {
             warn!(group = %self.cfg.name, target = %self.addr(port), "replacing: {why}");
+            let text = format!("replacing {}: {why}", self.addr(port));
+            self.stats.past.decided(admin::unix_ms(), "warn", text);
             self.stats.replaced += 1;
             if let Some(m) = self.managed.get_mut(&port) {
                 m.state = State::Removing;
@@ -374,6 +406,8 @@ impl Group {
             match self.fleet.stop(port).await {
                 Ok(()) => {
                     info!(group = %self.cfg.name, target = %self.addr(port), "drained and stopped");
+                    let text = format!("{} drained and stopped", self.addr(port));
+                    self.stats.past.decided(admin::unix_ms(), "info", text);
                     self.managed.remove(&port);
                 }
                 Err(e) => {

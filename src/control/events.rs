@@ -61,6 +61,13 @@ pub enum Event {
     ConfigReloaded { epoch: u64, changes: String },
     /// A SIGHUP's config was refused; the running one serves on.
     ConfigRejected { error: String },
+    /// A listener closed clients without proxying them, by reason, over the
+    /// last `over`.
+    Refused {
+        listener: String,
+        by_reason: Vec<(&'static str, u64)>,
+        over: Duration,
+    },
 }
 
 impl Event {
@@ -137,6 +144,93 @@ impl Event {
             }
             Event::ConfigRejected { error } => {
                 error!(%error, "config reload rejected; keeping the running config")
+            }
+            Event::Refused { .. } => info!("{}", self.text()),
+        }
+    }
+
+    /// How bad it is, for the console: "info", "warn" or "error".
+    pub fn level(&self) -> &'static str {
+        match self {
+            Event::HealthChanged { to, .. } if *to == State::Healthy => "info",
+            Event::HealthChanged { .. }
+            | Event::FailingOpen { .. }
+            | Event::TargetsFileEmptied { .. }
+            | Event::NoTargets { .. }
+            | Event::DrainExpired { .. }
+            | Event::Refused { .. } => "warn",
+            Event::TargetsRejected { .. } | Event::ConfigRejected { .. } => "error",
+            _ => "info",
+        }
+    }
+
+    /// One sentence for the console's list of events.
+    pub fn text(&self) -> String {
+        let d = |d: &Duration| crate::config::ConfigDuration(*d).to_string();
+        match self {
+            Event::HealthChanged {
+                group,
+                target,
+                from,
+                to,
+                reason,
+                ..
+            } => format!("{group}: {target} {from} -> {to} ({reason})"),
+            Event::FailingOpen { group } => {
+                format!("{group}: no healthy target; failing open, routing to all")
+            }
+            Event::TargetsReloaded {
+                group,
+                count,
+                added,
+                removed,
+                reweighted,
+            } => format!(
+                "{group}: targets reloaded, {count} now; added {}, removed {}, reweighted {}",
+                describe_addrs(added),
+                describe_addrs(removed),
+                describe_addrs(reweighted)
+            ),
+            Event::TargetsRejected { group, error } => {
+                format!("{group}: targets file rejected: {error}")
+            }
+            Event::TargetsFileEmptied { group, grace } => {
+                format!("{group}: targets file empty; targets kept for {}", d(grace))
+            }
+            Event::NoTargets { warning } => warning.clone(),
+            Event::DrainStarted {
+                group,
+                target,
+                active,
+                delay,
+            } => format!(
+                "{group}: {target} draining ({active} connections, deregistration_delay {})",
+                d(delay)
+            ),
+            Event::DrainFinished { group, target } => format!("{group}: {target} drained"),
+            Event::DrainExpired {
+                group,
+                target,
+                active,
+            } => {
+                format!("{group}: {target} deregistration_delay over; {active} connections closed")
+            }
+            Event::Readded { group, target } => {
+                format!("{group}: {target} added back while draining; back in service")
+            }
+            Event::ConfigReloaded { changes, .. } => format!("config reloaded: {changes}"),
+            Event::ConfigRejected { error } => format!("config reload rejected: {error}"),
+            Event::Refused {
+                listener,
+                by_reason,
+                over,
+            } => {
+                let by: Vec<String> = by_reason.iter().map(|(r, n)| format!("{n} {r}")).collect();
+                format!(
+                    "listener {listener}: refused {} over {}",
+                    by.join(", "),
+                    d(over)
+                )
             }
         }
     }

@@ -26,6 +26,7 @@ mod core;
 mod drains;
 mod events;
 mod healthbook;
+mod history;
 mod listeners;
 mod publish;
 mod report;
@@ -74,6 +75,10 @@ pub struct ControlPlane {
     recent: VecDeque<(SystemTime, Event)>,
     /// Connection log lines dropped, by every log this process has had.
     pub access_log_dropped: Arc<AtomicU64>,
+    /// The last 15 minutes of traffic, for the console.
+    history: history::History,
+    /// When this process started.
+    started: SystemTime,
 }
 
 impl ControlPlane {
@@ -111,6 +116,8 @@ impl ControlPlane {
             takeover_refused: Arc::default(),
             recent: VecDeque::with_capacity(RECENT_EVENTS),
             access_log_dropped,
+            history: history::History::default(),
+            started: SystemTime::now(),
         };
         cp.carry_out(effects, None);
         Ok((cp, results))
@@ -221,6 +228,69 @@ impl ControlPlane {
         }
         let effects = self.core.tick(now);
         self.carry_out(effects, Some(workers));
+        if self.history.due(now) {
+            self.sample_history(now);
+        }
+    }
+
+    /// A point of the console's charts; refusals since the last are events.
+    fn sample_history(&mut self, now: Instant) {
+        use crate::access_log::End;
+        let listeners: Vec<(String, history::Totals)> = self
+            .listeners
+            .by_name()
+            .into_iter()
+            .map(|(name, b)| {
+                let slots = &b.stats.slots;
+                let closed = |e: End| slots.sum(|s| &s.closed[e.index()]);
+                let totals = history::Totals {
+                    connections: slots.sum(|s| &s.accepted),
+                    bytes: 0,
+                    refused: [
+                        closed(End::NotAllowed),
+                        closed(End::MaxConnections),
+                        slots.sum(|s| &s.refused_no_target),
+                        closed(End::LocalResources),
+                    ],
+                };
+                (name.to_string(), totals)
+            })
+            .collect();
+        let snap = self.shared.load();
+        let totals = |stats: &crate::metrics::TargetStats| {
+            let s = &stats.slots;
+            history::Totals {
+                connections: s.sum(|x| &x.connections),
+                bytes: s
+                    .sum(|x| &x.bytes_sent)
+                    .wrapping_add(s.sum(|x| &x.bytes_received)),
+                refused: [0; 4],
+            }
+        };
+        // Targets in service, then those draining: a drained target's chart
+        // goes on until its drain ends.
+        let targets = snap
+            .groups
+            .iter()
+            .flat_map(|g| {
+                g.targets
+                    .iter()
+                    .map(|t| ((g.name.to_string(), t.addr), totals(&t.stats)))
+            })
+            .chain(
+                snap.draining
+                    .iter()
+                    .map(|d| ((d.group.to_string(), d.addr), totals(&d.stats))),
+            );
+        let refusals = self.history.sample(now, listeners.into_iter(), targets);
+        drop(snap);
+        for r in refusals {
+            self.remember(Event::Refused {
+                listener: r.listener,
+                by_reason: r.by_reason,
+                over: r.over,
+            });
+        }
     }
 
     /// The set in service from the targets file at `path`, if any group reads it.

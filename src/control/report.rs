@@ -24,6 +24,16 @@ impl ControlPlane {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.metrics(),
             },
+            Route::Console => Response {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: crate::admin::CONSOLE_PAGE.to_string(),
+            },
+            Route::ConsoleData => Response {
+                status: 200,
+                content_type: "application/json",
+                body: self.console_report().to_string() + "\n",
+            },
             Route::Targets { pretty } => {
                 let report = self.targets_report();
                 let body = if pretty {
@@ -176,6 +186,64 @@ impl ControlPlane {
                 );
             }
         }
+    }
+
+    /// `GET /console.json`: what the console page shows: the targets report,
+    /// with each listener and charted target's series (the last 15 minutes,
+    /// a point every 5 s: connections/s, bytes/s), and the latest events.
+    pub fn console_report(&self) -> serde_json::Value {
+        let unix_ms = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64)
+        };
+        let series = |s: Option<&super::history::Series>| -> serde_json::Value {
+            s.map_or(json!([]), |s| json!(s.points.iter().collect::<Vec<_>>()))
+        };
+        let mut report = self.targets_report();
+        for g in report["groups"].as_array_mut().into_iter().flatten() {
+            let name = g["name"].as_str().unwrap_or_default().to_string();
+            for t in g["targets"].as_array_mut().into_iter().flatten() {
+                let addr = t["address"].as_str().and_then(|a| a.parse().ok());
+                let s = addr.and_then(|a| self.history.target(&name, a));
+                t["series"] = series(s);
+            }
+        }
+        let snap = self.shared.load();
+        let listeners: Vec<serde_json::Value> = self
+            .listeners
+            .by_name()
+            .into_iter()
+            .map(|(name, b)| {
+                let group = snap
+                    .listeners
+                    .get(&b.id)
+                    .and_then(|v| snap.groups.get(v.group))
+                    .map(|g| g.name.to_string());
+                json!({
+                    "name": name,
+                    "address": b.addr.to_string(),
+                    "target_group": group,
+                    "active_connections": b.stats.slots.sum(|s| &s.active),
+                    "accepted": b.stats.slots.sum(|s| &s.accepted),
+                    "series": series(self.history.listener(name)),
+                })
+            })
+            .collect();
+        let events: Vec<serde_json::Value> = self
+            .recent_events()
+            .map(|(at, e)| json!({"at_ms": unix_ms(*at), "level": e.level(), "text": e.text()}))
+            .collect();
+        json!({
+            "epoch": report["epoch"],
+            "now_ms": unix_ms(std::time::SystemTime::now()),
+            "started_ms": unix_ms(self.started),
+            "version": env!("CARGO_PKG_VERSION"),
+            "sample_seconds": super::history::SAMPLE_EVERY.as_secs(),
+            "points": super::history::POINTS,
+            "listeners": listeners,
+            "groups": report["groups"].take(),
+            "events": events,
+        })
     }
 
     /// `GET /targets`: the JSON shape docs/operating.md documents.

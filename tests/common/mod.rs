@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod page;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_ringlb");
 
 /// Polls `cond` until it holds or `limit` passes; panics naming `what`.
