@@ -116,7 +116,13 @@ pub struct Draining {
 #[derive(Debug)]
 pub struct TargetEntry {
     pub addr: SocketAddr,
+    /// As the targets file writes it.
     pub weight: u32,
+    /// What picks weigh it by: `weight`, or with slow start its share of
+    /// `weight` x 100 while it ramps up.
+    pub pick_weight: u32,
+    /// When its slow start ends, while it ramps.
+    pub slow_start_until: Option<std::time::Instant>,
     /// Healthy: may get new connections (unless the group fails open).
     pub ready: bool,
     /// Shared with every worker and with later snapshots listing the same address.
@@ -150,7 +156,7 @@ impl Candidates for ForPick<'_> {
 
     fn load(&self, i: usize) -> (u64, u32) {
         let t = &self.group.targets[i];
-        (t.stats.active(), t.weight)
+        (t.stats.active(), t.pick_weight)
     }
 }
 

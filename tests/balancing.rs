@@ -191,3 +191,94 @@ async fn maglev_source_ip_port_spreads_one_client_over_targets() {
     );
     assert!(lb.stop().success());
 }
+
+/// Slow start: two established targets and one that joins. In each fifth of
+/// the 30 s window the new target's share of new connections (from ringlb's
+/// own counters) grows, from near nothing to close to its full third, and
+/// after the window it has its third; `/targets` shows the ramp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_eases_a_new_target_in_over_its_window() {
+    let (a, b, c) = (
+        Backend::tagged(1).await,
+        Backend::tagged(2).await,
+        Backend::tagged(3).await,
+    );
+    let health =
+        "protocol = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 1";
+    let lb = Ringlb::start(write_config(
+        &health_config(2, "slow_start = \"30s\"", health),
+        &[("targets/web.txt", targets(&[a.addr, b.addr]))],
+    ));
+    lb.wait_healthy(2);
+    replace_file(
+        &lb.dir.path().join("targets/web.txt"),
+        &targets(&[a.addr, b.addr, c.addr]),
+    );
+    lb.wait_log(
+        &format!("target={} from=initial to=healthy", c.addr),
+        Duration::from_secs(5),
+    );
+    let started = std::time::Instant::now();
+    // New connections at about 250/s for 36 s (at most 12,000).
+    let addr = lb.addr();
+    let client = tokio::spawn(async move {
+        for _ in 0..12_000 {
+            if started.elapsed() > Duration::from_secs(36) {
+                break;
+            }
+            let (s, _) = connect_tagged(addr).await;
+            drop(s);
+            tokio::time::sleep(Duration::from_millis(4)).await;
+        }
+    });
+    let counts = || async {
+        let mut n = [0u64; 3];
+        for (i, t) in [a.addr, b.addr, c.addr].iter().enumerate() {
+            n[i] = metric(
+                &lb,
+                &format!("ringlb_target_connections_total{{group=\"web\",target=\"{t}\"}}"),
+            )
+            .await;
+        }
+        n
+    };
+    let (_, body) = admin_get(lb.admin, "/targets").await;
+    let report: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let new = report["groups"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["address"] == c.addr.to_string())
+        .unwrap()
+        .clone();
+    let left = new["slow_start_seconds_left"].as_f64().unwrap();
+    assert!(left > 25.0 && left <= 30.0, "{new}");
+    // Shares in each 6 s fifth of the window, then in 4 s after it.
+    let mut shares = Vec::new();
+    let mut last = counts().await;
+    for end in [6, 12, 18, 24, 30, 35] {
+        tokio::time::sleep_until((started + Duration::from_secs(end)).into()).await;
+        let now = counts().await;
+        let d: Vec<u64> = (0..3).map(|i| now[i] - last[i]).collect();
+        let total = d.iter().sum::<u64>().max(1) as f64;
+        shares.push(d[2] as f64 / total);
+        last = now;
+    }
+    client.await.unwrap();
+    println!("the new target's share by fifth of the window, then after: {shares:.3?}");
+    // A linear ramp of its weight against two at full weight: f / (2 + f),
+    // averaged over each fifth, is 0.05, 0.13, 0.20, 0.26, 0.31; then 1/3.
+    let expected = [0.05, 0.13, 0.20, 0.26, 0.31, 0.333];
+    for (i, (got, want)) in shares.iter().zip(expected).enumerate() {
+        assert!(
+            (got - want).abs() < 0.06,
+            "period {}: share {got:.3}, expected about {want} ({shares:.3?})",
+            i + 1
+        );
+    }
+    assert!(
+        shares.windows(2).take(4).all(|w| w[0] < w[1]),
+        "the share grows fifth by fifth: {shares:.3?}"
+    );
+    assert!(lb.stop().success());
+}

@@ -227,6 +227,7 @@ async fn targets_report_shows_a_health_flip_and_a_drain() {
         "\"ready\"",
         "\"draining\"",
         "\"drain_seconds_left\"",
+        "\"slow_start_seconds_left\"",
         "\"active_connections\"",
     ];
     let at: Vec<usize> = keys.iter().map(|k| pretty.find(k).unwrap()).collect();

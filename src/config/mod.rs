@@ -27,6 +27,9 @@ pub const MAX_NAME_BYTES: usize = 128;
 
 /// Largest `connect_retries`: each retry costs a client up to `connect_timeout`.
 pub const MAX_CONNECT_RETRIES: u32 = 10;
+/// `slow_start`'s range when on, as on AWS.
+pub const SLOW_START_MIN: Duration = Duration::from_secs(30);
+pub const SLOW_START_MAX: Duration = Duration::from_secs(900);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
@@ -132,6 +135,9 @@ pub struct GroupConfig {
     /// A target with this many open connections is skipped like a not-ready
     /// one; `None` = unlimited (written 0 in the file).
     pub max_connections_per_target: Option<u64>,
+    /// A target entering service ramps up to its weight over this long;
+    /// `None`: off.
+    pub slow_start: Option<Duration>,
     pub health: HealthCheckConfig,
 }
 

@@ -140,6 +140,9 @@ pub struct RawTargetGroup {
     /// 0 = unlimited.
     #[serde(default)]
     pub max_connections_per_target: u64,
+    /// Absent or "0s": off.
+    #[serde(default)]
+    pub slow_start: Option<Spanned<ConfigDuration>>,
     #[serde(default)]
     pub health_check: RawHealthCheck,
 }

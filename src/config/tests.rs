@@ -290,6 +290,44 @@ fn algorithms_and_hash_keys() {
 }
 
 #[test]
+fn slow_start_is_off_30s_to_900s_and_not_with_maglev() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "targets_file = \"targets/web.txt\"",
+            &format!("targets_file = \"targets/web.txt\"\n{extra}"),
+        )
+    };
+    let slow = |extra: &str| {
+        parse(Path::new("/x/ringlb.toml"), &with(extra))
+            .unwrap()
+            .groups[0]
+            .slow_start
+    };
+    assert_eq!(slow(""), None);
+    assert_eq!(slow("slow_start = \"0s\""), None);
+    assert_eq!(
+        slow("slow_start = \"90s\"\nalgorithm = \"least_connections\""),
+        Some(Duration::from_secs(90))
+    );
+    for (bad, says) in [
+        ("slow_start = \"10s\"", "outside 30s-900s"),
+        ("slow_start = \"16m\"", "outside 30s-900s"),
+        (
+            "slow_start = \"60s\"\nalgorithm = \"maglev\"",
+            "maglev keeps each client on its target",
+        ),
+    ] {
+        let (line, key, msg) = err(&with(bad));
+        assert_eq!(
+            (line, key.as_str()),
+            (13, "target_group[0].slow_start"),
+            "{bad}"
+        );
+        assert!(msg.contains(says), "{bad}: {msg}");
+    }
+}
+
+#[test]
 fn matcher_forms() {
     assert_eq!(parse_matcher("200").unwrap(), vec![(200, 200)]);
     assert_eq!(parse_matcher("200-399").unwrap(), vec![(200, 399)]);

@@ -435,7 +435,9 @@ impl Validator<'_> {
                 format!("{} is more than {MAX_CONNECT_RETRIES}", g.connect_retries),
             ));
         }
+        let slow_start = self.slow_start(key, g, algorithm)?;
         Ok(GroupConfig {
+            slow_start,
             name: g.name.get_ref().clone(),
             algorithm,
             algorithm_name,
@@ -448,6 +450,39 @@ impl Validator<'_> {
                 .then_some(g.max_connections_per_target),
             health: self.health(&format!("{key}.health_check"), &g.health_check, here)?,
         })
+    }
+
+    /// `slow_start`: off ("0s" or absent), or 30 s to 900 s as on AWS; not
+    /// with maglev, whose clients keep their places (a ramp would move them
+    /// at every step).
+    fn slow_start(
+        &self,
+        key: &str,
+        g: &raw::RawTargetGroup,
+        algorithm: Algorithm,
+    ) -> Result<Option<Duration>, ConfigError> {
+        let Some(s) = &g.slow_start else {
+            return Ok(None);
+        };
+        let d = s.get_ref().0;
+        if d.is_zero() {
+            return Ok(None);
+        }
+        let wrong = |message: String| {
+            self.src
+                .at(s, g.name.span(), format!("{key}.slow_start"), message)
+        };
+        if !(SLOW_START_MIN..=SLOW_START_MAX).contains(&d) {
+            return Err(wrong(format!(
+                "{d:?} is outside 30s-900s (AWS's range); \"0s\" turns it off"
+            )));
+        }
+        if matches!(algorithm, Algorithm::Maglev(_)) {
+            return Err(wrong(
+                "slow start works with round_robin, least_connections and weighted_least_connections; maglev keeps each client on its target, which a ramp would move at every step".into(),
+            ));
+        }
+        Ok(Some(d))
     }
 
     /// A group's `[target_group.health_check]`. About 80 lines: one check

@@ -22,6 +22,7 @@ use super::drains::Drains;
 use super::events::Event;
 use super::healthbook::{HealthBook, Wanted};
 use super::publish::{self, Pacer};
+use super::slow_start::SlowStart;
 use super::targets::{Diff, removals};
 use crate::balancer::Tables;
 use crate::config::Config;
@@ -61,6 +62,8 @@ pub struct Core {
     flips: Vec<Event>,
     /// The connection log workers hand their lines to (started by the shell).
     access_log: Option<Arc<crate::access_log::AccessLog>>,
+    /// Targets ramping up in groups with `slow_start`.
+    slow_start: SlowStart,
 }
 
 impl Core {
@@ -85,6 +88,7 @@ impl Core {
             pacer: Pacer::new(now),
             flips: Vec::new(),
             access_log,
+            slow_start: SlowStart::default(),
         };
         let mut out = vec![Effect::Probes(
             core.health.sync(&core.config, &core.targets),
@@ -233,9 +237,13 @@ impl Core {
     }
 
     /// Time passed: drains whose last connection went, or whose deadline
-    /// passed, end.
+    /// passed, end; a ramping target's next step of slow start is published.
     pub fn tick(&mut self, now: Instant) -> Vec<Effect> {
-        self.drains_due(now)
+        let mut out = self.drains_due(now);
+        if out.is_empty() && self.slow_start.due().is_some_and(|at| at <= now) {
+            out.extend(self.publish(now));
+        }
+        out
     }
 
     /// After the targets changed: health and probes for exactly the listed
@@ -280,10 +288,13 @@ impl Core {
     fn publish(&mut self, now: Instant) -> Vec<Effect> {
         self.epoch += 1;
         self.pacer.published(now);
+        self.slow_start.publishing();
         let health = &self.health;
         let snap = publish::build(
             publish::Inputs {
                 epoch: self.epoch,
+                now,
+                slow_start: &mut self.slow_start,
                 config: &self.config,
                 targets: &self.targets,
                 draining: self.drains.for_snapshot(),

@@ -30,6 +30,7 @@ mod history;
 mod listeners;
 mod publish;
 mod report;
+mod slow_start;
 mod targets;
 
 use std::collections::{HashMap, VecDeque};

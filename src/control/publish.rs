@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::slow_start::{Seen, SlowStart};
 use crate::balancer::Tables;
 use crate::config::Config;
 use crate::metrics::TargetStatsMap;
@@ -18,6 +19,9 @@ use crate::targets::Target;
 /// targets are healthy, and the id of each listener by name.
 pub struct Inputs<'a> {
     pub epoch: u64,
+    pub now: Instant,
+    /// Targets ramping up; their weights for picks.
+    pub slow_start: &'a mut SlowStart,
     pub config: &'a Config,
     pub targets: &'a [Vec<Target>],
     pub draining: Arc<Vec<Draining>>,
@@ -31,6 +35,8 @@ pub struct Inputs<'a> {
 pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap) -> Snapshot {
     let Inputs {
         epoch,
+        now,
+        slow_start,
         config,
         targets,
         draining,
@@ -43,21 +49,38 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
         .iter()
         .zip(targets)
         .map(|(g, t)| {
-            let pairs: Vec<(SocketAddr, u32)> = t.iter().map(|t| (t.addr, t.weight)).collect();
-            let balancer = tables.get(&g.name, g.algorithm, &pairs);
-            let entries: Vec<TargetEntry> = t
+            let name: Arc<str> = g.name.as_str().into();
+            let seen: Vec<Seen> = t
                 .iter()
-                .map(|t| TargetEntry {
+                .map(|t| Seen {
                     addr: t.addr,
                     weight: t.weight,
                     ready: healthy(&g.name, t.addr),
+                })
+                .collect();
+            let shares = slow_start.shares(&name, g.slow_start, &seen, now);
+            let pairs: Vec<(SocketAddr, u32)> = seen
+                .iter()
+                .zip(&shares)
+                .map(|(t, share)| (t.addr, share.weight))
+                .collect();
+            let balancer = tables.get(&g.name, g.algorithm, &pairs);
+            let entries: Vec<TargetEntry> = seen
+                .iter()
+                .zip(shares)
+                .map(|(t, share)| TargetEntry {
+                    addr: t.addr,
+                    weight: t.weight,
+                    pick_weight: share.weight,
+                    slow_start_until: share.until,
+                    ready: t.ready,
                     stats: stats.get(t.addr),
                 })
                 .collect();
             GroupSnapshot {
                 fail_open: !entries.iter().any(|e| e.ready),
                 max_per_target: g.max_connections_per_target,
-                name: g.name.as_str().into(),
+                name,
                 targets: entries,
                 balancer,
                 connect_timeout: g.connect_timeout,
@@ -68,6 +91,7 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
         .collect();
     stats.prune();
     tables.retain(|name| config.groups.iter().any(|g| g.name == name));
+    slow_start.retain(|name| config.groups.iter().any(|g| g.name == name));
     let listeners = config
         .listeners
         .iter()

@@ -263,6 +263,7 @@ impl ControlPlane {
                         "ready": false,
                         "draining": true,
                         "drain_seconds_left": d.deadline.saturating_duration_since(now).as_secs_f64(),
+                        "slow_start_seconds_left": null,
                         "active_connections": d.stats.active(),
                     })
                 })
@@ -286,6 +287,8 @@ impl ControlPlane {
                             "ready": t.ready,
                             "draining": false,
                             "drain_seconds_left": null,
+                            "slow_start_seconds_left": t.slow_start_until
+                                .map(|until| until.saturating_duration_since(now).as_secs_f64()),
                             "active_connections": t.stats.active(),
                         })
                     })
