@@ -39,6 +39,18 @@ def cpu_seconds(pid):
     return (int(fields[11]) + int(fields[12])) / TICK  # utime + stime
 
 
+def machine_busy():
+    """Seconds all CPUs together have been busy so far (/proc/stat's first
+    line: user+nice+system+irq+softirq+steal). Over a run this charges a
+    proxy for kernel work done for it outside its own threads (softirqs run
+    in the sender's context on loopback, kworkers) that its process CPU
+    misses; less the same figure for direct, it is what the proxy adds."""
+    with open("/proc/stat") as f:
+        t = [int(x) for x in f.readline().split()[1:9]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = t
+    return (user + nice + system + irq + softirq + steal) / TICK
+
+
 def rss_kib(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -48,18 +60,19 @@ def rss_kib(pid):
 
 
 def start_ringlb(workdir, targets, workers=1, cpus="0", extra_group="", binary=None, extra_runtime="",
-                 extra_config=""):
+                 extra_config="", extra_listener=""):
     """Starts ringlb (listening on 127.0.0.1, kernel-chosen port); returns (proc, port).
     `binary` runs another build (A/B runs); default target/release/ringlb.
     `extra_runtime` adds lines to [runtime] (e.g. 'pipe_size = "1MiB"');
-    `extra_config` adds tables at the end (e.g. '[access_log]\nto = "access.log"')."""
+    `extra_config` adds tables at the end (e.g. '[access_log]\nto = "access.log"');
+    `extra_listener` adds lines to the listener (e.g. 'max_connections_per_client = 100')."""
     os.makedirs(f"{workdir}/targets", exist_ok=True)
     with open(f"{workdir}/targets/t.txt", "w") as f:
         f.write("".join(f"{t}\n" for t in targets))
     with open(f"{workdir}/ringlb.toml", "w") as f:
         f.write(
             f'[runtime]\nworkers = {workers}\n{extra_runtime}\n[admin]\nlisten = "127.0.0.1:0"\n[[listener]]\nname = "bench"\nlisten = "127.0.0.1:0"\n'
-            f'target_group = "t"\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n{extra_group}\n'
+            f'target_group = "t"\n{extra_listener}\n[[target_group]]\nname = "t"\ntargets_file = "targets/t.txt"\n{extra_group}\n'
             f'{extra_config}\n'
         )
     log = open(f"{workdir}/ringlb.log", "w+")

@@ -11,7 +11,10 @@ at least 95% busy under both ringlb and the best peer: then the figure measures
 how much work each proxy leaves the load generators, not how fast it can go. Every scenario runs
 --rounds times (default 3) with the order of the proxies rotated each round (so
 the TIME_WAIT sockets one leaves do not always fall on the same next one), and
-the table shows medians. Proxy CPU is read from /proc (the whole process tree),
+the table shows medians. Proxy CPU is read from /proc (the whole process tree);
+the whole machine's CPU (all CPUs, /proc/stat: user+nice+system+irq+softirq+steal)
+per unit is shown beside it, and that less direct's, which charges each proxy for
+kernel work done for it outside its own threads;
 memory as RSS, TCP segments per request or connection from /proc/net/snmp (all
 segments sent on the machine during the run: client, proxy and backend); with --syscalls, a short extra pass per proxy counts system
 calls per request and per connection with strace (io_uring operations count as
@@ -31,7 +34,7 @@ bench/results/compare.png (ratios to HAProxy).
 import argparse, json, os, re, resource, shutil, socket, statistics, subprocess, sys, tempfile, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, TICK, ensure, start_ringlb, stop, workdir  # noqa: E402
+from common import ROOT, TICK, ensure, machine_busy, start_ringlb, stop, workdir  # noqa: E402
 
 PROXIES = ["direct", "ringlb", "haproxy", "nginx"]
 PEERS = ["haproxy", "nginx"]
@@ -123,7 +126,8 @@ def wait_port(port, deadline=10):
 class Proxy:
     """One proxy in front of one backend port; `port` is where clients go."""
 
-    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None, runtimes=None, extras=None):
+    def __init__(self, kind, backend, work, workers=1, cpus="0", binaries=None, runtimes=None, extras=None,
+                 listeners=None):
         self.kind, self.proc = kind, None
         if kind == "direct":
             self.port = backend
@@ -132,7 +136,8 @@ class Proxy:
             self.proc, self.port = start_ringlb(work, [f"127.0.0.1:{backend}"], workers=workers, cpus=cpus,
                                                 binary=(binaries or {}).get(kind),
                                                 extra_runtime=(runtimes or {}).get(kind, ""),
-                                                extra_config=(extras or {}).get(kind, ""))
+                                                extra_config=(extras or {}).get(kind, ""),
+                                                extra_listener=(listeners or {}).get(kind, ""))
             return
         self.port = free_port()
         if kind == "haproxy":
@@ -393,20 +398,26 @@ def main():
                 row = {"round": rnd + 1, "scenario": sc, "proxy": kind}
                 c0 = proxy.cpu()
                 gen0 = cpu_jiffies(1)
+                m0 = machine_busy()
+                proxy0 = cpu_jiffies(0)
                 if sc == "bulk":
                     gbps, nbytes = iperf(proxy.port, secs, arg)
-                    row.update(streams=arg, gbit_s=gbps, gb=nbytes / 1e9, gen_busy_pct=busy_since(1, gen0))
+                    row.update(streams=arg, gbit_s=gbps, gb=nbytes / 1e9, gen_busy_pct=busy_since(1, gen0),
+                               proxy_busy_pct=busy_since(0, proxy0),
+                               machine_s_per_gb=(machine_busy() - m0) / (nbytes / 1e9))
                     if c0 is not None:
                         row["cpu_s_per_gb"] = (proxy.cpu() - c0) / (nbytes / 1e9)
                 elif sc in ("keepalive", "close", "scaling"):
                     s0 = tcp_out_segments()
                     n, errors, p50, p99 = wrk(proxy.port, secs, sc == "close", lua, cpus="0,1" if sc == "scaling" else "1")
                     row.update(per_s=n / secs, p50_ms=p50, p99_ms=p99, errors=errors,
-                               segments_per_req=(tcp_out_segments() - s0) / max(n, 1))
+                               segments_per_req=(tcp_out_segments() - s0) / max(n, 1),
+                               machine_us_per_req=1e6 * (machine_busy() - m0) / max(n, 1))
                     if sc == "scaling":
                         row["workers"] = arg
                     else:
                         row["gen_busy_pct"] = busy_since(1, gen0)
+                        row["proxy_busy_pct"] = busy_since(0, proxy0)
                     if c0 is not None:
                         row["cpu_us_per_req"] = 1e6 * (proxy.cpu() - c0) / max(n, 1)
                     if args.syscalls and rnd == 0 and sc != "scaling" and proxy.proc:
@@ -434,17 +445,26 @@ def main():
 FIGURES = [
     ("bulk", "gbit_s", "Gbit/s", "higher"),
     ("bulk", "cpu_s_per_gb", "CPU-s per GB", "lower"),
+    ("bulk", "machine_s_per_gb", "whole machine CPU-s per GB", "lower"),
+    ("bulk", "machine_s_per_gb-direct", "whole machine CPU-s per GB, minus direct's", "lower"),
     ("bulk", "gen_busy_pct", "CPU 1 busy % (iperf3 client and server)", "info"),
+    ("bulk", "proxy_busy_pct", "CPU 0 busy % (the proxy)", "info"),
     ("keepalive", "per_s", "requests/s", "higher"),
     ("keepalive", "p99_ms", "p99 ms", "lower"),
     ("keepalive", "gen_busy_pct", "CPU 1 busy % (wrk and the backend)", "info"),
+    ("keepalive", "proxy_busy_pct", "CPU 0 busy % (the proxy)", "info"),
     ("keepalive", "cpu_us_per_req", "CPU µs per request", "lower"),
+    ("keepalive", "machine_us_per_req", "whole machine CPU µs per request", "lower"),
+    ("keepalive", "machine_us_per_req-direct", "whole machine CPU µs per request, minus direct's", "lower"),
     ("keepalive", "syscalls_per_req", "system calls per request", "lower"),
     ("keepalive", "segments_per_req", "TCP segments per request (client, proxy and backend)", "lower"),
     ("close", "per_s", "connections/s", "higher"),
     ("close", "p99_ms", "p99 ms", "lower"),
     ("close", "gen_busy_pct", "CPU 1 busy % (wrk and the backend)", "info"),
+    ("close", "proxy_busy_pct", "CPU 0 busy % (the proxy)", "info"),
     ("close", "cpu_us_per_req", "CPU µs per connection", "lower"),
+    ("close", "machine_us_per_req", "whole machine CPU µs per connection", "lower"),
+    ("close", "machine_us_per_req-direct", "whole machine CPU µs per connection, minus direct's", "lower"),
     ("close", "syscalls_per_req", "system calls per connection", "lower"),
     ("close", "segments_per_req", "TCP segments per connection (client, proxy and backend)", "lower"),
     ("idle", "bytes_per_conn", "bytes per idle connection", "lower"),
@@ -457,6 +477,10 @@ NAMES = {"direct": "direct", "ringlb": "ringlb", "ringlb-old": "ringlb (old)", "
 
 def report(rows, args, proxies):
     def median(sc, proxy, key, streams=None):
+        if key.endswith("-direct"):
+            # What the proxy adds to the whole machine's CPU: its median less direct's.
+            mine, direct = (median(sc, p, key.removesuffix("-direct"), streams) for p in (proxy, "direct"))
+            return None if proxy == "direct" or mine is None or direct is None else mine - direct
         vals = [r[key] for r in rows if r["scenario"] == sc and r["proxy"] == proxy
                 and r.get("streams") == streams and r.get(key) is not None]
         return statistics.median(vals) if vals else None

@@ -44,6 +44,10 @@ pub enum End {
     NotAllowed,
     /// The listener was at `max_connections`.
     MaxConnections,
+    /// Its client had `max_connections_per_client` open.
+    ClientLimit,
+    /// Its client passed `connection_rate_per_client`.
+    ClientRate,
     /// ringlb had no descriptor, memory or local port left.
     LocalResources,
     /// Its target's `deregistration_delay` ran out.
@@ -54,7 +58,7 @@ pub enum End {
 
 impl End {
     /// Every way to end, in the order metrics list them.
-    pub const ALL: [End; 12] = [
+    pub const ALL: [End; 14] = [
         End::ClientClosed,
         End::TargetClosed,
         End::IdleTimeout,
@@ -64,6 +68,8 @@ impl End {
         End::NoTarget,
         End::NotAllowed,
         End::MaxConnections,
+        End::ClientLimit,
+        End::ClientRate,
         End::LocalResources,
         End::Deregistered,
         End::Shutdown,
@@ -81,6 +87,8 @@ impl End {
             End::NoTarget => "no_target",
             End::NotAllowed => "not_allowed",
             End::MaxConnections => "max_connections",
+            End::ClientLimit => "client_limit",
+            End::ClientRate => "client_rate",
             End::LocalResources => "local_resources",
             End::Deregistered => "deregistered",
             End::Shutdown => "shutdown",

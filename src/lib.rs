@@ -17,8 +17,8 @@
 //!   log's writer (workers hand it their lines).
 //!
 //! Between them: [`snapshot`], the one immutable value workers read, with
-//! [`balancer`] tables and [`metrics`] counters; [`choices`], the closed
-//! choices both planes name.
+//! [`balancer`] tables, [`metrics`] counters and [`client_limits`] tables;
+//! [`choices`], the closed choices both planes name.
 //!
 //! The data plane, one worker per core:
 //! - [`worker`]: the threads, accepting, placing each connection.
@@ -41,6 +41,7 @@ pub mod autoscale;
 pub mod balancer;
 pub mod choices;
 pub mod cli;
+pub mod client_limits;
 pub mod config;
 pub mod control;
 pub mod files;

@@ -27,6 +27,7 @@ pub const LISTENER_REFUSED: &str = "ringlb_listener_connections_refused_total";
 pub const LISTENER_RESETS: &str = "ringlb_listener_connections_reset_total";
 pub const CONNECTIONS_CLOSED: &str = "ringlb_connections_closed_total";
 pub const ACCESS_LOG_DROPPED: &str = "ringlb_access_log_dropped_total";
+pub const CLIENT_TABLE_FULL: &str = "ringlb_listener_client_table_full_total";
 pub const WORKER_ACCEPTED: &str = "ringlb_worker_connections_accepted_total";
 pub const WORKER_RING_STARVED: &str = "ringlb_worker_ring_receives_starved_total";
 pub const TARGET_ACTIVE: &str = "ringlb_target_connections_active";
@@ -86,6 +87,9 @@ pub struct ListenerStats {
     pub slots: Slots<ListenerSlot>,
     /// Connections open on this listener, all workers.
     pub open: AtomicU64,
+    /// Its clients' counts, made the first time per-client limits apply
+    /// (then kept, across SIGHUPs, as long as the listener).
+    pub clients: std::sync::OnceLock<crate::client_limits::ClientTable>,
 }
 
 impl ListenerStats {
@@ -93,6 +97,7 @@ impl ListenerStats {
         ListenerStats {
             slots: Slots::new(workers),
             open: AtomicU64::new(0),
+            clients: std::sync::OnceLock::new(),
         }
     }
 

@@ -43,6 +43,9 @@ pub struct ListenerView {
     pub group: usize,
     pub allow: Option<Vec<ipnet::IpNet>>,
     pub max_connections: Option<u64>,
+    /// Per-client limits; `None` without any. The listener's stats hold
+    /// the table that counts its clients.
+    pub clients: Option<crate::client_limits::Limits>,
     pub proxy_protocol: ProxyProtocol,
 }
 
@@ -173,6 +176,7 @@ mod tests {
                 "::1/128".parse().unwrap(),
             ]),
             max_connections: None,
+            clients: None,
             proxy_protocol: ProxyProtocol::Off,
         };
         assert!(view.allows("10.1.2.3".parse().unwrap()));

@@ -302,3 +302,101 @@ async fn health_probes_send_proxy_v2_local_only_when_asked() {
         assert!(lb.stop().success());
     }
 }
+
+/// `max_connections_per_client`: a client opening N + 10 connections has
+/// exactly N open at once; another client is not touched; when one of the
+/// first client's ends, it may open one more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_per_client_caps_one_client_not_the_others() {
+    let backend = Backend::tagged(1).await;
+    let config = with_listener("max_connections_per_client = 5", "");
+    let lb = Ringlb::start(write_config(
+        &config,
+        &[("targets/web.txt", targets(&[backend.addr]))],
+    ));
+    let greedy = Ipv4Addr::new(127, 0, 0, 2);
+    let (mut open, mut refused) = (Vec::new(), 0);
+    for _ in 0..15 {
+        let mut s = connect_from(lb.addr(), greedy).await;
+        match tag_or_closed(&mut s).await {
+            Ok(_) => open.push(s),
+            Err(()) => refused += 1,
+        }
+    }
+    assert_eq!((open.len(), refused), (5, 10), "exactly 5 open at once");
+    let mut other = Vec::new();
+    for _ in 0..5 {
+        let mut s = connect_from(lb.addr(), Ipv4Addr::new(127, 0, 0, 3)).await;
+        assert_eq!(tag_or_closed(&mut s).await, Ok(1), "another client gets in");
+        other.push(s);
+    }
+    assert_eq!(
+        metric(
+            &lb,
+            "ringlb_listener_connections_refused_total{listener=\"web\",reason=\"client_limit\"}"
+        )
+        .await,
+        10
+    );
+    echo(&mut open[0], b"held ones still flow").await.unwrap();
+    drop(open.pop());
+    wait_metric(
+        &lb,
+        "ringlb_listener_connections_active{listener=\"web\"}",
+        |n| n == 9,
+    )
+    .await;
+    let mut s = connect_from(lb.addr(), greedy).await;
+    assert_eq!(tag_or_closed(&mut s).await, Ok(1), "one left, one more");
+    let mut s = connect_from(lb.addr(), greedy).await;
+    assert_eq!(tag_or_closed(&mut s).await, Err(()), "and no more");
+    drop((open, other));
+    assert!(lb.stop().success());
+}
+
+/// `connection_rate_per_client`: a client trying as fast as it can for 5 s
+/// gets its rate within 10%; another client meanwhile is not touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_rate_per_client_holds_over_five_seconds() {
+    let backend = Backend::tagged(1).await;
+    let config = with_listener("connection_rate_per_client = \"40/s\"", "");
+    let lb = Ringlb::start(write_config(
+        &config,
+        &[("targets/web.txt", targets(&[backend.addr]))],
+    ));
+    let started = std::time::Instant::now();
+    let (mut admitted, mut attempts) = (0u32, 0u32);
+    let mut other_at = started;
+    // For 5 s (at most 20,000 attempts).
+    while started.elapsed() < Duration::from_secs(5) && attempts < 20_000 {
+        let mut s = connect_from(lb.addr(), Ipv4Addr::new(127, 0, 0, 2)).await;
+        attempts += 1;
+        if tag_or_closed(&mut s).await.is_ok() {
+            admitted += 1;
+        }
+        // About 1,000 attempts a second: 25 for each one let in.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        // Another client, ten a second, well under its rate.
+        if other_at.elapsed() >= Duration::from_millis(100) {
+            other_at = std::time::Instant::now();
+            let mut o = connect_from(lb.addr(), Ipv4Addr::new(127, 0, 0, 3)).await;
+            assert_eq!(tag_or_closed(&mut o).await, Ok(1), "another client gets in");
+        }
+    }
+    println!("{admitted} of {attempts} attempts let in over 5 s at 40/s");
+    assert!(
+        attempts > 400,
+        "only {attempts} attempts: too slow to test the rate"
+    );
+    assert!(
+        (180..=220).contains(&admitted),
+        "{admitted} let in over 5 s at 40/s (of {attempts})"
+    );
+    let refused = metric(
+        &lb,
+        "ringlb_listener_connections_refused_total{listener=\"web\",reason=\"client_rate\"}",
+    )
+    .await;
+    assert_eq!(refused, u64::from(attempts - admitted));
+    assert!(lb.stop().success());
+}

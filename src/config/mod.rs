@@ -27,6 +27,8 @@ pub const MAX_NAME_BYTES: usize = 128;
 
 /// Largest `connect_retries`: each retry costs a client up to `connect_timeout`.
 pub const MAX_CONNECT_RETRIES: u32 = 10;
+/// The most `connection_rate_per_client` may say, per second.
+pub const MAX_CLIENT_RATE: u32 = 1_000_000;
 /// `slow_start`'s range when on, as on AWS.
 pub const SLOW_START_MIN: Duration = Duration::from_secs(30);
 pub const SLOW_START_MAX: Duration = Duration::from_secs(900);
@@ -115,6 +117,9 @@ pub struct ListenerConfig {
     /// Open connections beyond which new clients are closed at once, across
     /// all workers; `None` = unlimited.
     pub max_connections: Option<u64>,
+    /// Per-client limits (`max_connections_per_client`,
+    /// `connection_rate_per_client`, `client_ipv6_prefix`).
+    pub client_limits: crate::client_limits::Limits,
     pub proxy_protocol: ProxyProtocol,
 }
 

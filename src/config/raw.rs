@@ -117,6 +117,13 @@ pub struct RawListener {
     #[serde(default)]
     pub max_connections: Option<Spanned<u64>>,
     #[serde(default)]
+    pub max_connections_per_client: Option<Spanned<u32>>,
+    /// `"N/s"`.
+    #[serde(default)]
+    pub connection_rate_per_client: Option<Spanned<String>>,
+    #[serde(default)]
+    pub client_ipv6_prefix: Option<Spanned<u8>>,
+    #[serde(default)]
     pub proxy_protocol: Option<Spanned<String>>,
 }
 

@@ -290,6 +290,48 @@ fn algorithms_and_hash_keys() {
 }
 
 #[test]
+fn per_client_limits_are_read_and_checked() {
+    let with = |extra: &str| {
+        GOOD.replace(
+            "target_group = \"web\"\n\n[[target_group]]",
+            &format!("target_group = \"web\"\n{extra}\n\n[[target_group]]"),
+        )
+    };
+    let c = parse(
+        Path::new("/x/ringlb.toml"),
+        &with("max_connections_per_client = 20\nconnection_rate_per_client = \"5/s\"\nclient_ipv6_prefix = 56"),
+    )
+    .unwrap();
+    let l = c.listeners[0].client_limits;
+    assert_eq!((l.max_open, l.rate, l.ipv6_prefix), (Some(20), Some(5), 56));
+    let none = parse(Path::new("/x/ringlb.toml"), GOOD).unwrap().listeners[0].client_limits;
+    assert!(!none.any());
+    assert_eq!(none.ipv6_prefix, 64);
+    for (bad, key, says) in [
+        (
+            "max_connections_per_client = 0",
+            "max_connections_per_client",
+            "at least 1",
+        ),
+        (
+            "connection_rate_per_client = \"5\"",
+            "connection_rate_per_client",
+            "\"N/s\"",
+        ),
+        (
+            "connection_rate_per_client = \"0/s\"",
+            "connection_rate_per_client",
+            "\"N/s\"",
+        ),
+        ("client_ipv6_prefix = 129", "client_ipv6_prefix", "1 to 128"),
+    ] {
+        let (_, k, msg) = err(&with(bad));
+        assert_eq!(k, format!("listener[0].{key}"), "{bad}");
+        assert!(msg.contains(says), "{bad}: {msg}");
+    }
+}
+
+#[test]
 fn slow_start_is_off_30s_to_900s_and_not_with_maglev() {
     let with = |extra: &str| {
         GOOD.replace(

@@ -182,6 +182,7 @@ impl Validator<'_> {
             Some(m) => Some(*m.get_ref()),
             None => None,
         };
+        let client_limits = self.client_limits(&key, l, &here)?;
         let proxy_protocol = match &l.proxy_protocol {
             None => ProxyProtocol::Off,
             Some(p) => {
@@ -196,7 +197,72 @@ impl Validator<'_> {
             backlog,
             allow,
             max_connections,
+            client_limits,
             proxy_protocol,
+        })
+    }
+
+    /// A listener's per-client limits.
+    fn client_limits(
+        &self,
+        key: &str,
+        l: &raw::RawListener,
+        here: &Range<usize>,
+    ) -> Result<crate::client_limits::Limits, ConfigError> {
+        let max_open = match &l.max_connections_per_client {
+            Some(m) if *m.get_ref() == 0 => {
+                return Err(self.src.at(
+                    m,
+                    here.clone(),
+                    format!("{key}.max_connections_per_client"),
+                    "must be at least 1 (leave it out for no limit)".into(),
+                ));
+            }
+            Some(m) => Some(*m.get_ref()),
+            None => None,
+        };
+        let rate = match &l.connection_rate_per_client {
+            None => None,
+            Some(r) => {
+                let n = r
+                    .get_ref()
+                    .trim()
+                    .strip_suffix("/s")
+                    .and_then(|n| n.trim().parse::<u32>().ok())
+                    .filter(|n| (1..=MAX_CLIENT_RATE).contains(n));
+                let Some(n) = n else {
+                    return Err(self.src.at(
+                        r,
+                        here.clone(),
+                        format!("{key}.connection_rate_per_client"),
+                        format!(
+                            "{}: write new connections per second as \"N/s\", N from 1 to {MAX_CLIENT_RATE} (e.g. \"20/s\")",
+                            quoted(r.get_ref())
+                        ),
+                    ));
+                };
+                Some(n)
+            }
+        };
+        let ipv6_prefix = match &l.client_ipv6_prefix {
+            None => 64,
+            Some(p) if (1..=128).contains(p.get_ref()) => *p.get_ref(),
+            Some(p) => {
+                return Err(self.src.at(
+                    p,
+                    here.clone(),
+                    format!("{key}.client_ipv6_prefix"),
+                    format!(
+                        "{} is not a prefix length: 1 to 128 (64 by default)",
+                        p.get_ref()
+                    ),
+                ));
+            }
+        };
+        Ok(crate::client_limits::Limits {
+            max_open,
+            rate,
+            ipv6_prefix,
         })
     }
 

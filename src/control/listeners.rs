@@ -122,7 +122,7 @@ pub enum ListenerPlan {
     /// connection is refused and no bind can clash with ringlb itself.
     Rename { from: String },
     /// New sockets.
-    Bind(BoundInfo, Vec<std::net::TcpListener>),
+    Bind(Box<BoundInfo>, Vec<std::net::TcpListener>),
 }
 
 /// Every listener bound now, by name.
@@ -253,7 +253,7 @@ impl Listeners {
                 .values()
                 .any(|b| listener::overlaps(b.addr, l.addr));
             let (info, sockets) = BoundInfo::bind(l, self.workers, !ours)?;
-            plans.push((l.clone(), ListenerPlan::Bind(info, sockets)));
+            plans.push((l.clone(), ListenerPlan::Bind(Box::new(info), sockets)));
         }
         Ok(plans)
     }
@@ -286,7 +286,7 @@ impl Listeners {
                     }
                 }
                 ListenerPlan::Rename { from } => renames.push((from, l)),
-                ListenerPlan::Bind(info, sockets) => fresh.push((info, sockets)),
+                ListenerPlan::Bind(info, sockets) => fresh.push((*info, sockets)),
             }
         }
         for name in &gone {

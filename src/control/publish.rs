@@ -96,13 +96,15 @@ pub fn build(inputs: Inputs<'_>, tables: &mut Tables, stats: &mut TargetStatsMap
         .listeners
         .iter()
         .filter_map(|l| {
+            let id = *listener_ids.get(&l.name)?;
             let view = ListenerView {
                 group: l.group,
                 allow: l.allow.clone(),
                 max_connections: l.max_connections,
+                clients: l.client_limits.any().then_some(l.client_limits),
                 proxy_protocol: l.proxy_protocol,
             };
-            Some((*listener_ids.get(&l.name)?, view))
+            Some((id, view))
         })
         .collect();
     Snapshot {

@@ -186,6 +186,19 @@ impl ControlPlane {
                 );
             }
         }
+        e.family(
+            m::CLIENT_TABLE_FULL,
+            "counter",
+            "Clients let in uncounted by per-client limits because the listener's client table had no slot for them (fail open).",
+        );
+        for (n, b) in &listeners {
+            let v = b
+                .stats
+                .clients
+                .get()
+                .map_or(0, |t| t.full.load(Ordering::Relaxed));
+            e.sample(m::CLIENT_TABLE_FULL, &[("listener", n)], v);
+        }
     }
 
     /// `GET /console.json`: what the console page shows: the targets report,
@@ -344,7 +357,7 @@ type ListenerSeries = (
 
 /// Per-listener series: (metric, kind, help, extra label, counter). A row
 /// with no kind adds samples to the family of the row above.
-const PER_LISTENER: [ListenerSeries; 8] = [
+const PER_LISTENER: [ListenerSeries; 10] = [
     (
         m::LISTENER_ACCEPTED,
         "counter",
@@ -379,6 +392,20 @@ const PER_LISTENER: [ListenerSeries; 8] = [
         "",
         Some(("reason", "max_connections")),
         |s| &s.refused_limit,
+    ),
+    (
+        m::LISTENER_REFUSED,
+        "",
+        "",
+        Some(("reason", "client_limit")),
+        |s| &s.closed[End::ClientLimit.index()],
+    ),
+    (
+        m::LISTENER_REFUSED,
+        "",
+        "",
+        Some(("reason", "client_rate")),
+        |s| &s.closed[End::ClientRate.index()],
     ),
     (
         m::LISTENER_REFUSED,

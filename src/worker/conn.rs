@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::run::Worker;
 use crate::access_log::{AccessLog, End, Entry};
+use crate::client_limits::Admitted;
 use crate::metrics::{ListenerSlot, ListenerStats, bump, decrement};
 use crate::rt;
 
@@ -27,6 +28,9 @@ pub(super) struct Conn {
     /// Its log line in the making, when it has one. Boxed: most connections
     /// have none, and every idle one carries the field.
     log: Option<Box<Entry>>,
+    /// Where its client is counted, on a listener with per-client limits
+    /// (in the listener's table).
+    client: Admitted,
 }
 
 impl Conn {
@@ -39,6 +43,7 @@ impl Conn {
         name: &Arc<str>,
         client: SocketAddr,
         log: Option<&Arc<AccessLog>>,
+        counted: Admitted,
     ) -> Conn {
         Conn {
             worker: worker.clone(),
@@ -46,6 +51,7 @@ impl Conn {
             listener: listener.clone(),
             end: Cell::new(None),
             log: log.map(|sink| Entry::new(sink, name, client, rt::time::now())),
+            client: counted,
         }
     }
 
@@ -86,6 +92,9 @@ impl Drop for Conn {
     fn drop(&mut self) {
         decrement(&self.slot().active);
         self.listener.close_one();
+        if let Some(table) = self.listener.clients.get() {
+            table.release(self.client);
+        }
         let mut sessions = self.worker.sessions.borrow_mut();
         let closed_by_worker = sessions.try_remove(self.key).is_some_and(|e| e.closing);
         if sessions.is_empty() {

@@ -16,6 +16,7 @@ use super::run::{SessionEntry, Worker};
 use super::{BoundListener, Event};
 use crate::access_log::End;
 use crate::balancer::Tried;
+use crate::client_limits::{Admitted, ClientTable, Refusal};
 use crate::metrics::{ActiveGuard, bump};
 use crate::proxy::{self, ProxyError};
 use crate::proxy_protocol::ProxyProtocol;
@@ -58,9 +59,31 @@ pub(super) fn serve(w: &Rc<Worker>, l: &BoundListener, client: OwnedFd, peer: Op
         debug!(%peer, listener = %l.name, "max_connections reached; closed");
         return;
     }
+    let counted = match &view.clients {
+        None => Admitted::NONE,
+        Some(limits) => {
+            let table = l
+                .stats
+                .clients
+                .get_or_init(|| ClientTable::new(rt::time::now()));
+            match table.admit(peer.ip(), limits, rt::time::now()) {
+                Ok(admitted) => admitted,
+                Err(why) => {
+                    l.stats.close_one();
+                    let end = match why {
+                        Refusal::Open => End::ClientLimit,
+                        Refusal::Rate => End::ClientRate,
+                    };
+                    refused(slot, &l.name, peer, end, log);
+                    debug!(%peer, listener = %l.name, reason = end.word(), "per-client limit; closed");
+                    return;
+                }
+            }
+        }
+    };
     bump(&slot.active, 1);
     let key = w.sessions.borrow_mut().insert(SessionEntry::default());
-    let conn = Conn::new(w, key, &l.stats, &l.name, peer, log);
+    let conn = Conn::new(w, key, &l.stats, &l.name, peer, log, counted);
     let placement = Placement {
         snapshot: snap,
         group,
@@ -391,6 +414,7 @@ mod tests {
             &name,
             "127.0.0.1:1".parse().unwrap(),
             None,
+            Admitted::NONE,
         );
         let placement = Placement {
             snapshot: Arc::new(Snapshot::empty()),
