@@ -12,7 +12,8 @@
 //!   reading and replacing files safely.
 //! - [`control`]: the pure core (targets, health, drains, snapshots) and the
 //!   shell around it; [`health`]: the health state machine and the probes.
-//! - [`admin`]: the admin endpoint; [`notify`]: systemd; [`takeover`]: the
+//! - [`admin`]: the admin endpoint; [`notify`]: systemd; [`logging`]: its
+//!   own log (journal-aware); [`takeover`]: the
 //!   zero-downtime upgrade's socket handover; [`access_log`]: the connection
 //!   log's writer (workers hand it their lines).
 //!
@@ -48,6 +49,7 @@ pub mod files;
 pub mod health;
 pub mod listener;
 pub mod load;
+pub mod logging;
 pub mod metrics;
 pub mod notify;
 pub mod oserror;

@@ -114,3 +114,50 @@ fn the_install_script_parses() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// ringlb's stderr, with `JOURNAL_STREAM` set as systemd sets it: the
+/// first log line ringlb writes (the "listening" line).
+fn first_line(journal_stream: impl Fn(&std::fs::Metadata) -> String) -> String {
+    let dir = write_config(&simple_config(1, ""), &[("targets/web.txt", String::new())]);
+    let log_path = dir.path().join("stderr.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let meta = log.metadata().unwrap();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(dir.path().join("ringlb.toml"))
+        .env("JOURNAL_STREAM", journal_stream(&meta))
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut text = String::new();
+    wait_until(std::time::Duration::from_secs(10), "a log line", || {
+        text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        text.contains("listening")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    text.lines()
+        .find(|l| l.contains("listening"))
+        .unwrap()
+        .to_string()
+}
+
+/// Under systemd (stderr is the stream `JOURNAL_STREAM` names), each line
+/// starts with its syslog priority and has no timestamp of its own (the
+/// journal stamps it); anywhere else lines keep their time.
+#[test]
+fn log_lines_carry_a_priority_and_no_second_timestamp_in_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let journal = first_line(|m| format!("{}:{}", m.dev(), m.ino()));
+    assert!(journal.starts_with("<6>"), "{journal}");
+    assert!(
+        !journal[3..].starts_with("20"),
+        "no timestamp in the journal: {journal}"
+    );
+    let redirected = first_line(|m| format!("{}:{}", m.dev(), m.ino() + 1));
+    assert!(
+        redirected.starts_with("20") && !redirected.starts_with('<'),
+        "stderr is not the journal: {redirected}"
+    );
+}
