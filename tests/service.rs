@@ -1,0 +1,383 @@
+//! ringlb under real systemd as PID 1: a `systemd-nspawn` container (Debian
+//! package `systemd-container`) booted from a folder whose `/usr` is an
+//! overlay of this machine's, with ringlb installed in it the way a user
+//! would (the binary in /usr/local/bin, the shipped unit, a `ringlb` user, a
+//! config in /etc/ringlb). The container shares this machine's network, so
+//! the test reaches ringlb on 127.0.0.1 and ringlb reaches the test's
+//! backends there. Root only; `SKIPPED` otherwise.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A booted container; powered off (or killed) on drop.
+struct Container {
+    nspawn: Child,
+    /// The container's PID 1, as this machine sees it.
+    init: u32,
+    root: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+fn skip_reason() -> Option<String> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Some("needs root to boot a systemd-nspawn container".into());
+    }
+    for tool in ["systemd-nspawn", "nsenter"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!(
+                "no {tool} (Debian packages systemd-container and util-linux; .ci/run installs them)"
+            ));
+        }
+    }
+    None
+}
+
+impl Container {
+    /// Boots systemd in a fresh container, with `binary` as
+    /// /usr/local/bin/ringlb (placed before the overlay is mounted), and
+    /// waits until it runs.
+    fn boot(binary: &str) -> Container {
+        let dir = tempfile::tempdir().unwrap();
+        let (root, upper) = (dir.path().join("root"), dir.path().join("upper"));
+        for d in [dir.path(), &root, &upper] {
+            std::fs::create_dir_all(d).unwrap();
+            chmod(d, 0o755);
+        }
+        std::fs::create_dir(root.join("usr")).unwrap();
+        for l in ["bin", "lib", "lib64", "sbin"] {
+            std::os::unix::fs::symlink(format!("usr/{l}"), root.join(l)).unwrap();
+        }
+        // A copy of /etc: no machine-id (systemd makes one), os-release a
+        // real file, this machine's own daemons masked.
+        run(Command::new("cp")
+            .arg("-a")
+            .arg("/etc/.")
+            .arg(root.join("etc")));
+        let etc = root.join("etc");
+        let _absent = std::fs::remove_file(etc.join("machine-id"));
+        let _ = std::fs::remove_file(etc.join("os-release"));
+        std::fs::copy("/usr/lib/os-release", etc.join("os-release")).unwrap();
+        let units = etc.join("systemd/system");
+        let mut masked = vec!["systemd-firstboot.service".to_string()];
+        for wants in std::fs::read_dir(&units).unwrap().flatten() {
+            if wants.file_name().to_string_lossy().ends_with(".wants") {
+                for u in std::fs::read_dir(wants.path()).unwrap().flatten() {
+                    let name = u.file_name().to_string_lossy().to_string();
+                    if name.ends_with(".service") {
+                        masked.push(name);
+                    }
+                }
+            }
+        }
+        for name in masked {
+            let at = units.join(&name);
+            let _ = std::fs::remove_file(&at);
+            std::os::unix::fs::symlink("/dev/null", at).unwrap();
+        }
+        let bin = upper.join("local/bin/ringlb");
+        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+        std::fs::copy(binary, &bin).unwrap();
+        let nspawn = Command::new("systemd-nspawn")
+            .arg("-D")
+            .arg(&root)
+            .args([
+                "-b",
+                "--register=no",
+                "--keep-unit",
+                "--link-journal=no",
+                "--console=pipe",
+            ])
+            .arg(format!("--overlay=/usr:{}:/usr", upper.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("systemd-nspawn");
+        let mut c = Container {
+            init: 0,
+            nspawn,
+            root,
+            _dir: dir,
+        };
+        // The container's init is the child of systemd-nspawn named systemd
+        // (an intermediate process comes and goes first).
+        wait_until(Duration::from_secs(60), "systemd to run", || {
+            c.init = children(c.nspawn.id())
+                .into_iter()
+                .find(|p| {
+                    std::fs::read_to_string(format!("/proc/{p}/comm"))
+                        .is_ok_and(|n| n.trim() == "systemd")
+                })
+                .unwrap_or(0);
+            if c.init == 0 {
+                return false;
+            }
+            let out = c.systemctl(&["is-system-running"]);
+            let state = String::from_utf8_lossy(&out.stdout);
+            state.starts_with("running") || state.starts_with("degraded")
+        });
+        c
+    }
+
+    /// A command inside the container.
+    fn exec(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .args(["-t", &self.init.to_string(), "-a"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    fn systemctl(&self, args: &[&str]) -> Output {
+        let mut all = vec!["systemctl"];
+        all.extend_from_slice(args);
+        self.exec(&all)
+    }
+
+    /// `systemctl ARGS` succeeds; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.systemctl(args);
+        if !out.status.success() {
+            let journal = self.exec(&["journalctl", "-u", "ringlb", "--no-pager", "-n", "30"]);
+            panic!(
+                "systemctl {args:?}: {}{}\nthe journal:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                String::from_utf8_lossy(&journal.stdout)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn main_pid(&self) -> u32 {
+        self.ok(&["show", "-p", "MainPID", "--value", "ringlb"])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// A file inside the container, written the way an operator would.
+    fn write(&self, path: &str, text: &str) {
+        let at = self.root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+        std::fs::write(&at, text).unwrap();
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.init != 0 {
+            let _ = self.systemctl(&["poweroff"]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.nspawn.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.nspawn.kill();
+        let _ = self.nspawn.wait();
+    }
+}
+
+fn chmod(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+}
+
+/// The child processes of `pid`.
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+            out.extend(
+                text.split_whitespace()
+                    .filter_map(|p| p.parse::<u32>().ok()),
+            );
+        }
+    }
+    out
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn config(port: u16, admin: u16, second: Option<u16>) -> String {
+    let mut c = format!(
+        "[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[runtime]\nworkers = 2\nshutdown_timeout = \"5s\"\n\n\
+         [[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:{port}\"\ntarget_group = \"web\"\n\n"
+    );
+    if let Some(p) = second {
+        c += &format!(
+            "[[listener]]\nname = \"web2\"\nlisten = \"127.0.0.1:{p}\"\ntarget_group = \"web\"\n\n"
+        );
+    }
+    c + "[[target_group]]\nname = \"web\"\ntargets_file = \"targets/web.txt\"\n\n\
+         [target_group.health_check]\nprotocol = \"tcp\"\ninterval = \"200ms\"\ntimeout = \"100ms\"\nhealthy_threshold = 1\n"
+}
+
+/// Healthy targets of group web, from the admin endpoint.
+async fn healthy(admin: SocketAddr) -> usize {
+    let (_, body) = admin_get(admin, "/targets").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    v["groups"][0]["targets"]
+        .as_array()
+        .map_or(0, |t| t.iter().filter(|t| t["health"] == "healthy").count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_start_reload_crash_and_stop_behave() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
+    let (port, admin_port, second) = (free_port(), free_port(), free_port());
+    let lb: SocketAddr = ([127, 0, 0, 1], port).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    // Installed as a user would: the binary, the shipped unit, its user, a config.
+    let c = Container::boot(BIN);
+    c.write(
+        "/etc/systemd/system/ringlb.service",
+        &std::fs::read_to_string(repo_path("scripts/ringlb.service")).unwrap(),
+    );
+    let passwd = std::fs::read_to_string(c.root.join("etc/passwd")).unwrap();
+    c.write(
+        "/etc/passwd",
+        &format!("{passwd}ringlb:x:990:990:ringlb:/nonexistent:/usr/sbin/nologin\n"),
+    );
+    let group = std::fs::read_to_string(c.root.join("etc/group")).unwrap();
+    c.write("/etc/group", &format!("{group}ringlb:x:990:\n"));
+    c.write("/etc/ringlb/ringlb.toml", &config(port, admin_port, None));
+    c.write("/etc/ringlb/targets/web.txt", &targets(&[a.addr]));
+    c.ok(&["daemon-reload"]);
+
+    // start returns once ringlb serves: a request through it at once.
+    c.ok(&["start", "ringlb"]);
+    let (_, tag) = connect_tagged(lb).await;
+    assert_eq!(tag, 1);
+    let status = String::from_utf8_lossy(&c.systemctl(&["status", "ringlb"]).stdout).to_string();
+    assert!(status.contains("Status: \""), "its STATUS= line: {status}");
+    let journal = c.exec(&["journalctl", "-u", "ringlb", "--no-pager", "-o", "cat"]);
+    let journal = String::from_utf8_lossy(&journal.stdout).to_string();
+    let listening = journal
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_else(|| panic!("the journal holds its lines: {journal}"));
+    assert!(
+        !listening.starts_with("20"),
+        "one timestamp, the journal's: {listening}"
+    );
+
+    // reload is the SIGHUP path: a changed targets file and a new listener
+    // take effect, no connection fails meanwhile, the unit ends active.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicU64::new(0));
+    let clients = {
+        let (stop, failed) = (stop.clone(), failed.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let mut ok = 0u64;
+            // At most 5,000 connections and 30 s.
+            while !stop.load(Ordering::Relaxed)
+                && ok < 5_000
+                && started.elapsed() < Duration::from_secs(30)
+            {
+                let attempt = tokio::time::timeout(Duration::from_secs(5), async {
+                    let mut s = tokio::net::TcpStream::connect(lb).await?;
+                    let mut tag = [0u8];
+                    tokio::io::AsyncReadExt::read_exact(&mut s, &mut tag).await?;
+                    Ok::<_, std::io::Error>(())
+                })
+                .await;
+                match attempt {
+                    Ok(Ok(())) => ok += 1,
+                    _ => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            ok
+        })
+    };
+    let pid = c.main_pid();
+    c.write("/etc/ringlb/targets/web.txt", &targets(&[a.addr, b.addr]));
+    c.write(
+        "/etc/ringlb/ringlb.toml",
+        &config(port, admin_port, Some(second)),
+    );
+    c.ok(&["reload", "ringlb"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while healthy(admin).await < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "b never became healthy after the reload"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, tag) = connect_tagged(([127, 0, 0, 1], second).into()).await;
+    assert!(tag == 1 || tag == 2, "the new listener serves");
+    assert_eq!(c.ok(&["is-active", "ringlb"]).trim(), "active");
+    assert_eq!(c.main_pid(), pid, "a reload is not a restart");
+    stop.store(true, Ordering::Relaxed);
+    let ok = clients.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed connections ({ok} ok)"
+    );
+    assert!(ok > 10, "only {ok} connections during the reload");
+
+    // A crash is restarted (Restart=on-failure) and serves again.
+    let out = c.exec(&["kill", "-9", &pid.to_string()]);
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now_pid = c.main_pid();
+        if now_pid != 0 && now_pid != pid && c.ok(&["is-active", "ringlb"]).trim() == "active" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not restarted after kill -9");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, tag) = connect_tagged(lb).await;
+    assert!(tag == 1 || tag == 2);
+
+    // stop ends it: inactive, the port closed.
+    c.ok(&["stop", "ringlb"]);
+    let state = c.systemctl(&["is-active", "ringlb"]);
+    assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "inactive");
+    assert!(
+        tokio::net::TcpStream::connect(lb).await.is_err(),
+        "nothing listens after stop"
+    );
+}
