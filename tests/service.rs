@@ -132,6 +132,27 @@ impl Container {
         c
     }
 
+    /// A container with ringlb installed as a user would: the binary, the
+    /// shipped unit, its user, `config` and its targets file.
+    fn install(config: &str, targets_file: &str) -> Container {
+        let c = Container::boot(BIN);
+        c.write(
+            "/etc/systemd/system/ringlb.service",
+            &std::fs::read_to_string(repo_path("scripts/ringlb.service")).unwrap(),
+        );
+        let passwd = std::fs::read_to_string(c.root.join("etc/passwd")).unwrap();
+        c.write(
+            "/etc/passwd",
+            &format!("{passwd}ringlb:x:990:990:ringlb:/nonexistent:/usr/sbin/nologin\n"),
+        );
+        let group = std::fs::read_to_string(c.root.join("etc/group")).unwrap();
+        c.write("/etc/group", &format!("{group}ringlb:x:990:\n"));
+        c.write("/etc/ringlb/ringlb.toml", config);
+        c.write("/etc/ringlb/targets/web.txt", targets_file);
+        c.ok(&["daemon-reload"]);
+        c
+    }
+
     /// A command inside the container.
     fn exec(&self, args: &[&str]) -> Output {
         Command::new("nsenter")
@@ -253,60 +274,22 @@ async fn healthy(admin: SocketAddr) -> usize {
         .map_or(0, |t| t.iter().filter(|t| t["health"] == "healthy").count())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn under_systemd_start_reload_crash_and_stop_behave() {
-    if let Some(why) = skip_reason() {
-        println!("SKIPPED: {why}");
-        return;
-    }
-    let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
-    let (port, admin_port, second) = (free_port(), free_port(), free_port());
-    let lb: SocketAddr = ([127, 0, 0, 1], port).into();
-    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    // Installed as a user would: the binary, the shipped unit, its user, a config.
-    let c = Container::boot(BIN);
-    c.write(
-        "/etc/systemd/system/ringlb.service",
-        &std::fs::read_to_string(repo_path("scripts/ringlb.service")).unwrap(),
-    );
-    let passwd = std::fs::read_to_string(c.root.join("etc/passwd")).unwrap();
-    c.write(
-        "/etc/passwd",
-        &format!("{passwd}ringlb:x:990:990:ringlb:/nonexistent:/usr/sbin/nologin\n"),
-    );
-    let group = std::fs::read_to_string(c.root.join("etc/group")).unwrap();
-    c.write("/etc/group", &format!("{group}ringlb:x:990:\n"));
-    c.write("/etc/ringlb/ringlb.toml", &config(port, admin_port, None));
-    c.write("/etc/ringlb/targets/web.txt", &targets(&[a.addr]));
-    c.ok(&["daemon-reload"]);
-
-    // start returns once ringlb serves: a request through it at once.
-    c.ok(&["start", "ringlb"]);
-    let (_, tag) = connect_tagged(lb).await;
-    assert_eq!(tag, 1);
-    let status = String::from_utf8_lossy(&c.systemctl(&["status", "ringlb"]).stdout).to_string();
-    assert!(status.contains("Status: \""), "its STATUS= line: {status}");
-    let journal = c.exec(&["journalctl", "-u", "ringlb", "--no-pager", "-o", "cat"]);
-    let journal = String::from_utf8_lossy(&journal.stdout).to_string();
-    let listening = journal
-        .lines()
-        .find(|l| l.contains("listening"))
-        .unwrap_or_else(|| panic!("the journal holds its lines: {journal}"));
-    assert!(
-        !listening.starts_with("20"),
-        "one timestamp, the journal's: {listening}"
-    );
-
-    // reload is the SIGHUP path: a changed targets file and a new listener
-    // take effect, no connection fails meanwhile, the unit ends active.
+/// Connections through `lb`, each waiting for the backend's tag, until
+/// told to stop (at most 5,000 and 30 s): (stop, failed, ok at the end).
+fn clients(
+    lb: SocketAddr,
+) -> (
+    Arc<AtomicBool>,
+    Arc<AtomicU64>,
+    tokio::task::JoinHandle<u64>,
+) {
     let stop = Arc::new(AtomicBool::new(false));
     let failed = Arc::new(AtomicU64::new(0));
-    let clients = {
+    let task = {
         let (stop, failed) = (stop.clone(), failed.clone());
         tokio::spawn(async move {
             let started = Instant::now();
             let mut ok = 0u64;
-            // At most 5,000 connections and 30 s.
             while !stop.load(Ordering::Relaxed)
                 && ok < 5_000
                 && started.elapsed() < Duration::from_secs(30)
@@ -329,6 +312,41 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
             ok
         })
     };
+    (stop, failed, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_start_reload_crash_and_stop_behave() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let (a, b) = (Backend::tagged(1).await, Backend::tagged(2).await);
+    let (port, admin_port, second) = (free_port(), free_port(), free_port());
+    let lb: SocketAddr = ([127, 0, 0, 1], port).into();
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let c = Container::install(&config(port, admin_port, None), &targets(&[a.addr]));
+
+    // start returns once ringlb serves: a request through it at once.
+    c.ok(&["start", "ringlb"]);
+    let (_, tag) = connect_tagged(lb).await;
+    assert_eq!(tag, 1);
+    let status = String::from_utf8_lossy(&c.systemctl(&["status", "ringlb"]).stdout).to_string();
+    assert!(status.contains("Status: \""), "its STATUS= line: {status}");
+    let journal = c.exec(&["journalctl", "-u", "ringlb", "--no-pager", "-o", "cat"]);
+    let journal = String::from_utf8_lossy(&journal.stdout).to_string();
+    let listening = journal
+        .lines()
+        .find(|l| l.contains("listening"))
+        .unwrap_or_else(|| panic!("the journal holds its lines: {journal}"));
+    assert!(
+        !listening.starts_with("20"),
+        "one timestamp, the journal's: {listening}"
+    );
+
+    // reload is the SIGHUP path: a changed targets file and a new listener
+    // take effect, no connection fails meanwhile, the unit ends active.
+    let (stop, failed, clients) = clients(lb);
     let pid = c.main_pid();
     c.write("/etc/ringlb/targets/web.txt", &targets(&[a.addr, b.addr]));
     c.write(
@@ -380,4 +398,74 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
         tokio::net::TcpStream::connect(lb).await.is_err(),
         "nothing listens after stop"
     );
+}
+
+/// With the upgrade drop-in, `systemctl reload` replaces the process: the
+/// main PID moves, no connection fails, and the new process (started by the
+/// old one, so not systemd's child until the old one exits and it is
+/// reparented to PID 1) is still supervised: killed, it is restarted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_upgrade_drop_in_moves_the_main_pid_and_stays_supervised() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let a = Backend::tagged(1).await;
+    let (port, admin_port) = (free_port(), free_port());
+    let lb: SocketAddr = ([127, 0, 0, 1], port).into();
+    let with_socket = config(port, admin_port, None).replace(
+        "[runtime]\n",
+        "[runtime]\ntakeover_socket = \"/run/ringlb/takeover.sock\"\n",
+    );
+    let c = Container::install(&with_socket, &targets(&[a.addr]));
+    c.write(
+        "/etc/systemd/system/ringlb.service.d/upgrade.conf",
+        &std::fs::read_to_string(repo_path("scripts/ringlb-upgrade.conf")).unwrap(),
+    );
+    c.ok(&["daemon-reload"]);
+    c.ok(&["start", "ringlb"]);
+    let (stop, failed, running) = clients(lb);
+    let mut pid = c.main_pid();
+    for round in 1..=2 {
+        c.ok(&["reload", "ringlb"]);
+        let now_pid = c.main_pid();
+        assert_ne!(now_pid, pid, "round {round}: the main PID moved");
+        assert_eq!(c.ok(&["is-active", "ringlb"]).trim(), "active");
+        // The old process drains and exits.
+        let old = pid;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while c.exec(&["kill", "-0", &old.to_string()]).status.success() {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the old process stays"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        pid = now_pid;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let ok = running.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed connections ({ok} ok)"
+    );
+    assert!(ok > 10, "only {ok} connections across the upgrades");
+    // Supervised still: the upgraded process killed is restarted.
+    assert!(c.exec(&["kill", "-9", &pid.to_string()]).status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let now_pid = c.main_pid();
+        if now_pid != 0 && now_pid != pid && c.ok(&["is-active", "ringlb"]).trim() == "active" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the upgraded process was not restarted after kill -9"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, tag) = connect_tagged(lb).await;
+    assert_eq!(tag, 1);
+    c.ok(&["stop", "ringlb"]);
 }
