@@ -70,4 +70,15 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,
     },
+    /// Print the man page (roff), from these definitions: what the Debian
+    /// package installs as ringlb(1).
+    #[command(hide = true)]
+    Man,
+}
+
+/// The man page of the whole command line, in roff.
+pub fn man_page() -> std::io::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    clap_mangen::Man::new(<Cli as clap::CommandFactory>::command()).render(&mut out)?;
+    Ok(out)
 }

@@ -37,6 +37,9 @@ fn main() -> ExitCode {
         Command::Upgrade { config, log_file } => {
             ringlb::takeover::upgrade(config, log_file.as_deref())
         }
+        Command::Man => ringlb::cli::man_page()
+            .and_then(|page| std::io::Write::write_all(&mut std::io::stdout(), &page))
+            .map_err(|e| format!("cannot write the man page: {e}")),
         Command::Autoscale {
             config,
             stop_targets_on_exit,

@@ -469,3 +469,122 @@ async fn under_systemd_the_upgrade_drop_in_moves_the_main_pid_and_stays_supervis
     assert_eq!(tag, 1);
     c.ok(&["stop", "ringlb"]);
 }
+
+/// The Debian package (`scripts/build-deb.sh` builds it; `.ci/run` does
+/// before the tests), in a container with this machine's dpkg database:
+/// `dpkg -i` installs, enables and starts the service; installing it again
+/// over the running service (dpkg's upgrade path) replaces the process with
+/// 0 failed connections and keeps the edited config; removing stops it and
+/// keeps /etc/ringlb; purging removes the config, the user and the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_debian_package_installs_upgrades_removes_and_purges() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let deb = std::fs::read_dir(repo_path("target/debian"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "deb"));
+    let Some(deb) = deb else {
+        println!("SKIPPED: no package in target/debian: run scripts/build-deb.sh (.ci/run does)");
+        return;
+    };
+    let a = Backend::tagged(1).await;
+    let (port, admin_port) = (free_port(), free_port());
+    let lb: SocketAddr = ([127, 0, 0, 1], port).into();
+    let c = Container::boot(BIN);
+    run(Command::new("mkdir").arg("-p").arg(c.root.join("var/lib")));
+    run(Command::new("cp")
+        .arg("-a")
+        .arg("/var/lib/dpkg")
+        .arg(c.root.join("var/lib/")));
+    std::fs::copy(&deb, c.root.join("root/ringlb.deb")).unwrap();
+    // The operator's own config, there before the package (kept: confold).
+    let edited = config(port, admin_port, None).replace(
+        "[runtime]\n",
+        "[runtime]\ntakeover_socket = \"/run/ringlb/takeover.sock\"\n",
+    ) + "# edited by the operator\n";
+    c.write("/etc/ringlb/ringlb.toml", &edited);
+    c.write("/etc/ringlb/targets/web.txt", &targets(&[a.addr]));
+    let dpkg = |args: &[&str]| {
+        let mut all = vec!["dpkg", "--force-confold"];
+        all.extend_from_slice(args);
+        let out = c.exec(&all);
+        assert!(
+            out.status.success(),
+            "dpkg {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+
+    dpkg(&["-i", "/root/ringlb.deb"]);
+    assert_eq!(c.ok(&["is-enabled", "ringlb"]).trim(), "enabled");
+    assert_eq!(c.ok(&["is-active", "ringlb"]).trim(), "active");
+    let (_, tag) = connect_tagged(lb).await;
+    assert_eq!(tag, 1, "installed, started, serving");
+    for (what, cmd) in [
+        ("the ringlb user", "getent passwd ringlb"),
+        ("the ringlb-targets group", "getent group ringlb-targets"),
+        ("the man page", "test -f /usr/share/man/man1/ringlb.1.gz"),
+        ("the binary in /usr/bin", "test -x /usr/bin/ringlb"),
+        (
+            "a group-writable targets folder",
+            "stat -c %a:%G /etc/ringlb/targets | grep -qx 2775:ringlb-targets",
+        ),
+    ] {
+        assert!(c.exec(&["sh", "-c", cmd]).status.success(), "{what}");
+    }
+
+    // Installed again over the running service: replaced, nothing refused.
+    let pid = c.main_pid();
+    let (stop, failed, running) = clients(lb);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    dpkg(&["-i", "/root/ringlb.deb"]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let ok = running.await.unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "failed connections ({ok} ok)"
+    );
+    assert!(ok > 10, "only {ok} connections across the upgrade");
+    assert_ne!(c.main_pid(), pid, "the process was replaced");
+    assert_eq!(c.ok(&["is-active", "ringlb"]).trim(), "active");
+    let kept = std::fs::read_to_string(c.root.join("etc/ringlb/ringlb.toml")).unwrap();
+    assert!(
+        kept.contains("# edited by the operator"),
+        "the edited config is kept"
+    );
+
+    // Removed: stopped, the config kept.
+    dpkg(&["-r", "ringlb"]);
+    let state = c.systemctl(&["is-active", "ringlb"]);
+    assert_ne!(String::from_utf8_lossy(&state.stdout).trim(), "active");
+    assert!(tokio::net::TcpStream::connect(lb).await.is_err(), "stopped");
+    assert!(
+        c.root.join("etc/ringlb/ringlb.toml").exists(),
+        "remove keeps /etc/ringlb"
+    );
+
+    // Purged: config, user and group gone.
+    dpkg(&["-P", "ringlb"]);
+    assert!(
+        !c.root.join("etc/ringlb").exists(),
+        "purge removes /etc/ringlb"
+    );
+    assert!(
+        !c.exec(&["getent", "passwd", "ringlb"]).status.success(),
+        "the user is gone"
+    );
+    assert!(
+        !c.exec(&["getent", "group", "ringlb-targets"])
+            .status
+            .success(),
+        "the group is gone"
+    );
+}

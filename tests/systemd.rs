@@ -102,17 +102,25 @@ fn the_upgrade_drop_in_verifies_with_the_unit() {
 }
 
 #[test]
-fn the_install_script_parses() {
-    let out = Command::new("bash")
-        .arg("-n")
-        .arg(repo_path("scripts/install.sh"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+fn the_install_scripts_and_the_package_scripts_parse() {
+    for (shell, script) in [
+        ("bash", "scripts/install.sh"),
+        ("bash", "scripts/build-deb.sh"),
+        ("sh", "debian/postinst"),
+        ("sh", "debian/prerm"),
+        ("sh", "debian/postrm"),
+    ] {
+        let out = Command::new(shell)
+            .arg("-n")
+            .arg(repo_path(script))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
 
 /// ringlb's stderr, with `JOURNAL_STREAM` set as systemd sets it: the
