@@ -24,7 +24,7 @@ writes bench/results/loop_probe.json. All traffic is on 127.0.0.1.
 import argparse, json, os, resource, statistics, subprocess, sys, threading, time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import ROOT, ensure, stop, workdir  # noqa: E402
+from common import ROOT, ensure, machine_busy, stop, workdir  # noqa: E402
 import compare  # noqa: E402
 import pair  # noqa: E402
 
@@ -119,17 +119,25 @@ def main():
                 out = {}
                 threads = [threading.Thread(target=pair.load, args=(sc, proxies[k], args.seconds, lua, out))
                            for k in order]
+                m0 = machine_busy()
                 for t in threads:
                     t.start()
                 for t in threads:
                     t.join(timeout=args.seconds + 60)
+                machine = machine_busy() - m0
                 if len(out) != len(kinds):
                     sys.exit(f"round {rnd + 1} {sc}: a load generator failed")
                 us = {k: 1e6 * out[k][1] / out[k][0] for k in kinds}
                 user = {f"{k}_user": 1e6 * out[k][2] / out[k][0] for k in kinds}
-                rows.append({"round": rnd + 1, "scenario": sc, **us, **user})
+                # The whole machine, all of them together (it cannot be split
+                # between proxies loaded at once), and the proxies' own share.
+                ops = sum(out[k][0] for k in kinds)
+                share = sum(out[k][1] for k in kinds) / machine
+                rows.append({"round": rnd + 1, "scenario": sc, **us, **user, "machine_all": 1e6 * machine / ops,
+                             "own_share": share})
                 print(f"round {rnd + 1} {sc:9} " + "  ".join(f"{k} {us[k]:.1f}" for k in kinds) +
-                      f"  (µs per {'connection' if sc == 'close' else 'request'})", flush=True)
+                      f"  (µs per {'connection' if sc == 'close' else 'request'}; whole machine, all together "
+                      f"{1e6 * machine / ops:.1f}, {100 * share:.0f}% of it the proxies' own)", flush=True)
                 time.sleep(1)
     finally:
         for p in proxies.values():
@@ -145,6 +153,12 @@ def main():
         print(f"| {sc} | {unit(sc)} | {med['uring_loop']:.1f} | {med['ringlb']:.1f} | {med['nginx']:.1f} | "
               f"{ratio(mine, 'uring_loop', 'nginx')} | {ratio(mine, 'ringlb', 'nginx')} | "
               f"{ratio(mine, 'uring_loop', 'ringlb')} |")
+    for sc in scenarios:
+        mine = [r for r in rows if r["scenario"] == sc]
+        print(f"\n{sc}: whole machine CPU µs per unit, all proxies together: "
+              f"{statistics.median(r['machine_all'] for r in mine):.1f}; the proxies' own share of it: "
+              f"{100 * statistics.median(r['own_share'] for r in mine):.0f}% (bench/run.sh gives each proxy's "
+              f"whole-machine figure, one at a time)")
     floor_table(rows, scenarios)
     if args.syscalls:
         print("\n| scenario | figure | uring_loop | uring_loop_sys | uring_loop / uring_loop_sys |")
