@@ -183,6 +183,23 @@ impl Container {
         String::from_utf8_lossy(&out.stdout).to_string()
     }
 
+    /// Waits until ringlb runs again under another main PID than `pid`
+    /// (at most 15 s); the new PID.
+    async fn restarted(&self, pid: u32, after: &str) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let now_pid = self.main_pid();
+            if now_pid != 0
+                && now_pid != pid
+                && self.ok(&["is-active", "ringlb"]).trim() == "active"
+            {
+                return now_pid;
+            }
+            assert!(Instant::now() < deadline, "not restarted after {after}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
     fn main_pid(&self) -> u32 {
         self.ok(&["show", "-p", "MainPID", "--value", "ringlb"])
             .trim()
@@ -325,12 +342,36 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
     let (port, admin_port, second) = (free_port(), free_port(), free_port());
     let lb: SocketAddr = ([127, 0, 0, 1], port).into();
     let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
-    let c = Container::install(&config(port, admin_port, None), &targets(&[a.addr]));
+    // Port 80 too, if free here: User=ringlb binds it through
+    // CAP_NET_BIND_SERVICE alone.
+    let port_80 = std::net::TcpListener::bind("127.0.0.1:80").is_ok();
+    let mut first = config(port, admin_port, None);
+    if port_80 {
+        first = first.replace(
+            "[[target_group]]",
+            "[[listener]]\nname = \"http\"\nlisten = \"127.0.0.1:80\"\ntarget_group = \"web\"\n\n[[target_group]]",
+        );
+    } else {
+        println!(
+            "port 80 is taken on this machine: the check that ringlb binds it as its user is left out"
+        );
+    }
+    let c = Container::install(&first, &targets(&[a.addr]));
 
     // start returns once ringlb serves: a request through it at once.
     c.ok(&["start", "ringlb"]);
     let (_, tag) = connect_tagged(lb).await;
     assert_eq!(tag, 1);
+    if port_80 {
+        let (_, tag) = connect_tagged(([127, 0, 0, 1], 80).into()).await;
+        assert_eq!(tag, 1, "port 80, bound by User=ringlb");
+        let user = c.exec(&[
+            "sh",
+            "-c",
+            "ps -o user= -p $(systemctl show -p MainPID --value ringlb)",
+        ]);
+        assert_eq!(String::from_utf8_lossy(&user.stdout).trim(), "ringlb");
+    }
     let status = String::from_utf8_lossy(&c.systemctl(&["status", "ringlb"]).stdout).to_string();
     assert!(status.contains("Status: \""), "its STATUS= line: {status}");
     let journal = c.exec(&["journalctl", "-u", "ringlb", "--no-pager", "-o", "cat"]);
@@ -378,17 +419,29 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
     // A crash is restarted (Restart=on-failure) and serves again.
     let out = c.exec(&["kill", "-9", &pid.to_string()]);
     assert!(out.status.success(), "{out:?}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now_pid = c.main_pid();
-        if now_pid != 0 && now_pid != pid && c.ok(&["is-active", "ringlb"]).trim() == "active" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not restarted after kill -9");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let pid = c.restarted(pid, "kill -9").await;
     let (_, tag) = connect_tagged(lb).await;
     assert!(tag == 1 || tag == 2);
+
+    // A hung process (SIGSTOP: no watchdog pings) is killed and restarted
+    // once WatchdogSec passes (shortened to 2 s by a drop-in for the test).
+    c.write(
+        "/etc/systemd/system/ringlb.service.d/watchdog.conf",
+        "[Service]\nWatchdogSec=2s\n",
+    );
+    c.ok(&["daemon-reload"]);
+    c.ok(&["restart", "ringlb"]);
+    let pid = c.main_pid();
+    let stopped = Instant::now();
+    assert!(
+        c.exec(&["kill", "-STOP", &pid.to_string()])
+            .status
+            .success()
+    );
+    c.restarted(pid, "SIGSTOP past WatchdogSec").await;
+    println!("hung by SIGSTOP: restarted after {:?}", stopped.elapsed());
+    let (_, tag) = connect_tagged(lb).await;
+    assert!(tag == 1 || tag == 2, "served again after the watchdog");
 
     // stop ends it: inactive, the port closed.
     c.ok(&["stop", "ringlb"]);
@@ -453,18 +506,7 @@ async fn under_systemd_the_upgrade_drop_in_moves_the_main_pid_and_stays_supervis
     assert!(ok > 10, "only {ok} connections across the upgrades");
     // Supervised still: the upgraded process killed is restarted.
     assert!(c.exec(&["kill", "-9", &pid.to_string()]).status.success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let now_pid = c.main_pid();
-        if now_pid != 0 && now_pid != pid && c.ok(&["is-active", "ringlb"]).trim() == "active" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the upgraded process was not restarted after kill -9"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    c.restarted(pid, "kill -9 of the upgraded process").await;
     let (_, tag) = connect_tagged(lb).await;
     assert_eq!(tag, 1);
     c.ok(&["stop", "ringlb"]);
