@@ -419,7 +419,7 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
     // A crash is restarted (Restart=on-failure) and serves again.
     let out = c.exec(&["kill", "-9", &pid.to_string()]);
     assert!(out.status.success(), "{out:?}");
-    let pid = c.restarted(pid, "kill -9").await;
+    c.restarted(pid, "kill -9").await;
     let (_, tag) = connect_tagged(lb).await;
     assert!(tag == 1 || tag == 2);
 
