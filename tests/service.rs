@@ -50,6 +50,12 @@ impl Container {
     /// /usr/local/bin/ringlb (placed before the overlay is mounted), and
     /// waits until it runs.
     fn boot(binary: &str) -> Container {
+        Self::boot_with(&[(binary, "ringlb")])
+    }
+
+    /// As [`Container::boot`], with each `(binary, name)` as
+    /// /usr/local/bin/NAME.
+    fn boot_with(binaries: &[(&str, &str)]) -> Container {
         let dir = tempfile::tempdir().unwrap();
         let (root, upper) = (dir.path().join("root"), dir.path().join("upper"));
         for d in [dir.path(), &root, &upper] {
@@ -87,9 +93,11 @@ impl Container {
             let _ = std::fs::remove_file(&at);
             std::os::unix::fs::symlink("/dev/null", at).unwrap();
         }
-        let bin = upper.join("local/bin/ringlb");
-        std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
-        std::fs::copy(binary, &bin).unwrap();
+        for (binary, name) in binaries {
+            let bin = upper.join("local/bin").join(name);
+            std::fs::create_dir_all(bin.parent().unwrap()).unwrap();
+            std::fs::copy(binary, &bin).unwrap();
+        }
         let nspawn = Command::new("systemd-nspawn")
             .arg("-D")
             .arg(&root)
@@ -135,7 +143,11 @@ impl Container {
     /// A container with ringlb installed as a user would: the binary, the
     /// shipped unit, its user, `config` and its targets file.
     fn install(config: &str, targets_file: &str) -> Container {
-        let c = Container::boot(BIN);
+        Self::install_with(&[(BIN, "ringlb")], config, targets_file)
+    }
+
+    fn install_with(binaries: &[(&str, &str)], config: &str, targets_file: &str) -> Container {
+        let c = Container::boot_with(binaries);
         c.write(
             "/etc/systemd/system/ringlb.service",
             &std::fs::read_to_string(repo_path("scripts/ringlb.service")).unwrap(),
@@ -629,4 +641,100 @@ async fn the_debian_package_installs_upgrades_removes_and_purges() {
             .success(),
         "the group is gone"
     );
+}
+
+/// `ringlb-autoscale.service` with hooks that start and stop `todo@.service`
+/// instances: load grows the group from 1 to 3 units, its end shrinks it
+/// back, each removed target drained by ringlb before its unit stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_autoscaler_scales_todo_units_up_and_down() {
+    if let Some(why) = skip_reason() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let (port, admin_port, autoscale_admin) = (free_port(), free_port(), free_port());
+    let lb: SocketAddr = ([127, 0, 0, 1], port).into();
+    // Three free ports in a row for the todo@ instances.
+    let base = (20_000..32_000u16)
+        .step_by(7)
+        .find(|b| (*b..b + 3).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()))
+        .expect("three free ports");
+    let demo = env!("CARGO_BIN_EXE_demo-backend");
+    let c = Container::install_with(
+        &[(BIN, "ringlb"), (demo, "demo-backend")],
+        &config(port, admin_port, None).replace(
+            "targets_file = \"targets/web.txt\"\n",
+            "targets_file = \"targets/web.txt\"\nderegistration_delay = \"5s\"\n",
+        ),
+        "",
+    );
+    for unit in ["todo@.service", "ringlb-autoscale.service"] {
+        c.write(
+            &format!("/etc/systemd/system/{unit}"),
+            &std::fs::read_to_string(repo_path(&format!("scripts/{unit}"))).unwrap(),
+        );
+    }
+    c.write(
+        "/etc/ringlb/autoscale.toml",
+        &format!(
+            "admin = \"127.0.0.1:{autoscale_admin}\"\n\n[[group]]\nname = \"web\"\n\
+             targets_file = \"targets/web.txt\"\nringlb_admin = \"127.0.0.1:{admin_port}\"\n\
+             min = 1\nmax = 3\nports = \"{base}-{}\"\n\
+             scale_out = \"systemctl start todo@{{port}}\"\nscale_in = \"systemctl stop todo@{{port}}\"\n\
+             period = \"1s\"\nmetric = \"active_connections\"\nhealth_check_grace_period = \"20s\"\n\n\
+             [group.target_tracking]\ntarget = 2\nscale_out_periods = 1\nscale_in_periods = 2\n\
+             scale_out_cooldown = \"1s\"\nscale_in_cooldown = \"1s\"\n",
+            base + 2
+        ),
+    );
+    c.ok(&["daemon-reload"]);
+    c.ok(&["start", "ringlb"]);
+    c.ok(&["start", "ringlb-autoscale"]);
+    let units = || {
+        let out = c.systemctl(&[
+            "list-units",
+            "todo@*",
+            "--state=active",
+            "--no-legend",
+            "--plain",
+        ]);
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    let admin: SocketAddr = ([127, 0, 0, 1], admin_port).into();
+    let wait = |n: usize, what: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if units() == n && healthy(admin).await == n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {} todo@ units, {} healthy",
+                units(),
+                healthy(admin).await
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    };
+    wait(1, "min 1").await;
+    // Eight connections held open: four a target over the target of 2.
+    let mut held = Vec::new();
+    for _ in 0..8 {
+        held.push(tokio::net::TcpStream::connect(lb).await.unwrap());
+    }
+    wait(3, "grown to max 3").await;
+    drop(held);
+    wait(1, "back to min 1").await;
+    let log = c.exec(&[
+        "journalctl",
+        "-u",
+        "ringlb-autoscale",
+        "--no-pager",
+        "-o",
+        "cat",
+    ]);
+    let log = String::from_utf8_lossy(&log.stdout).to_string();
+    assert!(log.contains("scale out web 1 -> 3"), "{log}");
+    assert_eq!(log.matches("drained and stopped").count(), 2, "{log}");
+    c.ok(&["stop", "ringlb-autoscale"]);
 }
