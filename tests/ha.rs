@@ -1,6 +1,7 @@
 //! Beyond one machine, in network namespaces this test builds and removes:
 //! an active/standby pair under keepalived (VRRP), and two active instances
-//! behind an ECMP route. Addresses come only from the benchmarking range
+//! announced by BGP (BIRD 2) to a router that merges them into one ECMP
+//! route, withdrawn by the shipped health check when ringlb dies. Addresses come only from the benchmarking range
 //! 198.18.0.0/15 and exist only inside the namespaces.
 //!
 //!   client 198.18.0.10 --+
@@ -9,7 +10,7 @@
 //!   targets 198.18.0.20 -+   (demo backends on :6400 and :6401)
 //!   virtual address 198.18.0.100
 //!
-//! Needs root (network namespaces) and keepalived (`.ci/run` installs it);
+//! Needs root (network namespaces), keepalived and bird2 (`.ci/run` installs them);
 //! without them each test says SKIPPED on stderr and returns.
 
 mod common;
@@ -424,18 +425,69 @@ fn a_keepalived_pair_moves_the_address_when_the_active_ringlb_dies() {
     lab.kill(lb_a2);
 }
 
+/// BIRD 2's config for balancer `role` (its address `addr`): the shipped
+/// example with the test's addresses.
+fn bird_balancer_conf(lab: &Lab, role: &str, addr: &str) -> PathBuf {
+    let example = std::fs::read_to_string(repo_path("scripts/ha/bird.conf.example")).unwrap();
+    let conf = lab.path(&format!("bird-{role}.conf"));
+    let text = example
+        .replace("ROUTER_ID", addr)
+        .replace("LOCAL_AS", "65011")
+        .replace("ROUTER_AS", "65000")
+        .replace("ROUTER", "198.18.0.10")
+        .replace("SERVICE_ADDRESS", VIP);
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+/// The router's BIRD (in the client's namespace): a BGP session with each
+/// balancer, equal routes merged into one ECMP route in the kernel.
+fn bird_router_conf(lab: &Lab) -> PathBuf {
+    let conf = lab.path("bird-router.conf");
+    let mut text = "router id 198.18.0.10;\nprotocol device { }\n\
+        protocol kernel { ipv4 { import none; export all; }; merge paths on; }\n"
+        .to_string();
+    for (name, addr) in [("lb_a", "198.18.0.11"), ("lb_b", "198.18.0.12")] {
+        text += &format!(
+            "protocol bgp {name} {{\n  local 198.18.0.10 as 65000;\n  neighbor {addr} as 65011;\n  \
+             hold time 9;\n  connect delay time 1;\n  connect retry time 1;\n  error wait time 1, 2;\n  \
+             ipv4 {{ import all; export none; }};\n}}\n"
+        );
+    }
+    std::fs::write(&conf, text).unwrap();
+    conf
+}
+
+/// The next hops of the router's route to the service address.
+fn next_hops(lab: &Lab) -> Vec<String> {
+    let out = in_ns(&lab.ns("c"), &["ip", "route", "show", &format!("{VIP}/32")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .filter(|w| w[0] == "via")
+        .map(|w| w[1].to_string())
+        .collect()
+}
+
 #[test]
-fn two_active_instances_behind_ecmp_pick_the_same_target_for_every_flow() {
+fn two_active_instances_announced_by_bgp_pick_the_same_target_and_a_dead_one_is_withdrawn() {
     if let Some(why) = cannot_run(false) {
+        eprintln!("SKIPPED two_active_instances_announced_by_bgp: {why}");
+        return;
+    }
+    if Command::new("bird").arg("--version").output().is_err() {
         eprintln!(
-            "SKIPPED two_active_instances_behind_ecmp_pick_the_same_target_for_every_flow: {why}"
+            "SKIPPED two_active_instances_announced_by_bgp: needs BIRD 2 (apt-get install bird2; .ci/run does)"
         );
         return;
     }
     let mut lab = Lab::new('e');
     lab.targets();
     for role in ["a", "b"] {
-        // The address on each balancer's loopback; the client routes to it.
+        // The address on each balancer's loopback; BGP tells the router.
         ns_sh(
             &lab.ns(role),
             &["ip", "addr", "add", &format!("{VIP}/32"), "dev", "lo"],
@@ -443,7 +495,7 @@ fn two_active_instances_behind_ecmp_pick_the_same_target_for_every_flow() {
     }
     let algo = "algorithm = \"maglev\"\nhash_key = \"source_ip_port\"";
     lab.ringlb("a", algo);
-    lab.ringlb("b", algo);
+    let ringlb_b = lab.ringlb("b", algo);
     let c = lab.ns("c");
     ns_sh(
         &c,
@@ -454,21 +506,56 @@ fn two_active_instances_behind_ecmp_pick_the_same_target_for_every_flow() {
             "echo 1 > /proc/sys/net/ipv4/fib_multipath_hash_policy",
         ],
     );
-    ns_sh(
+    // BIRD on each balancer, the shipped health check beside it, and the
+    // router's BIRD.
+    let check = repo_path("scripts/ha/ringlb-bgp-check.sh");
+    for (role, addr) in [("a", "198.18.0.11"), ("b", "198.18.0.12")] {
+        let conf = bird_balancer_conf(&lab, role, addr);
+        let sock = lab.path(&format!("bird-{role}.ctl"));
+        let ns = lab.ns(role);
+        lab.spawn(
+            &ns,
+            &[
+                "bird",
+                "-f",
+                "-c",
+                conf.to_str().unwrap(),
+                "-s",
+                sock.to_str().unwrap(),
+            ],
+            &format!("bird-{role}.log"),
+        );
+        lab.spawn(
+            &ns,
+            &[
+                check.to_str().unwrap(),
+                "127.0.0.1:9900",
+                sock.to_str().unwrap(),
+                "vip",
+                "0.5",
+            ],
+            &format!("check-{role}.log"),
+        );
+    }
+    let router = bird_router_conf(&lab);
+    let router_sock = lab.path("bird-router.ctl");
+    lab.spawn(
         &c,
         &[
-            "ip",
-            "route",
-            "add",
-            &format!("{VIP}/32"),
-            "nexthop",
-            "via",
-            "198.18.0.11",
-            "nexthop",
-            "via",
-            "198.18.0.12",
+            "bird",
+            "-f",
+            "-c",
+            router.to_str().unwrap(),
+            "-s",
+            router_sock.to_str().unwrap(),
         ],
+        "bird-router.log",
     );
+    let up = seconds_until(Duration::from_secs(30), "the ECMP route from BGP", || {
+        next_hops(&lab).len() == 2
+    });
+    println!("BGP: both next hops after {up:.1} s");
+
     let accepted = |lab: &Lab, role: &str| -> u64 {
         let out = in_ns(&lab.ns(role), &["python3", "-c", "import urllib.request;print(urllib.request.urlopen('http://127.0.0.1:9900/metrics').read().decode())"])
             .output()
@@ -513,30 +600,70 @@ fn two_active_instances_behind_ecmp_pick_the_same_target_for_every_flow() {
     let spread: std::collections::BTreeSet<&String> = via_vip.values().collect();
     assert_eq!(spread.len(), 2, "Maglev spreads flows over both targets");
 
-    // B withdrawn (what a BGP withdrawal does): everything through A, and
-    // each flow gets the target B would have given it.
-    ns_sh(
-        &c,
-        &[
-            "ip",
-            "route",
-            "replace",
-            &format!("{VIP}/32"),
-            "via",
-            "198.18.0.11",
-        ],
-    );
-    let b2 = accepted(&lab, "b");
-    let survivor = parse(lab.client(FLOWS, &[VIP, "41000", "40"]));
-    assert_eq!(
-        accepted(&lab, "b"),
-        b2,
-        "nothing reaches the withdrawn instance"
-    );
+    // What B would pick for later flows, asked while it runs.
     let b_would = parse(lab.client(FLOWS, &["198.18.0.12", "41000", "40"]));
+    // ringlb on B dies: its check withdraws the route; a client loop
+    // counts the connections that fail meanwhile.
+    let path = lab.path("client.py");
+    std::fs::write(&path, format!("{GET}{LOOP}")).unwrap();
+    let client_loop = lab.spawn(
+        &c,
+        &["python3", path.to_str().unwrap(), VIP, "8080", "6"],
+        "loop.log",
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    lab.kill(ringlb_b);
+    let gone = seconds_until(Duration::from_secs(10), "B's next hop withdrawn", || {
+        next_hops(&lab).is_empty() || next_hops(&lab) == ["198.18.0.11"]
+    });
+    let route = in_ns(&c, &["ip", "route", "show", &format!("{VIP}/32")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&route.stdout).contains("via 198.18.0.11"),
+        "the survivor's route stays: {}",
+        String::from_utf8_lossy(&route.stdout)
+    );
+    println!("ringlb on B killed: its next hop withdrawn after {gone:.2} s");
+    assert!(
+        gone < 3.0,
+        "withdrawn within 3 s (the check runs every 0.5 s)"
+    );
+    wait_until(Duration::from_secs(15), "the client loop to end", || {
+        matches!(lab.children[client_loop].try_wait(), Ok(Some(_)))
+    });
+    let lines: Vec<String> = lab.log("loop.log").lines().map(str::to_string).collect();
+    let failed = lines.iter().filter(|l| l.ends_with(" 0")).count();
+    println!(
+        "{failed} of {} connections failed in the 6 s around B's death (flows hashed to B until the withdrawal)",
+        lines.len()
+    );
+    assert!(
+        lines.iter().rev().take(20).all(|l| l.ends_with(" 1")),
+        "after the withdrawal every connection is served: {lines:?}"
+    );
+    let b2 = accepted(&lab, "a");
+    let survivor = parse(lab.client(FLOWS, &[VIP, "41000", "40"]));
+    assert!(accepted(&lab, "a") >= b2 + 40, "everything through A");
     assert_eq!(
         survivor, b_would,
-        "flows keep their targets through the survivor"
+        "flows keep the targets B would have given them"
+    );
+
+    // ringlb on B back: the route returns, flows spread over both again.
+    lab.ringlb("b", algo);
+    let back = seconds_until(Duration::from_secs(15), "B's next hop back", || {
+        next_hops(&lab).len() == 2
+    });
+    println!("ringlb on B back: both next hops after {back:.2} s");
+    let (a3, b3) = (accepted(&lab, "a"), accepted(&lab, "b"));
+    lab.client(FLOWS, &[VIP, "42000", "60"]);
+    let (a4, b4) = (accepted(&lab, "a"), accepted(&lab, "b"));
+    assert!(
+        a4 > a3 && b4 > b3,
+        "flows on both again: A {} B {}",
+        a4 - a3,
+        b4 - b3
     );
 }
 
