@@ -526,9 +526,9 @@ async fn under_systemd_the_upgrade_drop_in_moves_the_main_pid_and_stays_supervis
 
 /// The Debian package (`scripts/build-deb.sh` builds it; `.ci/run` does
 /// before the tests), in a container with this machine's dpkg database:
-/// `dpkg -i` installs, enables and starts the service; installing it again
-/// over the running service (dpkg's upgrade path) replaces the process with
-/// 0 failed connections and keeps the edited config; removing stops it and
+/// `dpkg -i` installs, enables and starts the service; a newer version
+/// installed over the running service replaces the process with 0 failed
+/// connections and keeps the edited config; removing stops it and
 /// keeps /etc/ringlb; purging removes the config, the user and the group.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_debian_package_installs_upgrades_removes_and_purges() {
@@ -556,6 +556,28 @@ async fn the_debian_package_installs_upgrades_removes_and_purges() {
         .arg("/var/lib/dpkg")
         .arg(c.root.join("var/lib/")));
     std::fs::copy(&deb, c.root.join("root/ringlb.deb")).unwrap();
+    // A newer build: the same package with its version raised.
+    let unpacked = c._dir.path().join("newer");
+    run(Command::new("dpkg-deb").arg("-R").arg(&deb).arg(&unpacked));
+    let control = unpacked.join("DEBIAN/control");
+    let text = std::fs::read_to_string(&control).unwrap();
+    let version = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        &control,
+        text.replace(
+            &format!("Version: {version}"),
+            &format!("Version: {version}+newer1"),
+        ),
+    )
+    .unwrap();
+    run(Command::new("dpkg-deb")
+        .args(["-b", "--root-owner-group"])
+        .arg(&unpacked)
+        .arg(c.root.join("root/ringlb-newer.deb")));
     // The operator's own config, there before the package (kept: confold).
     let edited = config(port, admin_port, None).replace(
         "[runtime]\n",
@@ -593,11 +615,16 @@ async fn the_debian_package_installs_upgrades_removes_and_purges() {
         assert!(c.exec(&["sh", "-c", cmd]).status.success(), "{what}");
     }
 
-    // Installed again over the running service: replaced, nothing refused.
+    // A newer package over the running service: replaced, nothing refused.
     let pid = c.main_pid();
     let (stop, failed, running) = clients(lb);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    dpkg(&["-i", "/root/ringlb.deb"]);
+    dpkg(&["-i", "/root/ringlb-newer.deb"]);
+    let status = c.exec(&["dpkg-query", "-W", "-f", "${Version}", "ringlb"]);
+    assert!(
+        String::from_utf8_lossy(&status.stdout).ends_with("+newer1"),
+        "the newer one is installed"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     let ok = running.await.unwrap();
