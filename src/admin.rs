@@ -75,6 +75,15 @@ impl Response {
             body: body.into(),
         }
     }
+
+    /// The console page.
+    pub fn console() -> Response {
+        Response {
+            status: 200,
+            content_type: "text/html; charset=utf-8",
+            body: CONSOLE_PAGE.to_string(),
+        }
+    }
 }
 
 /// Starts the admin endpoint's thread and runtime; its handle spawns
@@ -213,11 +222,7 @@ async fn handle(mut s: TcpStream, asks: mpsc::Sender<Ask>, waiting: Arc<AtomicBo
         Ok(Request {
             route: Route::Console,
             ..
-        }) => Response {
-            status: 200,
-            content_type: "text/html; charset=utf-8",
-            body: CONSOLE_PAGE.to_string(),
-        },
+        }) => Response::console(),
         Ok(request) => {
             let (tx, rx) = oneshot::channel();
             let ask = Ask {

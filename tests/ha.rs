@@ -611,7 +611,11 @@ fn two_active_instances_announced_by_bgp_pick_the_same_target_and_a_dead_one_is_
         &["python3", path.to_str().unwrap(), VIP, "8080", "6"],
         "loop.log",
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(
+        Duration::from_secs(10),
+        "the client loop to be under way",
+        || lab.log("loop.log").lines().count() >= 10,
+    );
     lab.kill(ringlb_b);
     let gone = seconds_until(Duration::from_secs(10), "B's next hop withdrawn", || {
         next_hops(&lab).is_empty() || next_hops(&lab) == ["198.18.0.11"]

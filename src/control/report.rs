@@ -24,11 +24,7 @@ impl ControlPlane {
                 content_type: "text/plain; version=0.0.4; charset=utf-8",
                 body: self.metrics(),
             },
-            Route::Console => Response {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: crate::admin::CONSOLE_PAGE.to_string(),
-            },
+            Route::Console => Response::console(),
             Route::ConsoleData => Response {
                 status: 200,
                 content_type: "application/json",
