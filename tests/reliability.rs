@@ -345,7 +345,17 @@ async fn admin_head_has_no_body_and_idle_admin_connections_are_capped() {
         "ringlb to take the connections it will",
         || lb.fd_count() >= base + 512,
     );
-    let held = lb.fd_count() - base;
+    // Each accept past the cap closes the oldest waiting connection right
+    // after: under load the count can run a few ahead, then settles.
+    let mut held = 0;
+    let settled = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < settled {
+        held = lb.fd_count().saturating_sub(base);
+        if held <= ringlb::admin::MAX_CONNECTIONS + 8 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert!(
         held <= ringlb::admin::MAX_CONNECTIONS + 8,
         "{held} admin sockets held for {} idle clients",

@@ -201,9 +201,11 @@ impl Container {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let now_pid = self.main_pid();
+            // "activating" (its start not done yet) is not an error here.
+            let state = self.systemctl(&["is-active", "ringlb"]);
             if now_pid != 0
                 && now_pid != pid
-                && self.ok(&["is-active", "ringlb"]).trim() == "active"
+                && String::from_utf8_lossy(&state.stdout).trim() == "active"
             {
                 return now_pid;
             }
