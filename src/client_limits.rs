@@ -8,8 +8,8 @@
 //! One fixed table per listener with limits, shared by its workers,
 //! lock-free: [`SLOTS`] slots of 24 bytes (1.5 MiB), open addressing with
 //! [`PROBES`] probes from the client's hash. A slot is taken by compare and
-//! swap on its key; a slot with no open connection and no attempt in the
-//! last two seconds may be taken over by another client. When all of a
+//! swap on its key; a slot with no open connection (and, under a rate
+//! limit, nobody let in for two seconds) may be taken over by another client. When all of a
 //! client's probe slots belong to other active clients the table is full for
 //! it: it is let in uncounted (fail open) and the miss is counted, never
 //! refused for a limit it cannot be measured against. Memory never grows,

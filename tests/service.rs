@@ -305,24 +305,25 @@ async fn healthy(admin: SocketAddr) -> usize {
         .map_or(0, |t| t.iter().filter(|t| t["health"] == "healthy").count())
 }
 
-/// Connections through `lb`, each waiting for the backend's tag, until
-/// told to stop (at most 5,000 and 30 s): (stop, failed, ok at the end).
-fn clients(
-    lb: SocketAddr,
-) -> (
-    Arc<AtomicBool>,
-    Arc<AtomicU64>,
-    tokio::task::JoinHandle<u64>,
-) {
+/// Connections through `lb`, each waiting for the backend's tag, one
+/// after another until stopped (at most 5,000 and 30 s).
+struct Clients {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn clients(lb: SocketAddr) -> Clients {
     let stop = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let task = {
-        let (stop, failed) = (stop.clone(), failed.clone());
+        let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
         tokio::spawn(async move {
             let started = Instant::now();
-            let mut ok = 0u64;
             while !stop.load(Ordering::Relaxed)
-                && ok < 5_000
+                && ok.load(Ordering::Relaxed) < 5_000
                 && started.elapsed() < Duration::from_secs(30)
             {
                 let attempt = tokio::time::timeout(Duration::from_secs(5), async {
@@ -332,18 +333,44 @@ fn clients(
                     Ok::<_, std::io::Error>(())
                 })
                 .await;
-                match attempt {
-                    Ok(Ok(())) => ok += 1,
-                    _ => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let counter = if matches!(attempt, Ok(Ok(()))) {
+                    &ok
+                } else {
+                    &failed
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
-            ok
         })
     };
-    (stop, failed, task)
+    Clients {
+        stop,
+        ok,
+        failed,
+        task,
+    }
+}
+
+impl Clients {
+    /// Waits until `more` connections beyond those so far have succeeded.
+    async fn served(&self, more: u64) {
+        let want = self.ok.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.ok.load(Ordering::Relaxed) < want {
+            assert!(Instant::now() < deadline, "the client loop is not served");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Stops the loop: (ok, failed).
+    async fn finish(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +428,8 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
 
     // reload is the SIGHUP path: a changed targets file and a new listener
     // take effect, no connection fails meanwhile, the unit ends active.
-    let (stop, failed, clients) = clients(lb);
+    let load = clients(lb);
+    load.served(5).await;
     let pid = c.main_pid();
     c.write("/etc/ringlb/targets/web.txt", &targets(&[a.addr, b.addr]));
     c.write(
@@ -421,13 +449,9 @@ async fn under_systemd_start_reload_crash_and_stop_behave() {
     assert!(tag == 1 || tag == 2, "the new listener serves");
     assert_eq!(c.ok(&["is-active", "ringlb"]).trim(), "active");
     assert_eq!(c.main_pid(), pid, "a reload is not a restart");
-    stop.store(true, Ordering::Relaxed);
-    let ok = clients.await.unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed connections ({ok} ok)"
-    );
+    load.served(5).await;
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "failed connections ({ok} ok)");
     assert!(ok > 10, "only {ok} connections during the reload");
 
     // A crash is restarted (Restart=on-failure) and serves again.
@@ -491,7 +515,8 @@ async fn under_systemd_the_upgrade_drop_in_moves_the_main_pid_and_stays_supervis
     );
     c.ok(&["daemon-reload"]);
     c.ok(&["start", "ringlb"]);
-    let (stop, failed, running) = clients(lb);
+    let load = clients(lb);
+    load.served(5).await;
     let mut pid = c.main_pid();
     for round in 1..=2 {
         c.ok(&["reload", "ringlb"]);
@@ -510,13 +535,9 @@ async fn under_systemd_the_upgrade_drop_in_moves_the_main_pid_and_stays_supervis
         }
         pid = now_pid;
     }
-    stop.store(true, Ordering::Relaxed);
-    let ok = running.await.unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed connections ({ok} ok)"
-    );
+    load.served(5).await;
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "failed connections ({ok} ok)");
     assert!(ok > 10, "only {ok} connections across the upgrades");
     // Supervised still: the upgraded process killed is restarted.
     assert!(c.exec(&["kill", "-9", &pid.to_string()]).status.success());
@@ -619,22 +640,17 @@ async fn the_debian_package_installs_upgrades_removes_and_purges() {
 
     // A newer package over the running service: replaced, nothing refused.
     let pid = c.main_pid();
-    let (stop, failed, running) = clients(lb);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let load = clients(lb);
+    load.served(5).await;
     dpkg(&["-i", "/root/ringlb-newer.deb"]);
     let status = c.exec(&["dpkg-query", "-W", "-f", "${Version}", "ringlb"]);
     assert!(
         String::from_utf8_lossy(&status.stdout).ends_with("+newer1"),
         "the newer one is installed"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::Relaxed);
-    let ok = running.await.unwrap();
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "failed connections ({ok} ok)"
-    );
+    load.served(5).await;
+    let (ok, failed) = load.finish().await;
+    assert_eq!(failed, 0, "failed connections ({ok} ok)");
     assert!(ok > 10, "only {ok} connections across the upgrade");
     assert_ne!(c.main_pid(), pid, "the process was replaced");
     assert_eq!(c.ok(&["is-active", "ringlb"]).trim(), "active");

@@ -23,6 +23,14 @@ interval = "10s"
 timeout = "2s"
 "#;
 
+/// GOOD with `extra` lines in its target group.
+fn with_group_lines(extra: &str) -> String {
+    GOOD.replace(
+        "targets_file = \"targets/web.txt\"",
+        &format!("targets_file = \"targets/web.txt\"\n{extra}"),
+    )
+}
+
 fn err(text: &str) -> (usize, String, String) {
     match parse(Path::new("/etc/ringlb/ringlb.toml"), text).unwrap_err() {
         ConfigError::Invalid {
@@ -252,12 +260,7 @@ fn error_display_is_file_line_column_key_message() {
 
 #[test]
 fn algorithms_and_hash_keys() {
-    let with = |extra: &str| {
-        GOOD.replace(
-            "targets_file = \"targets/web.txt\"",
-            &format!("targets_file = \"targets/web.txt\"\n{extra}"),
-        )
-    };
+    let with = with_group_lines;
     let algo = |extra: &str| {
         parse(Path::new("/x/ringlb.toml"), &with(extra))
             .unwrap()
@@ -333,12 +336,7 @@ fn per_client_limits_are_read_and_checked() {
 
 #[test]
 fn slow_start_is_off_30s_to_900s_and_not_with_maglev() {
-    let with = |extra: &str| {
-        GOOD.replace(
-            "targets_file = \"targets/web.txt\"",
-            &format!("targets_file = \"targets/web.txt\"\n{extra}"),
-        )
-    };
+    let with = with_group_lines;
     let slow = |extra: &str| {
         parse(Path::new("/x/ringlb.toml"), &with(extra))
             .unwrap()
