@@ -8,8 +8,9 @@
 //! The control plane, on the main thread:
 //! - [`app`]: start-up order, the main loop, signals, shutdown.
 //! - [`load`] and [`config`]: the config and its targets files, by one rule
-//!   set; [`targets`]: the targets file's parser and watcher; [`files`]:
-//!   reading and replacing files safely.
+//!   set; [`targets`]: the targets file's parser and watcher;
+//!   [`discovery`]: the names targets files list, looked up on a thread of
+//!   their own; [`files`]: reading and replacing files safely.
 //! - [`control`]: the pure core (targets, health, drains, snapshots) and the
 //!   shell around it; [`health`]: the health state machine and the probes.
 //! - [`admin`]: the admin endpoint; [`notify`]: systemd; [`logging`]: its
@@ -45,6 +46,7 @@ pub mod cli;
 pub mod client_limits;
 pub mod config;
 pub mod control;
+pub mod discovery;
 pub mod files;
 pub mod health;
 pub mod listener;

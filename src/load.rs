@@ -2,10 +2,13 @@
 //! start-up, in `ringlb check`, on SIGHUP and when a targets file changes.
 //! Both `app` (start-up, check) and `control` (SIGHUP, the watcher) use it.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::Path;
 
 use crate::config::{self, Config, ConfigError};
-use crate::targets::{self, Target, TargetsError};
+use crate::discovery::{self, Answers, Outcome, Resolution};
+use crate::targets::{self, Listing, Query, Target, TargetsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -13,25 +16,86 @@ pub enum LoadError {
     Config(#[from] ConfigError),
     #[error("{source} (targets_file of target_group {group:?})")]
     Targets { group: String, source: TargetsError },
+    /// `ringlb check`: names that did not resolve, one line each.
+    #[error("{}", .0.join("\n"))]
+    Names(Vec<String>),
 }
 
 /// A validated config with every group's targets read.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
+    /// Every group's targets: its file's own, and the answers its names
+    /// have so far ([`Loaded::compose`]).
     pub targets: Vec<Vec<Target>>,
+    /// What each group's file lists.
+    pub lists: Vec<Listing>,
     /// The text each group's targets were read from, as read.
     pub texts: Vec<String>,
 }
 
+/// Which name gave each target of a group that is not a line of its own.
+pub type Origins = HashMap<SocketAddr, Query>;
+
 impl Loaded {
-    /// One warning per group that has no targets (its clients are closed).
+    /// Every group's targets from its listing and `answers`, checked to fit
+    /// its algorithm; which name gave which target, by group.
+    pub fn compose(&mut self, answers: &Answers) -> Result<Vec<Origins>, LoadError> {
+        let mut origins = Vec::with_capacity(self.lists.len());
+        for (i, (g, list)) in self.config.groups.iter().zip(&self.lists).enumerate() {
+            let c = discovery::compose(list, answers);
+            fits(g, &c.targets).map_err(|source| LoadError::Targets {
+                group: g.name.clone(),
+                source,
+            })?;
+            self.targets[i] = c.targets;
+            origins.push(c.origin);
+        }
+        Ok(origins)
+    }
+
+    /// Every name the files list, looked up once (at start-up, and by
+    /// `check`): the answers, and a line for each name that gave no
+    /// targets, with its file and line.
+    pub fn look_up_names(&self) -> (Answers, Vec<String>) {
+        let wanted = discovery::queries_of(&self.lists);
+        let mut answers = Answers::default();
+        answers.want(&wanted);
+        let mut queries: Vec<Query> = wanted.into_iter().collect();
+        queries.sort_unstable();
+        let outcomes = discovery::resolver::resolve_once(&self.config.discovery, &queries);
+        let mut failures = Vec::new();
+        for (query, outcome) in queries.into_iter().zip(outcomes) {
+            let why = match &outcome {
+                Outcome::Found { .. } => None,
+                Outcome::Gone { why } => Some(why.clone()),
+                Outcome::Failed { error } => Some(error.clone()),
+            };
+            if let Some(why) = why {
+                for (g, list) in self.config.groups.iter().zip(&self.lists) {
+                    for n in list.names.iter().filter(|n| n.query == query) {
+                        failures.push(format!(
+                            "{}:{}: {query}: {why} (targets_file of target_group {:?})",
+                            g.targets_file.display(),
+                            n.line,
+                            g.name
+                        ));
+                    }
+                }
+            }
+            answers.record(Resolution { query, outcome });
+        }
+        (answers, failures)
+    }
+
+    /// One warning per group that has no targets (its clients are closed);
+    /// a group whose names have not answered is said by their lookups.
     pub fn warnings(&self) -> Vec<String> {
         self.config
             .groups
             .iter()
-            .zip(&self.targets)
-            .filter(|(_, t)| t.is_empty())
+            .zip(self.targets.iter().zip(&self.lists))
+            .filter(|(_, (t, list))| t.is_empty() && list.names.is_empty())
             .map(|(g, _)| empty_group_warning(&g.name, &g.targets_file))
             .collect()
     }
@@ -62,32 +126,38 @@ pub fn empty_group_warning(group: &str, file: &Path) -> String {
 /// Reads and validates the config and every targets file it names, by the
 /// same rules at start-up, in `check` and on SIGHUP. `in_service` gives the
 /// set currently applied from a targets file, if any (see [`targets::load`]).
+/// The targets are the files' own lines only; names are looked up by the
+/// caller ([`Loaded::look_up_names`], or the answers it keeps) and joined
+/// in by [`Loaded::compose`].
 pub fn load(
     path: &Path,
-    in_service: &dyn Fn(&Path) -> Option<Vec<Target>>,
+    in_service: &dyn Fn(&Path) -> Option<Listing>,
 ) -> Result<Loaded, LoadError> {
     let config = config::load(path)?;
     check_paths(&config)?;
     let mut targets = Vec::with_capacity(config.groups.len());
+    let mut lists = Vec::with_capacity(config.groups.len());
     let mut texts = Vec::with_capacity(config.groups.len());
     for g in &config.groups {
         let serving = in_service(&g.targets_file);
-        let (text, t) = targets::load(&g.targets_file, serving.as_deref()).map_err(|source| {
+        let (text, l) = targets::load(&g.targets_file, serving.as_ref()).map_err(|source| {
             LoadError::Targets {
                 group: g.name.clone(),
                 source,
             }
         })?;
-        fits(g, &t).map_err(|source| LoadError::Targets {
+        fits(g, &l.targets).map_err(|source| LoadError::Targets {
             group: g.name.clone(),
             source,
         })?;
         texts.push(text);
-        targets.push(t);
+        targets.push(l.targets.clone());
+        lists.push(l);
     }
     Ok(Loaded {
         config,
         targets,
+        lists,
         texts,
     })
 }
@@ -145,11 +215,24 @@ fn appendable(path: &Path) -> Result<(), String> {
 }
 
 /// `ringlb check`: a one-line summary of a good config, and its warnings.
+/// Every name a targets file lists is looked up once; one that gives no
+/// targets is an error naming its file and line.
 pub fn check(path: &Path) -> Result<(String, Vec<String>), LoadError> {
-    let l = load(path, &|_| None)?;
+    let mut l = load(path, &|_| None)?;
+    let (answers, failures) = l.look_up_names();
+    if !failures.is_empty() {
+        return Err(LoadError::Names(failures));
+    }
+    l.compose(&answers)?;
     let targets: usize = l.targets.iter().map(Vec::len).sum();
+    let names = discovery::queries_of(&l.lists).len();
+    let from_names = if names == 0 {
+        String::new()
+    } else {
+        format!(" ({names} name(s) looked up)")
+    };
     let summary = format!(
-        "{}: ok: {} listener(s), {} target group(s), {} target(s)",
+        "{}: ok: {} listener(s), {} target group(s), {} target(s){from_names}",
         path.display(),
         l.config.listeners.len(),
         l.config.groups.len(),

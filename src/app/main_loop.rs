@@ -38,7 +38,7 @@ impl Main {
     pub(super) async fn serve(
         &mut self,
         takeover_listener: Option<std::os::fd::OwnedFd>,
-        mut probes: tokio::sync::mpsc::UnboundedReceiver<crate::health::prober::ProbeResult>,
+        mut inbox: crate::control::Inbox,
         mut events: tokio::sync::mpsc::UnboundedReceiver<worker::Event>,
         mut asks: tokio::sync::mpsc::Receiver<admin::Ask>,
         mut handovers: tokio::sync::mpsc::Receiver<Handover>,
@@ -88,7 +88,8 @@ impl Main {
                     }
                 }
                 _ = watchdog.tick(), if watchdog_every.is_some() => notify::watchdog(),
-                Some(r) = probes.recv() => self.cp.on_probe(r),
+                Some(r) = inbox.probes.recv() => self.cp.on_probe(r),
+                Some(r) = inbox.names.recv() => self.cp.on_resolution(r, &self.workers),
                 Some(e) = events.recv() => self.cp.on_event(e),
                 Some(ask) = asks.recv() => {
                     // The asker may have gone; then there is nobody to answer.

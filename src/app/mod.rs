@@ -13,7 +13,7 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::control::{BoundInfo, ControlPlane};
 use crate::listener::ListenerError;
-use crate::load::{LoadError, empty_group_warning, load};
+use crate::load::{LoadError, load};
 use crate::snapshot::{SharedSnapshot, Snapshot};
 use crate::worker::{self, RuntimeError, Stop, WorkerPlan};
 use crate::{admin, takeover};
@@ -58,7 +58,14 @@ const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// running with the same `[runtime] takeover_socket`. It reads as the
 /// start-up order, one step per statement (about 80 lines).
 pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(), AppError> {
-    let loaded = load(path, &|_| None)?;
+    let mut loaded = load(path, &|_| None)?;
+    // The names targets files list, looked up before the first snapshot;
+    // one that does not answer is looked up again by the control plane.
+    let (answers, failures) = loaded.look_up_names();
+    for f in failures {
+        warn!("{f}: its targets come when it answers");
+    }
+    let origins = loaded.compose(&answers)?;
     raise_nofile_limit();
     let takeover_path = loaded
         .config
@@ -97,13 +104,12 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
     let ring_buffers = config.runtime.ring_buffers;
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
-    let (cp, probes) =
-        ControlPlane::new(path.to_path_buf(), loaded, bound, shared.clone(), workers).map_err(
-            |source| AppError::Io {
-                what: "health-probe thread",
-                source,
-            },
-        )?;
+    let found = crate::control::Found { answers, origins };
+    let (cp, inbox) = ControlPlane::new(path.to_path_buf(), loaded, found, bound, shared.clone(), workers)
+        .map_err(|source| AppError::Io {
+            what: "health-probe or DNS thread",
+            source,
+        })?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
     let workers_handle = worker::start(
@@ -143,7 +149,7 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
     main.write_address_file();
     control.block_on(async {
         let taken_over = main
-            .serve(takeover_listener, probes, events, asks, handovers)
+            .serve(takeover_listener, inbox, events, asks, handovers)
             .await;
         main.shut_down(taken_over, stop_tx).await;
     });
@@ -165,11 +171,12 @@ fn control_runtime() -> Result<tokio::runtime::Runtime, AppError> {
 /// One line per group at start: its targets, or the warning that it has none.
 fn log_targets(loaded: &crate::load::Loaded) {
     for (g, t) in loaded.config.groups.iter().zip(&loaded.targets) {
-        if t.is_empty() {
-            warn!("{}", empty_group_warning(&g.name, &g.targets_file));
-        } else {
+        if !t.is_empty() {
             info!(group = %g.name, count = t.len(), targets = %crate::targets::describe(t), "targets loaded");
         }
+    }
+    for warning in loaded.warnings() {
+        warn!("{warning}");
     }
 }
 

@@ -88,7 +88,7 @@ impl TargetsFile {
     pub fn write(&self, content: &Content) -> Result<(), String> {
         let text = self.render(content);
         if let Err((line, message)) =
-            crate::targets::parse_checked(&text, Some(&[]), crate::targets::resolve)
+            crate::targets::parse_checked(&text, Some(&Default::default()), crate::targets::resolve)
         {
             return Err(format!(
                 "{}: not written: line {line} would be rejected: {message}",

@@ -43,6 +43,37 @@ pub struct Config {
     pub admin: SocketAddr,
     /// `[access_log]`; `None`: off.
     pub access_log: Option<AccessLogConfig>,
+    /// `[discovery]`: how names in targets files are looked up.
+    pub discovery: DiscoveryConfig,
+}
+
+/// `[discovery]`: the DNS servers asked for `dns` and `srv` lines, and the
+/// bounds on how long an answer is kept before it is asked again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveryConfig {
+    /// `None`: the servers /etc/resolv.conf names.
+    pub resolvers: Option<Vec<SocketAddr>>,
+    /// An answer is asked again no sooner than this after it came.
+    pub min_ttl: Duration,
+    /// ... and no later than this, whatever its TTL says.
+    pub max_ttl: Duration,
+}
+
+/// `[discovery] min_ttl` by default: Consul answers with a TTL of 0.
+pub const DEFAULT_MIN_TTL: Duration = Duration::from_secs(5);
+/// `[discovery] max_ttl` by default.
+pub const DEFAULT_MAX_TTL: Duration = Duration::from_secs(300);
+/// The shortest `min_ttl` allowed: a lookup a second per name at most.
+pub const MIN_MIN_TTL: Duration = Duration::from_secs(1);
+
+impl Default for DiscoveryConfig {
+    fn default() -> Self {
+        DiscoveryConfig {
+            resolvers: None,
+            min_ttl: DEFAULT_MIN_TTL,
+            max_ttl: DEFAULT_MAX_TTL,
+        }
+    }
 }
 
 /// The connection log's settings.

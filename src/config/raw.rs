@@ -18,6 +18,18 @@ pub struct RawConfig {
     #[serde(default)]
     pub admin: RawAdmin,
     pub access_log: Option<RawAccessLog>,
+    #[serde(default)]
+    pub discovery: RawDiscovery,
+}
+
+/// `[discovery]`: how `dns` and `srv` lines of targets files are looked up.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDiscovery {
+    /// DNS servers, "IP" or "IP:PORT"; absent: those of /etc/resolv.conf.
+    pub resolvers: Option<Spanned<Vec<Spanned<String>>>>,
+    pub min_ttl: Option<Spanned<ConfigDuration>>,
+    pub max_ttl: Option<Spanned<ConfigDuration>>,
 }
 
 /// `[access_log]`: the connection log.

@@ -55,9 +55,11 @@ impl Validator<'_> {
             None => None,
             Some(a) => self.access_log(a)?,
         };
+        let discovery = self.discovery(&raw.discovery)?;
         Ok(Config {
             admin,
             access_log,
+            discovery,
             file: self.src.file.to_path_buf(),
             runtime: self.runtime(&raw.runtime)?,
             listeners,
@@ -426,6 +428,74 @@ impl Validator<'_> {
             }
         };
         Ok(Some(AccessLogConfig { to, format, every }))
+    }
+
+    /// `[discovery]`: resolvers as addresses (port 53 when none is
+    /// written), `min_ttl` of at least a second, `max_ttl` not below it.
+    fn discovery(&self, d: &raw::RawDiscovery) -> Result<DiscoveryConfig, ConfigError> {
+        let mut out = DiscoveryConfig::default();
+        if let Some(list) = &d.resolvers {
+            if list.get_ref().is_empty() {
+                return Err(self.src.at(
+                    list,
+                    0..0,
+                    "discovery.resolvers".into(),
+                    "is empty: name at least one DNS server, or leave the key out to use those of /etc/resolv.conf".into(),
+                ));
+            }
+            let mut addrs = Vec::new();
+            for r in list.get_ref() {
+                let text = r.get_ref();
+                let addr = text
+                    .parse::<SocketAddr>()
+                    .ok()
+                    .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+                    .filter(|a| a.port() != 0);
+                let Some(addr) = addr else {
+                    return Err(self.src.at(
+                        r,
+                        list.span(),
+                        "discovery.resolvers".into(),
+                        format!(
+                            "{} is not a DNS server's address: write an IP, or IP:PORT (\"127.0.0.1:8600\" for a local Consul agent, \"[::1]:53\")",
+                            quoted(text)
+                        ),
+                    ));
+                };
+                addrs.push(addr);
+            }
+            out.resolvers = Some(addrs);
+        }
+        if let Some(m) = &d.min_ttl {
+            let v = m.get_ref().0;
+            if v < MIN_MIN_TTL {
+                return Err(self.src.at(
+                    m,
+                    0..0,
+                    "discovery.min_ttl".into(),
+                    format!("{v:?} is shorter than the shortest allowed, 1s (each name is asked again at most once a second)"),
+                ));
+            }
+            out.min_ttl = v;
+        }
+        if let Some(m) = &d.max_ttl {
+            let v = m.get_ref().0;
+            if v < out.min_ttl {
+                return Err(self.src.at(
+                    m,
+                    0..0,
+                    "discovery.max_ttl".into(),
+                    format!(
+                        "{v:?} is shorter than min_ttl ({:?}): an answer is kept between the two",
+                        out.min_ttl
+                    ),
+                ));
+            }
+            out.max_ttl = v;
+        } else if out.min_ttl > out.max_ttl {
+            out.max_ttl = out.min_ttl;
+        }
+        Ok(out)
     }
 
     /// A path the config names (relative to its folder), and where.

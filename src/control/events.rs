@@ -61,6 +61,12 @@ pub enum Event {
     ConfigReloaded { epoch: u64, changes: String },
     /// A SIGHUP's config was refused; the running one serves on.
     ConfigRejected { error: String },
+    /// A name a targets file lists answered differently, went, or its
+    /// lookups began or stopped failing.
+    Discovery {
+        source: String,
+        change: crate::discovery::Change,
+    },
     /// A listener closed clients without proxying them, by reason, over the
     /// last `over`.
     Refused {
@@ -145,6 +151,30 @@ impl Event {
             Event::ConfigRejected { error } => {
                 error!(%error, "config reload rejected; keeping the running config")
             }
+            Event::Discovery { source, change } => {
+                use crate::discovery::Change;
+                match change {
+                    Change::Answered { targets } => info!(
+                        %source,
+                        count = targets.len(),
+                        targets = %crate::targets::describe(targets),
+                        "name answered"
+                    ),
+                    Change::Gone { why, dropped } => warn!(
+                        %source,
+                        %why,
+                        dropped,
+                        "name has no records: its targets drain"
+                    ),
+                    Change::Failing { error, kept } => warn!(
+                        %source,
+                        %error,
+                        kept,
+                        "name lookup failed; keeping its last answer until it answers again"
+                    ),
+                    Change::Recovered => info!(%source, "name answers again, unchanged"),
+                }
+            }
             Event::Refused { .. } => info!("{}", self.text()),
         }
     }
@@ -158,7 +188,12 @@ impl Event {
             | Event::TargetsFileEmptied { .. }
             | Event::NoTargets { .. }
             | Event::DrainExpired { .. }
-            | Event::Refused { .. } => "warn",
+            | Event::Refused { .. }
+            | Event::Discovery {
+                change:
+                    crate::discovery::Change::Gone { .. } | crate::discovery::Change::Failing { .. },
+                ..
+            } => "warn",
             Event::TargetsRejected { .. } | Event::ConfigRejected { .. } => "error",
             _ => "info",
         }
@@ -220,6 +255,23 @@ impl Event {
             }
             Event::ConfigReloaded { changes, .. } => format!("config reloaded: {changes}"),
             Event::ConfigRejected { error } => format!("config reload rejected: {error}"),
+            Event::Discovery { source, change } => {
+                use crate::discovery::Change;
+                match change {
+                    Change::Answered { targets } => format!(
+                        "{source} answered {} ({} targets)",
+                        crate::targets::describe(targets),
+                        targets.len()
+                    ),
+                    Change::Gone { why, dropped } => {
+                        format!("{source}: {why}; its {dropped} targets drain")
+                    }
+                    Change::Failing { error, kept } => format!(
+                        "{source}: lookup failed ({error}); its last answer ({kept} targets) is kept"
+                    ),
+                    Change::Recovered => format!("{source} answers again, unchanged"),
+                }
+            }
             Event::Refused {
                 listener,
                 by_reason,

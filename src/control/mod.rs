@@ -14,9 +14,11 @@
 //!   [`events`]: what happened, to log once and keep.
 //!
 //! This file is the shell around them: it reads the targets files and
-//! the config, runs the probes (on their own thread, [`Prober`]), feeds the
-//! core with the time, and carries out what the core returns in its order:
-//! publish, tell the workers, log.
+//! the config, runs the probes (on their own thread, [`Prober`]) and the
+//! lookups of the names the files list (on theirs, [`Discovery`]), joins
+//! each file's own targets with its names' answers, feeds the core with
+//! the time, and carries out what the core returns in its order: publish,
+//! tell the workers, log.
 //!
 //! Reload = read, unchanged? stop, parse, validate, diff, publish. A bad file
 //! or config keeps the last good state serving, is logged once and counted.
@@ -46,8 +48,10 @@ pub use listeners::BoundInfo;
 
 use self::core::Core;
 use crate::config::Config;
+use crate::discovery::resolver::Discovery;
+use crate::discovery::{self as names, Answers, Resolution};
 use crate::health::prober::{ProbeResult, Prober};
-use crate::load::{self, Loaded};
+use crate::load::{self, Loaded, Origins};
 use crate::metrics::{Slots, WorkerSlot};
 use crate::snapshot::SharedSnapshot;
 use crate::targets::watch::{Change, FileWatch};
@@ -57,10 +61,30 @@ use listeners::Listeners;
 /// Events kept for the admin endpoint, the latest last.
 const RECENT_EVENTS: usize = 256;
 
+/// The names a config's files list, as looked up before its first
+/// snapshot, and which name gave which target.
+pub struct Found {
+    pub answers: Answers,
+    pub origins: Vec<Origins>,
+}
+
+/// What the control plane's threads send the main loop.
+pub struct Inbox {
+    pub probes: tokio::sync::mpsc::UnboundedReceiver<ProbeResult>,
+    pub names: tokio::sync::mpsc::UnboundedReceiver<Resolution>,
+}
+
 pub struct ControlPlane {
     config_path: PathBuf,
     core: Core,
     watches: Vec<FileWatch>,
+    /// The last good answer of every name the files list.
+    answers: Answers,
+    /// Which name gave each target, by group (as the config orders them).
+    origins: Vec<Origins>,
+    /// The lookup thread, and where it sends its results.
+    discovery: Discovery,
+    names_tx: tokio::sync::mpsc::UnboundedSender<Resolution>,
     listeners: Listeners,
     shared: SharedSnapshot,
     prober: Prober,
@@ -86,20 +110,24 @@ impl ControlPlane {
     /// Takes over a loaded config whose listeners are bound; publishes epoch 1.
     /// Probe results arrive on the returned receiver, for [`Self::on_probe`];
     /// the probes run on a thread of their own, started here.
+    /// The names the files list are followed from `found` on (the lookup
+    /// thread is started here too; its results arrive on the inbox's
+    /// `names`, for [`Self::on_resolution`]).
     pub fn new(
         config_path: PathBuf,
         mut loaded: Loaded,
+        found: Found,
         bound: HashMap<String, BoundInfo>,
         shared: SharedSnapshot,
         worker_count: usize,
-    ) -> std::io::Result<(
-        ControlPlane,
-        tokio::sync::mpsc::UnboundedReceiver<ProbeResult>,
-    )> {
+    ) -> std::io::Result<(ControlPlane, Inbox)> {
         let (prober, results) = Prober::new()?;
+        let (names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
+        let discovery = Discovery::start(loaded.config.discovery.clone(), names_tx.clone())?;
+        discovery.want(names::queries_of(&loaded.lists));
         let listeners = Listeners::new(bound, worker_count);
         let texts = std::mem::take(&mut loaded.texts);
-        let watches = watches_for(&loaded.config, texts, &loaded.targets);
+        let watches = watches_for(&loaded.config, texts, &loaded.lists);
         let access_log_dropped = Arc::<AtomicU64>::default();
         let log = start_access_log(&loaded.config, &access_log_dropped)?;
         let (core, effects) = Core::new(loaded, listeners.ids(), worker_count, log, Instant::now());
@@ -107,6 +135,10 @@ impl ControlPlane {
             config_path,
             core,
             watches,
+            answers: found.answers,
+            origins: found.origins,
+            discovery,
+            names_tx,
             listeners,
             shared,
             prober,
@@ -121,7 +153,11 @@ impl ControlPlane {
             started: SystemTime::now(),
         };
         cp.carry_out(effects, None);
-        Ok((cp, results))
+        let inbox = Inbox {
+            probes: results,
+            names: names_rx,
+        };
+        Ok((cp, inbox))
     }
 
     pub fn config(&self) -> &Config {
@@ -206,7 +242,11 @@ impl ControlPlane {
         let now = Instant::now();
         for g in 0..self.watches.len() {
             let cfg = &self.core.config().groups[g];
-            let Some(change) = self.watches[g].poll(now, |t| load::fits(cfg, t)) else {
+            let answers = &self.answers;
+            let fits = |l: &crate::targets::Listing| {
+                load::fits(cfg, &names::compose(l, answers).targets)
+            };
+            let Some(change) = self.watches[g].poll(now, fits) else {
                 continue;
             };
             let group: Arc<str> = cfg.name.as_str().into();
@@ -220,9 +260,10 @@ impl ControlPlane {
                     let grace = crate::targets::watch::EMPTY_GRACE;
                     vec![Effect::Log(Event::TargetsFileEmptied { group, grace })]
                 }
-                Change::Apply(new) => {
+                Change::Apply(_) => {
                     self.reloads += 1;
-                    self.core.targets_changed(g, new, now)
+                    self.follow_names();
+                    self.recompose(g, now)
                 }
             };
             self.carry_out(effects, Some(workers));
@@ -232,6 +273,53 @@ impl ControlPlane {
         if self.history.due(now) {
             self.sample_history(now);
         }
+    }
+
+    /// A lookup of a name finished: a changed answer changes the targets
+    /// of every group whose file lists the name, by the path an edited
+    /// file takes (new targets are probed first, gone ones drain).
+    pub fn on_resolution(&mut self, r: Resolution, workers: &Workers) {
+        let query = r.query.clone();
+        let Some(change) = self.answers.record(r) else {
+            return;
+        };
+        let retargets = matches!(
+            change,
+            names::Change::Answered { .. } | names::Change::Gone { .. }
+        );
+        let source = query.to_string();
+        self.remember(Event::Discovery { source, change });
+        if !retargets {
+            return;
+        }
+        let now = Instant::now();
+        for g in 0..self.watches.len() {
+            if self.watches[g].applied().names.iter().any(|n| n.query == query) {
+                let effects = self.recompose(g, now);
+                self.carry_out(effects, Some(workers));
+            }
+        }
+    }
+
+    /// The lookup thread follows exactly the names the files list now.
+    fn follow_names(&mut self) {
+        let wanted = names::queries_of(self.watches.iter().map(|w| w.applied()));
+        self.answers.want(&wanted);
+        self.discovery.want(wanted);
+    }
+
+    /// Group `g`'s targets from its file's listing and its names' answers.
+    fn recompose(&mut self, g: usize, now: Instant) -> Vec<Effect> {
+        let c = names::compose(self.watches[g].applied(), &self.answers);
+        let cfg = &self.core.config().groups[g];
+        if let Err(e) = load::fits(cfg, &c.targets) {
+            self.reload_errors += 1;
+            let group: Arc<str> = cfg.name.as_str().into();
+            let error = e.to_string();
+            return vec![Effect::Log(Event::TargetsRejected { group, error })];
+        }
+        self.origins[g] = c.origin;
+        self.core.targets_changed(g, c.targets, now)
     }
 
     /// A point of the console's charts; refusals since the last are events.
@@ -294,27 +382,33 @@ impl ControlPlane {
         }
     }
 
-    /// The set in service from the targets file at `path`, if any group reads it.
-    fn in_service(&self, path: &Path) -> Option<Vec<crate::targets::Target>> {
+    /// What the targets file at `path` lists in service, if any group reads it.
+    fn in_service(&self, path: &Path) -> Option<crate::targets::Listing> {
         self.watches
             .iter()
             .find(|w| w.path() == path)
-            .map(|w| w.applied().to_vec())
+            .map(|w| w.applied().clone())
     }
 
     /// SIGHUP: reload the whole config. Nothing changes unless all of it is
     /// valid and every new listener could be bound.
     pub fn reload_config(&mut self, workers: &Workers) {
         let loaded = load::load(&self.config_path, &|p| self.in_service(p))
+            .and_then(|mut l| {
+                // Names kept are joined with their last good answers; new
+                // ones come in when they answer.
+                let origins = l.compose(&self.answers)?;
+                Ok((l, origins))
+            })
             .map_err(|e| e.to_string())
-            .and_then(|l| {
+            .and_then(|(l, origins)| {
                 let plans = self
                     .listeners
                     .plan(&l.config.listeners)
                     .map_err(|e| e.to_string())?;
-                Ok((l, plans))
+                Ok((l, plans, origins))
             });
-        let loaded = loaded.and_then(|(l, plans)| {
+        let loaded = loaded.and_then(|(l, plans, origins)| {
             // A changed connection log is opened before anything changes;
             // the one in service keeps writing until the new one is out.
             let log = if l.config.access_log == self.core.config().access_log {
@@ -323,9 +417,9 @@ impl ControlPlane {
                 start_access_log(&l.config, &self.access_log_dropped)
                     .map_err(|e| format!("[access_log]: {e}"))?
             };
-            Ok((l, plans, log))
+            Ok((l, plans, log, origins))
         });
-        let (mut loaded, plans, log) = match loaded {
+        let (mut loaded, plans, log, origins) = match loaded {
             Ok(l) => l,
             Err(error) => {
                 self.reload_errors += 1;
@@ -336,10 +430,19 @@ impl ControlPlane {
         self.core.set_access_log(log);
         let mut said = changes::describe(self.core.config(), &loaded.config);
         let texts = std::mem::take(&mut loaded.texts);
-        let watches = watches_for(&loaded.config, texts, &loaded.targets);
+        let watches = watches_for(&loaded.config, texts, &loaded.lists);
+        if loaded.config.discovery != *self.discovery.settings() {
+            match Discovery::start(loaded.config.discovery.clone(), self.names_tx.clone()) {
+                // The old thread ends with its handle; names are asked anew.
+                Ok(d) => self.discovery = d,
+                Err(e) => tracing::error!("[discovery] changed, but no new lookup thread: {e}; lookups go on as before"),
+            }
+        }
         let ids = self.listeners.ids_after(&plans);
         let effects = self.core.reload(loaded, ids, &mut said, Instant::now());
         self.watches = watches;
+        self.origins = origins;
+        self.follow_names();
         self.carry_out(effects, Some(workers));
         said.extend(self.listeners.apply(plans, workers));
         self.reloads += 1;
@@ -413,13 +516,13 @@ fn start_access_log(
 fn watches_for(
     config: &Config,
     texts: Vec<String>,
-    targets: &[Vec<crate::targets::Target>],
+    lists: &[crate::targets::Listing],
 ) -> Vec<FileWatch> {
     config
         .groups
         .iter()
         .zip(texts)
-        .zip(targets)
+        .zip(lists)
         .map(|((g, text), applied)| FileWatch::new(&g.targets_file, text, applied.clone()))
         .collect()
 }

@@ -1,9 +1,13 @@
 //! The targets file: the autoscaler's interface.
 //!
 //! One target per line, `HOST:PORT` optionally followed by `weight=N`; `#` starts
-//! a comment; blank lines are ignored; IPv6 is written `[::1]:6400`. The parser
-//! is pure (text in, targets or an error with the line out); reading the file and
-//! resolving host names are the only I/O, in [`load`].
+//! a comment; blank lines are ignored; IPv6 is written `[::1]:6400`. A line
+//! may instead name a DNS source whose answers are targets, followed as
+//! they change ([`crate::discovery`]): `dns NAME:PORT [weight=N]` (every
+//! A and AAAA address of NAME) or `srv NAME` (its SRV records' hosts, ports
+//! and weights). The parser is pure (text in, a [`Listing`] or an error
+//! with the line out); reading the file and resolving the host names of
+//! plain lines once are the only I/O, in [`load`].
 
 pub mod watch;
 
@@ -22,6 +26,69 @@ pub const MAX_WEIGHT: u32 = 1000;
 pub struct Target {
     pub addr: SocketAddr,
     pub weight: u32,
+}
+
+/// A DNS source a targets file names.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Query {
+    /// `dns NAME:PORT`: every A and AAAA address of `host`, on `port`.
+    Dns { host: String, port: u16 },
+    /// `srv NAME`: the SRV records of `name` (host, port, weight).
+    Srv { name: String },
+}
+
+impl std::fmt::Display for Query {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Query::Dns { host, port } => write!(f, "dns {host}:{port}"),
+            Query::Srv { name } => write!(f, "srv {name}"),
+        }
+    }
+}
+
+/// A line of a targets file that names a DNS source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// 1-based line it is on.
+    pub line: usize,
+    pub query: Query,
+    /// `weight=N` of a `dns` line, for each of its addresses; `None` for
+    /// `srv`, whose records carry their own.
+    pub weight: Option<u32>,
+}
+
+/// What a targets file lists: targets by address, and DNS sources.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Listing {
+    pub targets: Vec<Target>,
+    pub names: Vec<Named>,
+}
+
+impl Listing {
+    /// A listing of these targets and no names.
+    pub fn of(targets: Vec<Target>) -> Listing {
+        Listing {
+            targets,
+            names: Vec::new(),
+        }
+    }
+
+    /// Whether it lists nothing at all.
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty() && self.names.is_empty()
+    }
+
+    /// Whether `other` lists the same targets and sources with the same
+    /// weights, in any order and on any lines.
+    pub fn same_as(&self, other: &Listing) -> bool {
+        fn names(l: &Listing) -> Vec<(&Query, Option<u32>)> {
+            let mut n: Vec<(&Query, Option<u32>)> =
+                l.names.iter().map(|n| (&n.query, n.weight)).collect();
+            n.sort_unstable();
+            n
+        }
+        same_set(&self.targets, &other.targets) && names(self) == names(other)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,14 +127,14 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// ([`watch::EMPTY_GRACE`]).
 pub fn load(
     path: &Path,
-    in_service: Option<&[Target]>,
-) -> Result<(String, Vec<Target>), TargetsError> {
+    in_service: Option<&Listing>,
+) -> Result<(String, Listing), TargetsError> {
     let text = read(path)?;
     if let Some(serving) = in_service
         && text.is_empty()
         && !serving.is_empty()
     {
-        return Ok((text, serving.to_vec()));
+        return Ok((text, serving.clone()));
     }
     let targets =
         parse_checked(&text, in_service, resolve).map_err(|(line, message)| TargetsError {
@@ -99,15 +166,15 @@ pub fn read(path: &Path) -> Result<String, TargetsError> {
 /// targets come).
 pub fn parse_checked(
     text: &str,
-    in_service: Option<&[Target]>,
+    in_service: Option<&Listing>,
     resolve: impl Fn(&str) -> Result<SocketAddr, String>,
-) -> Result<Vec<Target>, (usize, String)> {
+) -> Result<Listing, (usize, String)> {
     let parsed = parse(text, resolve);
     let (Some(serving), false) = (in_service, text.is_empty() || text.ends_with('\n')) else {
         return parsed;
     };
     match parsed {
-        Ok(t) if same_set(&t, serving) => Ok(t),
+        Ok(t) if t.same_as(serving) => Ok(t),
         _ => Err((
             text.lines().count(),
             "last line has no newline: the file looks half-written (write a temp file and rename it)"
@@ -160,44 +227,142 @@ pub(crate) fn resolve(host_port: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Parses targets text. `resolve` is called only for names that are not IP
-/// literals. Errors are `(line, message)`.
+/// Parses targets text. `resolve` is called only for host names of plain
+/// `HOST:PORT` lines, never for `dns` and `srv` lines. Errors are
+/// `(line, message)`.
 pub fn parse(
     text: &str,
     resolve: impl Fn(&str) -> Result<SocketAddr, String>,
-) -> Result<Vec<Target>, (usize, String)> {
-    let mut out = Vec::new();
+) -> Result<Listing, (usize, String)> {
+    let mut out = Listing::default();
     let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
+    let mut seen_names: HashMap<Query, usize> = HashMap::new();
     for (idx, raw) in text.lines().enumerate() {
         let line_no = idx + 1;
         let line = raw.split('#').next().unwrap_or("").trim();
         if line.is_empty() {
             continue;
         }
-        let target = parse_line(line, &resolve).map_err(|m| (line_no, m))?;
-        if let Some(first) = seen.insert(target.addr, line_no) {
+        let first_word = line.split_whitespace().next().unwrap_or_default();
+        if let Some(kind) = [DNS, SRV].into_iter().find(|k| *k == first_word) {
+            let rest = line[kind.len()..].trim_start();
+            let named = parse_named(kind, rest, line_no).map_err(|m| (line_no, m))?;
+            if let Some(first) = seen_names.insert(named.query.clone(), line_no) {
+                return Err((
+                    line_no,
+                    format!("duplicate source {} (first on line {first})", named.query),
+                ));
+            }
+            out.names.push(named);
+            continue;
+        }
+        let mut words = line.split_whitespace();
+        let host_port = words.next().unwrap_or_default();
+        let addr = parse_addr(host_port, &resolve).map_err(|m| (line_no, m))?;
+        let weight = parse_weight(words, "the address").map_err(|m| (line_no, m))?;
+        if let Some(first) = seen.insert(addr, line_no) {
             return Err((
                 line_no,
-                format!("duplicate target {} (first on line {first})", target.addr),
+                format!("duplicate target {addr} (first on line {first})"),
             ));
         }
-        out.push(target);
+        out.targets.push(Target {
+            addr,
+            weight: weight.unwrap_or(1),
+        });
     }
     Ok(out)
 }
 
-fn parse_line(
-    line: &str,
-    resolve: &impl Fn(&str) -> Result<SocketAddr, String>,
-) -> Result<Target, String> {
-    let mut words = line.split_whitespace();
-    let host_port = words.next().unwrap_or_default();
-    let addr = parse_addr(host_port, resolve)?;
+/// The words that start a line naming a DNS source.
+const DNS: &str = "dns";
+const SRV: &str = "srv";
+
+/// The rest of a `dns` or `srv` line, after its first word.
+fn parse_named(kind: &str, rest: &str, line: usize) -> Result<Named, String> {
+    let mut words = rest.split_whitespace();
+    let Some(name) = words.next() else {
+        return Err(match kind {
+            DNS => "`dns` needs a name and a port: dns todo.service.consul:6400".into(),
+            _ => "`srv` needs a name: srv _todo._tcp.service.consul".into(),
+        });
+    };
+    if kind == SRV {
+        check_dns_name(name)?;
+        if let Some(word) = words.next() {
+            return Err(format!(
+                "unexpected {} after the SRV name: SRV records carry their own ports and weights",
+                quote(word)
+            ));
+        }
+        return Ok(Named {
+            line,
+            query: Query::Srv {
+                name: name.to_ascii_lowercase(),
+            },
+            weight: None,
+        });
+    }
+    if name.parse::<SocketAddr>().is_ok() {
+        return Err(format!(
+            "{} is an address, not a name to look up: write it without `dns`",
+            quote(name)
+        ));
+    }
+    let Some((host, port)) = name.rsplit_once(':') else {
+        return Err(format!(
+            "{} has no port: write NAME:PORT, e.g. todo.service.consul:6400",
+            quote(name)
+        ));
+    };
+    let port = match port.parse::<u16>() {
+        Ok(p) if p > 0 => p,
+        _ => {
+            return Err(format!(
+                "{} is not NAME:PORT with a port 1-65535",
+                quote(name)
+            ));
+        }
+    };
+    check_dns_name(host)?;
+    let weight = parse_weight(words, "the name")?;
+    Ok(Named {
+        line,
+        query: Query::Dns {
+            host: host.to_ascii_lowercase(),
+            port,
+        },
+        weight: Some(weight.unwrap_or(1)),
+    })
+}
+
+/// A name DNS could hold: letters, digits, `-`, `_` (SRV labels) and dots.
+fn check_dns_name(name: &str) -> Result<(), String> {
+    let labels_ok = name
+        .trim_end_matches('.')
+        .split('.')
+        .all(|l| !l.is_empty() && l.len() <= 63);
+    if name.len() > MAX_HOST_NAME
+        || !labels_ok
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(format!("{} is not a DNS name", quote(name)));
+    }
+    Ok(())
+}
+
+/// `weight=N` (optional) and nothing else, after `what`.
+fn parse_weight<'a>(
+    words: impl Iterator<Item = &'a str>,
+    what: &str,
+) -> Result<Option<u32>, String> {
     let mut weight = None;
     for word in words {
         let Some((key, value)) = word.split_once('=') else {
             return Err(format!(
-                "unexpected {} after the address: only `weight=N` may follow",
+                "unexpected {} after {what}: only `weight=N` may follow",
                 quote(word)
             ));
         };
@@ -223,10 +388,7 @@ fn parse_line(
         }
         weight = Some(n);
     }
-    Ok(Target {
-        addr,
-        weight: weight.unwrap_or(1),
-    })
+    Ok(weight)
 }
 
 /// The longest host name DNS allows.
@@ -383,7 +545,7 @@ mod tests {
     #[test]
     fn parses_comments_weights_ipv6_and_names() {
         let text = "# written by the autoscaler\n\n127.0.0.1:6400\n127.0.0.1:6401 weight=2  # big one\n[::1]:6402\napp1.local:6400 weight=3\n";
-        let t = parse(text, no_dns).unwrap();
+        let t = parse(text, no_dns).unwrap().targets;
         assert_eq!(t.len(), 4);
         assert_eq!(t[0].addr, "127.0.0.1:6400".parse().unwrap());
         assert_eq!(t[0].weight, 1);
@@ -395,7 +557,84 @@ mod tests {
 
     #[test]
     fn empty_text_is_an_empty_set() {
-        assert_eq!(parse("# nothing\n\n", no_dns).unwrap(), vec![]);
+        assert_eq!(parse("# nothing\n\n", no_dns).unwrap(), Listing::default());
+    }
+
+    #[test]
+    fn dns_and_srv_lines_name_sources_beside_addresses() {
+        let text = "127.0.0.1:6400\ndns Todo.Service.Consul:6400 weight=2 # all of them\nsrv _todo._tcp.service.consul\ndns app1.local:6401\n";
+        let l = parse(text, no_dns).unwrap();
+        assert_eq!(l.targets, vec![t(6400)]);
+        let dns = |host: &str, port| Query::Dns {
+            host: host.into(),
+            port,
+        };
+        assert_eq!(
+            l.names,
+            vec![
+                Named {
+                    line: 2,
+                    query: dns("todo.service.consul", 6400),
+                    weight: Some(2)
+                },
+                Named {
+                    line: 3,
+                    query: Query::Srv {
+                        name: "_todo._tcp.service.consul".into()
+                    },
+                    weight: None
+                },
+                Named {
+                    line: 4,
+                    query: dns("app1.local", 6401),
+                    weight: Some(1)
+                },
+            ],
+            "names are looked up later, not by the parser (no_dns knows app1.local)"
+        );
+        assert_eq!(l.names[0].query.to_string(), "dns todo.service.consul:6400");
+        assert_eq!(
+            l.names[1].query.to_string(),
+            "srv _todo._tcp.service.consul"
+        );
+        let moved = parse(
+            "srv _todo._tcp.service.consul\n\ndns app1.local:6401\ndns todo.service.consul:6400 weight=2\n127.0.0.1:6400\n",
+            no_dns,
+        )
+        .unwrap();
+        assert!(moved.same_as(&l), "order and lines are no change");
+        let reweighted = parse("dns todo.service.consul:6400 weight=3\n", no_dns).unwrap();
+        assert!(!reweighted.same_as(&parse("dns todo.service.consul:6400 weight=2\n", no_dns).unwrap()));
+    }
+
+    #[test]
+    fn every_mistake_in_a_dns_or_srv_line_names_its_line() {
+        let cases = [
+            ("dns", 1, "needs a name and a port"),
+            ("srv", 1, "needs a name"),
+            ("dns todo.service.consul", 1, "has no port"),
+            ("dns todo.service.consul:0", 1, "port 1-65535"),
+            ("dns todo.service.consul:99999", 1, "port 1-65535"),
+            ("dns 10.0.0.5:6400", 1, "write it without `dns`"),
+            ("dns [::1]:6400", 1, "write it without `dns`"),
+            ("dns bad!name:6400", 1, "not a DNS name"),
+            ("dns a..b:6400", 1, "not a DNS name"),
+            ("dns todo:6400 weight=0", 1, "out of range"),
+            ("dns todo:6400 port=2", 1, "unknown key"),
+            ("dns todo:6400 extra", 1, "after the name"),
+            ("srv _todo._tcp.x weight=2", 1, "carry their own"),
+            ("\ndns todo:6400\ndns TODO:6400", 3, "first on line 2"),
+            ("srv _a._tcp.x\nsrv _a._tcp.x", 2, "duplicate source"),
+        ];
+        for (text, line, needle) in cases {
+            let (got_line, msg) = parse(text, no_dns).unwrap_err();
+            assert_eq!(got_line, line, "{text:?}: {msg}");
+            assert!(msg.contains(needle), "{text:?}: {msg:?} lacks {needle:?}");
+        }
+        assert!(
+            parse("dns todo:6400\ndns todo:6401\n", no_dns).is_ok(),
+            "one name on two ports is two sources"
+        );
     }
 
     #[test]
@@ -466,10 +705,13 @@ mod tests {
     /// half of.
     #[test]
     fn a_missing_final_newline_is_refused_only_when_the_set_changes() {
-        let serving = [t(1), t(2)];
+        let serving = Listing::of(vec![t(1), t(2)]);
         let same = "127.0.0.1:2\n127.0.0.1:1";
         assert_eq!(
-            parse_checked(same, Some(&serving), no_dns).unwrap().len(),
+            parse_checked(same, Some(&serving), no_dns)
+                .unwrap()
+                .targets
+                .len(),
             2
         );
         let (line, msg) =
@@ -483,7 +725,7 @@ mod tests {
         );
         assert_eq!(
             parse_checked("127.0.0.1:3", None, no_dns).unwrap(),
-            vec![t(3)]
+            Listing::of(vec![t(3)])
         );
         assert!(parse_checked("127.0.0.1:3\n", Some(&serving), no_dns).is_ok());
     }
@@ -493,22 +735,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.txt");
         std::fs::write(&path, "").unwrap();
-        let (text, kept) = load(&path, Some(&[t(1)])).unwrap();
+        let one = Listing::of(vec![t(1)]);
+        let (text, kept) = load(&path, Some(&one)).unwrap();
         assert_eq!(
-            (text.as_str(), kept),
-            ("", vec![t(1)]),
+            (text.as_str(), &kept),
+            ("", &one),
             "kept; the watcher decides"
         );
-        assert_eq!(
-            load(&path, None).unwrap().1,
-            vec![],
+        assert!(
+            load(&path, None).unwrap().1.is_empty(),
             "at start-up it is an empty set"
         );
-        assert_eq!(load(&path, Some(&[])).unwrap().1, vec![]);
+        assert!(load(&path, Some(&Listing::default())).unwrap().1.is_empty());
         std::fs::write(&path, "# none\n").unwrap();
-        assert_eq!(
-            load(&path, Some(&[t(1)])).unwrap().1,
-            vec![],
+        assert!(
+            load(&path, Some(&one)).unwrap().1.is_empty(),
             "a comment is meant"
         );
     }

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::{Target, TargetsError, parse_checked, read, resolve};
+use super::{Listing, TargetsError, parse_checked, read, resolve};
 
 /// How long a targets file must stay at 0 bytes before its targets go.
 pub const EMPTY_GRACE: Duration = Duration::from_secs(5);
@@ -30,8 +30,8 @@ pub struct FileWatch {
     last_read: Option<Reading>,
     /// Content last handled, good or bad.
     handled: Option<Reading>,
-    /// The set in service.
-    applied: Vec<Target>,
+    /// What the file lists in service.
+    applied: Listing,
     /// Since when the file has been 0 bytes with targets in service.
     empty_since: Option<Instant>,
 }
@@ -39,8 +39,8 @@ pub struct FileWatch {
 /// What a read of the file comes to.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Change {
-    /// A new set, to apply (it may differ only in order or comments).
-    Apply(Vec<Target>),
+    /// A new listing, to apply (it may differ only in order or comments).
+    Apply(Listing),
     /// The file is refused; the set in service stays.
     Reject(TargetsError),
     /// The file has become 0 bytes while targets serve from it: they stay
@@ -54,7 +54,7 @@ impl FileWatch {
     /// written between the load and this call is still seen as a change.
     /// A 0-byte `read` that was not applied (a SIGHUP kept the set in
     /// service) is not taken as handled: it waits its grace like any other.
-    pub fn new(path: &Path, read: String, applied: Vec<Target>) -> Self {
+    pub fn new(path: &Path, read: String, applied: Listing) -> Self {
         let kept_over_empty = read.is_empty() && !applied.is_empty();
         FileWatch {
             path: path.to_path_buf(),
@@ -69,8 +69,8 @@ impl FileWatch {
         &self.path
     }
 
-    /// The set in service.
-    pub fn applied(&self) -> &[Target] {
+    /// What the file lists in service.
+    pub fn applied(&self) -> &Listing {
         &self.applied
     }
 
@@ -78,7 +78,7 @@ impl FileWatch {
     pub fn poll(
         &mut self,
         now: Instant,
-        fits: impl Fn(&[Target]) -> Result<(), TargetsError>,
+        fits: impl Fn(&Listing) -> Result<(), TargetsError>,
     ) -> Option<Change> {
         let reading = read(&self.path);
         self.decide(reading, now, fits)
@@ -91,7 +91,7 @@ impl FileWatch {
         &mut self,
         reading: Reading,
         now: Instant,
-        fits: impl Fn(&[Target]) -> Result<(), TargetsError>,
+        fits: impl Fn(&Listing) -> Result<(), TargetsError>,
     ) -> Option<Change> {
         let settled = self.last_read.as_ref() == Some(&reading);
         self.last_read = Some(reading.clone());
@@ -135,7 +135,9 @@ impl FileWatch {
 mod tests {
     use super::*;
 
-    fn ok(_: &[Target]) -> Result<(), TargetsError> {
+    use crate::targets::Target;
+
+    fn ok(_: &Listing) -> Result<(), TargetsError> {
         Ok(())
     }
 
@@ -146,11 +148,15 @@ mod tests {
         }
     }
 
+    fn l(targets: &[Target]) -> Listing {
+        Listing::of(targets.to_vec())
+    }
+
     fn watch(text: &str, applied: &[Target]) -> FileWatch {
         FileWatch::new(
             Path::new("/etc/ringlb/targets/web.txt"),
             text.into(),
-            applied.to_vec(),
+            l(applied),
         )
     }
 
@@ -178,10 +184,10 @@ mod tests {
         );
         assert_eq!(
             got,
-            vec![None, None, Some(Change::Apply(vec![t(2)])), None],
+            vec![None, None, Some(Change::Apply(l(&[t(2)]))), None],
             "unchanged: nothing; new: waits one tick; then applied once"
         );
-        assert_eq!(w.applied(), [t(2)]);
+        assert_eq!(w.applied(), &l(&[t(2)]));
     }
 
     /// A writer that truncates the file, pauses, then writes it back: the
@@ -206,7 +212,7 @@ mod tests {
             got,
             vec![None, Some(Change::Emptied), None, None, None, None]
         );
-        assert_eq!(w.applied(), [t(1)], "the set in service stayed");
+        assert_eq!(w.applied(), &l(&[t(1)]), "the set in service stayed");
     }
 
     #[test]
@@ -225,7 +231,7 @@ mod tests {
                 None,
                 Some(Change::Emptied),
                 None,
-                Some(Change::Apply(vec![]))
+                Some(Change::Apply(l(&[])))
             ]
         );
         let mut w = watch("127.0.0.1:1\n", &[t(1)]);
@@ -236,7 +242,7 @@ mod tests {
         );
         assert_eq!(
             got,
-            vec![None, Some(Change::Apply(vec![]))],
+            vec![None, Some(Change::Apply(l(&[])))],
             "a comment means no targets"
         );
     }
@@ -251,7 +257,7 @@ mod tests {
         let got = feed(&mut w, t0, &[(0, ""), (grace, "")]);
         assert_eq!(
             got,
-            vec![Some(Change::Emptied), Some(Change::Apply(vec![]))]
+            vec![Some(Change::Emptied), Some(Change::Apply(l(&[])))]
         );
     }
 
@@ -264,7 +270,7 @@ mod tests {
         let got = feed(&mut w, t0, &[(0, "127.0.0.1:1"), (250, "127.0.0.1:1")]);
         assert_eq!(
             got,
-            vec![None, Some(Change::Apply(vec![t(1)]))],
+            vec![None, Some(Change::Apply(l(&[t(1)])))],
             "the same set"
         );
         let got = feed(
@@ -294,14 +300,14 @@ mod tests {
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.contains("not HOST:PORT"), "{e}");
         assert_eq!(got[2], None, "reported once");
-        assert_eq!(w.applied(), [t(1)], "the last good set stays");
+        assert_eq!(w.applied(), &l(&[t(1)]), "the last good set stays");
     }
 
     #[test]
     fn a_missing_file_is_an_error_then_recovers() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("t.txt");
-        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into(), vec![t(1)]);
+        let mut w = FileWatch::new(&path, "127.0.0.1:1\n".into(), l(&[t(1)]));
         let t0 = Instant::now();
         w.poll(t0, ok);
         let Some(Change::Reject(e)) = w.poll(t0, ok) else {
@@ -311,6 +317,6 @@ mod tests {
         assert_eq!(e.line, 0);
         std::fs::write(&path, "127.0.0.1:3\n").unwrap();
         w.poll(t0, ok);
-        assert_eq!(w.poll(t0, ok), Some(Change::Apply(vec![t(3)])));
+        assert_eq!(w.poll(t0, ok), Some(Change::Apply(l(&[t(3)]))));
     }
 }
