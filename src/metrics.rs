@@ -41,6 +41,9 @@ pub const TARGETS_RELOADS: &str = "ringlb_targets_reloads_total";
 pub const MAGLEV_SLOTS_MOVED: &str = "ringlb_maglev_slots_moved";
 pub const TAKEOVER_REFUSED: &str = "ringlb_takeover_refused_total";
 pub const BUILD_INFO: &str = "ringlb_build_info";
+pub const DISCOVERY_LOOKUPS: &str = "ringlb_discovery_lookups_total";
+pub const DISCOVERY_TARGETS: &str = "ringlb_discovery_targets";
+pub const DISCOVERY_FAILING: &str = "ringlb_discovery_failing";
 
 /// Adds to a counter that only the calling worker writes.
 #[inline]

@@ -97,7 +97,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn targets_parser_never_panics_and_names_a_real_line(text in "(([0-9a-z.:\\[\\]#= ]{0,30}|127\\.0\\.0\\.1:[0-9]{1,6}( weight=[0-9x]{0,5})?)\n){0,8}") {
+    fn targets_parser_never_panics_and_names_a_real_line(text in "(([0-9a-z.:\\[\\]#= ]{0,30}|127\\.0\\.0\\.1:[0-9]{1,6}( weight=[0-9x]{0,5})?|(dns|srv) [a-z_.:0-9]{0,20}( weight=[0-9]{0,4})?)\n){0,8}") {
         if let Err((line, msg)) = targets::parse(&text, no_dns) {
             prop_assert!(line >= 1 && line <= text.lines().count().max(1), "line {line} of {text:?}");
             prop_assert!(!msg.is_empty());
@@ -111,13 +111,13 @@ proptest! {
         prop_assert_eq!(&calm, &targets::parse(&text, no_dns), "nothing in service: the parser alone");
         let serving = targets::parse(&text, no_dns).unwrap_or_default();
         let unchanged = targets::parse_checked(&text, Some(&serving), no_dns);
-        let from_none = targets::parse_checked(&text, Some(&[]), no_dns);
+        let from_none = targets::parse_checked(&text, Some(&targets::Listing::default()), no_dns);
         if text.is_empty() || text.ends_with('\n') {
             prop_assert_eq!(&calm, &from_none);
         } else if let Ok(t) = &calm {
             prop_assert_eq!(unchanged.as_ref(), Ok(t), "the same set is no change");
             if t.is_empty() {
-                prop_assert_eq!(from_none, Ok(vec![]));
+                prop_assert_eq!(from_none, Ok(targets::Listing::default()));
             } else {
                 let (line, msg) = from_none.unwrap_err();
                 prop_assert!(msg.contains("half-written"), "{}", msg);

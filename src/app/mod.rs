@@ -105,11 +105,18 @@ pub fn run(path: &Path, takeover: bool, address_file: Option<&Path>) -> Result<(
 
     let shared: SharedSnapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty()));
     let found = crate::control::Found { answers, origins };
-    let (cp, inbox) = ControlPlane::new(path.to_path_buf(), loaded, found, bound, shared.clone(), workers)
-        .map_err(|source| AppError::Io {
-            what: "health-probe or DNS thread",
-            source,
-        })?;
+    let (cp, inbox) = ControlPlane::new(
+        path.to_path_buf(),
+        loaded,
+        found,
+        bound,
+        shared.clone(),
+        workers,
+    )
+    .map_err(|source| AppError::Io {
+        what: "health-probe or DNS thread",
+        source,
+    })?;
     let (events_tx, events) = tokio::sync::mpsc::unbounded_channel();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(Stop::Run);
     let workers_handle = worker::start(

@@ -403,3 +403,72 @@ fn guard_rail_keys() {
     );
     assert_eq!(err(&bad).1, "listener[0].proxy_protocol");
 }
+
+#[test]
+fn discovery_takes_resolvers_and_ttl_bounds() {
+    let c = parse(Path::new("/x/ringlb.toml"), GOOD).unwrap();
+    assert_eq!(c.discovery, DiscoveryConfig::default());
+    assert_eq!(
+        (c.discovery.min_ttl, c.discovery.max_ttl),
+        (Duration::from_secs(5), Duration::from_secs(300))
+    );
+    let text = format!(
+        "{GOOD}\n[discovery]\nresolvers = [\"127.0.0.1:8600\", \"10.0.0.2\", \"[::1]:53\"]\nmin_ttl = \"1s\"\nmax_ttl = \"60s\"\n"
+    );
+    let d = parse(Path::new("/x/ringlb.toml"), &text).unwrap().discovery;
+    assert_eq!(
+        d.resolvers.unwrap(),
+        vec![
+            "127.0.0.1:8600".parse().unwrap(),
+            "10.0.0.2:53".parse().unwrap(),
+            "[::1]:53".parse().unwrap()
+        ]
+    );
+    assert_eq!(
+        (d.min_ttl, d.max_ttl),
+        (Duration::from_secs(1), Duration::from_secs(60))
+    );
+    let raised = format!("{GOOD}\n[discovery]\nmin_ttl = \"10m\"\n");
+    let d = parse(Path::new("/x/ringlb.toml"), &raised)
+        .unwrap()
+        .discovery;
+    assert_eq!(
+        d.max_ttl, d.min_ttl,
+        "a min_ttl over the default max raises it"
+    );
+    for (bad, key, says) in [
+        ("resolvers = []", "discovery.resolvers", "is empty"),
+        (
+            "resolvers = [\"dns.example\"]",
+            "discovery.resolvers",
+            "not a DNS server's address",
+        ),
+        (
+            "resolvers = [\"127.0.0.1:0\"]",
+            "discovery.resolvers",
+            "not a DNS server's address",
+        ),
+        (
+            "min_ttl = \"500ms\"",
+            "discovery.min_ttl",
+            "shortest allowed, 1s",
+        ),
+        (
+            "min_ttl = \"10s\"\nmax_ttl = \"5s\"",
+            "discovery.max_ttl",
+            "shorter than min_ttl",
+        ),
+        ("min_ttls = \"5s\"", "discovery", "unknown field"),
+    ] {
+        let text = format!("{GOOD}\n[discovery]\n{bad}\n");
+        let (at, k, msg) = err(&text);
+        assert!(k.starts_with(key), "{bad}: key {k}");
+        assert!(msg.contains(says), "{bad}: {msg}");
+        let named = key.rsplit('.').next().unwrap();
+        let written = text.lines().nth(at - 1).unwrap_or_default();
+        assert!(
+            written.contains(named) || written.contains("min_ttls"),
+            "{bad}: line {at} is {written:?}"
+        );
+    }
+}

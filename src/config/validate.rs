@@ -449,7 +449,11 @@ impl Validator<'_> {
                 let addr = text
                     .parse::<SocketAddr>()
                     .ok()
-                    .or_else(|| text.parse::<std::net::IpAddr>().ok().map(|ip| SocketAddr::new(ip, 53)))
+                    .or_else(|| {
+                        text.parse::<std::net::IpAddr>()
+                            .ok()
+                            .map(|ip| SocketAddr::new(ip, 53))
+                    })
                     .filter(|a| a.port() != 0);
                 let Some(addr) = addr else {
                     return Err(self.src.at(

@@ -243,9 +243,8 @@ impl ControlPlane {
         for g in 0..self.watches.len() {
             let cfg = &self.core.config().groups[g];
             let answers = &self.answers;
-            let fits = |l: &crate::targets::Listing| {
-                load::fits(cfg, &names::compose(l, answers).targets)
-            };
+            let fits =
+                |l: &crate::targets::Listing| load::fits(cfg, &names::compose(l, answers).targets);
             let Some(change) = self.watches[g].poll(now, fits) else {
                 continue;
             };
@@ -294,7 +293,12 @@ impl ControlPlane {
         }
         let now = Instant::now();
         for g in 0..self.watches.len() {
-            if self.watches[g].applied().names.iter().any(|n| n.query == query) {
+            if self.watches[g]
+                .applied()
+                .names
+                .iter()
+                .any(|n| n.query == query)
+            {
                 let effects = self.recompose(g, now);
                 self.carry_out(effects, Some(workers));
             }
@@ -435,7 +439,9 @@ impl ControlPlane {
             match Discovery::start(loaded.config.discovery.clone(), self.names_tx.clone()) {
                 // The old thread ends with its handle; names are asked anew.
                 Ok(d) => self.discovery = d,
-                Err(e) => tracing::error!("[discovery] changed, but no new lookup thread: {e}; lookups go on as before"),
+                Err(e) => tracing::error!(
+                    "[discovery] changed, but no new lookup thread: {e}; lookups go on as before"
+                ),
             }
         }
         let ids = self.listeners.ids_after(&plans);

@@ -143,6 +143,7 @@ impl ControlPlane {
             &[],
             self.takeover_refused.load(Ordering::Relaxed),
         );
+        self.discovery_series(&mut e);
         e.family(
             m::BUILD_INFO,
             "gauge",
@@ -150,6 +151,60 @@ impl ControlPlane {
         );
         e.sample(m::BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))], 1);
         e.finish()
+    }
+
+    /// The names targets files list: lookups by result, targets in
+    /// service, and whether the last good answer stands in for a failing
+    /// lookup.
+    fn discovery_series(&self, e: &mut Exposition) {
+        let queries = self.answers.queries();
+        let known: Vec<(
+            String,
+            &crate::discovery::State,
+            crate::discovery::Lookups,
+            usize,
+        )> = queries
+            .iter()
+            .filter_map(|q| {
+                let (state, lookups) = self.answers.state(q)?;
+                Some((q.to_string(), state, lookups, self.answers.targets(q).len()))
+            })
+            .collect();
+        e.family(
+            m::DISCOVERY_LOOKUPS,
+            "counter",
+            "Lookups of a name a targets file lists, by result: found (targets), gone (NXDOMAIN or no records: its targets drain), failed (timeout, SERVFAIL, unreachable: its last answer is kept).",
+        );
+        for (source, _, l, _) in &known {
+            for (result, n) in [("found", l.found), ("gone", l.gone), ("failed", l.failed)] {
+                e.sample(
+                    m::DISCOVERY_LOOKUPS,
+                    &[("source", source), ("result", result)],
+                    n,
+                );
+            }
+        }
+        e.family(
+            m::DISCOVERY_TARGETS,
+            "gauge",
+            "Targets a name gives now (its last good answer).",
+        );
+        for (source, _, _, n) in &known {
+            e.sample(m::DISCOVERY_TARGETS, &[("source", source)], *n as u64);
+        }
+        e.family(
+            m::DISCOVERY_FAILING,
+            "gauge",
+            "1 while a name's lookups fail and its last good answer stands in.",
+        );
+        for (source, state, _, _) in &known {
+            let failing = matches!(state, crate::discovery::State::Failing(_));
+            e.sample(
+                m::DISCOVERY_FAILING,
+                &[("source", source)],
+                u64::from(failing),
+            );
+        }
     }
 
     /// Per-listener series, listeners by name.
@@ -255,6 +310,34 @@ impl ControlPlane {
         })
     }
 
+    /// The names group `g`'s file lists: where each stands.
+    fn names_report(&self, g: usize) -> Vec<serde_json::Value> {
+        let Some(w) = self.watches.get(g) else {
+            return Vec::new();
+        };
+        w.applied()
+            .names
+            .iter()
+            .map(|n| {
+                let (state, error) = match self.answers.state(&n.query) {
+                    Some((s, _)) => match s {
+                        crate::discovery::State::Gone(why) => (s.word(), Some(why.clone())),
+                        crate::discovery::State::Failing(e) => (s.word(), Some(e.clone())),
+                        _ => (s.word(), None),
+                    },
+                    None => ("waiting", None),
+                };
+                json!({
+                    "source": n.query.to_string(),
+                    "line": n.line,
+                    "state": state,
+                    "error": error,
+                    "targets": self.answers.targets(&n.query).len(),
+                })
+            })
+            .collect()
+    }
+
     /// `GET /targets`: the JSON shape docs/operating.md documents.
     pub fn targets_report(&self) -> serde_json::Value {
         let snap = self.shared.load();
@@ -266,6 +349,7 @@ impl ControlPlane {
                 .map(|d| {
                     json!({
                         "address": d.addr.to_string(),
+                        "source": null,
                         "weight": d.weight,
                         "health": "draining",
                         "reason": "deregistration in progress",
@@ -282,14 +366,20 @@ impl ControlPlane {
             .groups
             .iter()
             .zip(&self.config().groups)
-            .map(|(g, cfg)| {
+            .enumerate()
+            .map(|(i, (g, cfg))| {
+                let origins = self.origins.get(i);
                 let mut targets: Vec<serde_json::Value> = g
                     .targets
                     .iter()
                     .map(|t| {
                         let h = self.health_of(&g.name, t.addr);
+                        let source = origins
+                            .and_then(|o| o.get(&t.addr))
+                            .map_or_else(|| "file".to_string(), |q| q.to_string());
                         json!({
                             "address": t.addr.to_string(),
+                            "source": source,
                             "weight": t.weight,
                             "health": h.map_or("initial".to_string(), |h| h.state.to_string()),
                             "reason": h.map_or(String::new(), |h| h.reason.clone()),
@@ -314,6 +404,7 @@ impl ControlPlane {
                     "hash_key": hash_key,
                     "fail_open": g.fail_open,
                     "targets": targets,
+                    "names": self.names_report(i),
                 })
             })
             .collect();
@@ -334,6 +425,7 @@ impl ControlPlane {
                 "hash_key": null,
                 "fail_open": false,
                 "targets": draining(name),
+                "names": [],
             }));
         }
         json!({ "epoch": snap.epoch, "groups": groups })

@@ -137,6 +137,7 @@ mod tests {
         let new = Loaded {
             config: config(&[("web", "60s")]),
             targets: vec![vec![t(2, 1)]],
+            lists: vec![crate::targets::Listing::of(vec![t(2, 1)])],
             texts: vec![String::new()],
         };
         let r = removals(&old, &[vec![t(1, 3), t(2, 1)], vec![t(9, 2)]], &new);

@@ -220,7 +220,10 @@ fn build(settings: &DiscoveryConfig) -> Result<std::sync::Arc<TokioResolver>, St
 }
 
 /// One lookup of `query`, bounded by [`LOOKUP_TIMEOUT`].
-async fn lookup(resolver: Result<&std::sync::Arc<TokioResolver>, &String>, query: &Query) -> Outcome {
+async fn lookup(
+    resolver: Result<&std::sync::Arc<TokioResolver>, &String>,
+    query: &Query,
+) -> Outcome {
     let resolver = match resolver {
         Ok(r) => r,
         Err(e) => {
@@ -279,7 +282,9 @@ async fn addresses(
     host: &str,
 ) -> Result<(Vec<IpAddr>, Duration), Outcome> {
     let found = resolver.lookup_ip(host).await.map_err(failure)?;
-    let ttl = found.valid_until().saturating_duration_since(Instant::now());
+    let ttl = found
+        .valid_until()
+        .saturating_duration_since(Instant::now());
     let mut ips: Vec<IpAddr> = Vec::new();
     for ip in found.iter() {
         if !ips.contains(&ip) {
@@ -296,7 +301,9 @@ async fn addresses(
 /// partial answer never drains the rest.
 async fn srv(resolver: &TokioResolver, name: &str) -> Result<(Vec<Target>, Duration), Outcome> {
     let found = resolver.srv_lookup(name).await.map_err(failure)?;
-    let mut ttl = found.valid_until().saturating_duration_since(Instant::now());
+    let mut ttl = found
+        .valid_until()
+        .saturating_duration_since(Instant::now());
     let records: Vec<_> = found
         .answers()
         .iter()

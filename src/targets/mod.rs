@@ -125,10 +125,7 @@ pub const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// rewritten in place (truncated, then written): the set in service is
 /// kept, and the watcher applies the empty file only if it stays so
 /// ([`watch::EMPTY_GRACE`]).
-pub fn load(
-    path: &Path,
-    in_service: Option<&Listing>,
-) -> Result<(String, Listing), TargetsError> {
+pub fn load(path: &Path, in_service: Option<&Listing>) -> Result<(String, Listing), TargetsError> {
     let text = read(path)?;
     if let Some(serving) = in_service
         && text.is_empty()
@@ -604,7 +601,9 @@ mod tests {
         .unwrap();
         assert!(moved.same_as(&l), "order and lines are no change");
         let reweighted = parse("dns todo.service.consul:6400 weight=3\n", no_dns).unwrap();
-        assert!(!reweighted.same_as(&parse("dns todo.service.consul:6400 weight=2\n", no_dns).unwrap()));
+        assert!(
+            !reweighted.same_as(&parse("dns todo.service.consul:6400 weight=2\n", no_dns).unwrap())
+        );
     }
 
     #[test]

@@ -517,10 +517,15 @@ pub struct Backend {
 
 impl Backend {
     pub async fn tagged(tag: u8) -> Backend {
+        Self::tagged_at("127.0.0.1:0".parse().unwrap(), tag).await
+    }
+
+    /// As [`Backend::tagged`], on `at` (an IPv4 loopback address and port).
+    pub async fn tagged_at(at: SocketAddr, tag: u8) -> Backend {
         // A real server's backlog (tokio's default of 1,024 overflows under the
         // burst tests, and the kernel then drops the handshake's last ACK).
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        socket.bind(at).unwrap();
         let listener = socket.listen(4096).unwrap();
         let addr = listener.local_addr().unwrap();
         let accepted = Arc::new(AtomicUsize::new(0));

@@ -35,9 +35,15 @@ fn config(extra: &str, api: bool) -> Config {
 
 fn loaded(config: Config, sets: Vec<Vec<Target>>) -> Loaded {
     let texts = vec![String::new(); sets.len()];
+    let lists = sets
+        .iter()
+        .cloned()
+        .map(crate::targets::Listing::of)
+        .collect();
     Loaded {
         config,
         targets: sets,
+        lists,
         texts,
     }
 }
