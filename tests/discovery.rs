@@ -1,5 +1,5 @@
-//! Targets from DNS, against a real DNS server: dnsmasq (Debian's package;
-//! `.ci/run` installs it) on 127.0.0.1, serving a hosts file the test
+//! Targets from DNS, against a real DNS server: dnsmasq (Debian's package
+//! dnsmasq-base; `.ci/run` installs it) on 127.0.0.1, serving a hosts file the test
 //! rewrites (SIGHUP makes dnsmasq read it again) and SRV records, with a
 //! TTL of 1 s. Backends listen on 127.0.0.2 and 127.0.0.3.
 
@@ -14,7 +14,17 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const DNSMASQ: &str = "dnsmasq";
+/// dnsmasq, on the PATH or where Debian puts it (/usr/sbin is not on every
+/// user's PATH).
+fn dnsmasq() -> Option<PathBuf> {
+    let on_path = Command::new("dnsmasq").arg("--version").output().is_ok();
+    let debian = Path::new("/usr/sbin/dnsmasq");
+    match (on_path, debian.exists()) {
+        (true, _) => Some(PathBuf::from("dnsmasq")),
+        (false, true) => Some(debian.to_path_buf()),
+        (false, false) => None,
+    }
+}
 
 /// A dnsmasq serving `hosts` (and `srv` records, dnsmasq's `--srv-host`
 /// form) for the domain svc.test only; anything else is refused.
@@ -28,8 +38,8 @@ struct Dns {
 impl Dns {
     /// None (with `SKIPPED:` printed) where dnsmasq is not installed.
     fn start(dir: &Path, hosts: &str, srv: &[&str]) -> Option<Dns> {
-        if Command::new(DNSMASQ).arg("--version").output().is_err() {
-            println!("SKIPPED: no {DNSMASQ} (Debian package dnsmasq; .ci/run installs it)");
+        if dnsmasq().is_none() {
+            println!("SKIPPED: no dnsmasq (Debian package dnsmasq-base; .ci/run installs it)");
             return None;
         }
         let port = free_udp_port();
@@ -40,7 +50,7 @@ impl Dns {
     }
 
     fn spawn(port: u16, hosts: PathBuf, srv: Vec<String>) -> Dns {
-        let mut cmd = Command::new(DNSMASQ);
+        let mut cmd = Command::new(dnsmasq().expect("dnsmasq was found at start"));
         cmd.args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",

@@ -79,6 +79,13 @@ impl Words for Vec<ipnet::IpNet> {
 }
 
 /// Absent: the key is not written (its default, or no limit).
+impl Words for Vec<std::net::SocketAddr> {
+    fn words(&self) -> String {
+        let addrs: Vec<String> = self.iter().map(|a| a.to_string()).collect();
+        format!("[{}]", addrs.join(", "))
+    }
+}
+
 impl<T: Words> Words for Option<T> {
     fn words(&self) -> String {
         self.as_ref()
@@ -129,6 +136,24 @@ pub fn describe(old: &Config, new: &Config) -> Vec<String> {
             RESTART,
         ),
         phrase("[admin] listen", &old.admin, &new.admin, ""),
+        phrase(
+            "[discovery] resolvers",
+            &old.discovery.resolvers,
+            &new.discovery.resolvers,
+            "",
+        ),
+        phrase(
+            "[discovery] min_ttl",
+            &old.discovery.min_ttl,
+            &new.discovery.min_ttl,
+            "",
+        ),
+        phrase(
+            "[discovery] max_ttl",
+            &old.discovery.max_ttl,
+            &new.discovery.max_ttl,
+            "",
+        ),
     ]
     .into_iter()
     .flatten()
@@ -261,6 +286,23 @@ mod tests {
                 "group web: algorithm round_robin -> maglev (hash_key source_ip)",
                 "group web: idle_timeout 350s -> 60s",
             ],
+        );
+    }
+
+    #[test]
+    fn says_a_changed_discovery_section() {
+        let old = config("", "", ONE);
+        let new = config(
+            "",
+            "",
+            &format!("{ONE}\n[discovery]\nresolvers = [\"127.0.0.1:8600\"]\nmin_ttl = \"10s\""),
+        );
+        assert_eq!(
+            describe(&old, &new),
+            vec![
+                "[discovery] resolvers none -> [127.0.0.1:8600]",
+                "[discovery] min_ttl 5s -> 10s",
+            ]
         );
     }
 }
