@@ -118,7 +118,7 @@ pub fn fits(group: &config::GroupConfig, targets: &[Target]) -> Result<(), Targe
 /// The one wording for a group without targets, at start, in check and on reload.
 pub fn empty_group_warning(group: &str, file: &Path) -> String {
     format!(
-        "target group {group:?} has no targets ({} lists none): its clients will be closed until targets are added",
+        "target group {group:?} has no targets (none from {}): its clients will be closed until targets are added",
         file.display()
     )
 }

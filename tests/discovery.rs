@@ -533,3 +533,59 @@ async fn a_name_that_does_not_answer_at_start_up_serves_once_it_does() {
     lb.wait_healthy(1);
     assert_eq!(connect_tagged(lb.addr()).await.1, 7);
 }
+
+/// Without `[discovery] resolvers`, names are asked of the servers
+/// /etc/resolv.conf names. In a network and mount namespace of its own (so
+/// nothing outside is asked, and the machine's file is untouched), a
+/// resolv.conf naming 127.0.0.1 is mounted over /etc/resolv.conf and
+/// dnsmasq answers on port 53 there.
+#[test]
+fn without_resolvers_the_servers_of_resolv_conf_are_asked() {
+    // SAFETY: geteuid(2) has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIPPED: needs root for a network and mount namespace");
+        return;
+    }
+    let Some(dnsmasq) = dnsmasq() else {
+        println!("SKIPPED: no dnsmasq (Debian package dnsmasq-base; .ci/run installs it)");
+        return;
+    };
+    if Command::new("unshare").arg("--version").output().is_err() {
+        println!("SKIPPED: no unshare (util-linux)");
+        return;
+    }
+    let dir = write_config(
+        &health_config(1, "", "protocol = \"tcp\""),
+        &[("targets/web.txt", "dns todo.svc.test:6400\n".into())],
+    );
+    let d = dir.path();
+    std::fs::write(d.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
+    std::fs::write(
+        d.join("hosts"),
+        "127.0.0.5 todo.svc.test\n127.0.0.6 todo.svc.test\n",
+    )
+    .unwrap();
+    let script = format!(
+        "set -e; ip link set lo up; mount --bind {d}/resolv.conf /etc/resolv.conf; \
+         {dnsmasq} --conf-file=/dev/null --no-resolv --no-hosts --addn-hosts={d}/hosts \
+           --listen-address=127.0.0.1 --bind-interfaces --local=/svc.test/ --port=53 \
+           --user=root --group=root --pid-file={d}/dnsmasq.pid; \
+         status=0; {bin} check --config {d}/ringlb.toml || status=$?; \
+         kill $(cat {d}/dnsmasq.pid); exit $status",
+        d = d.display(),
+        dnsmasq = dnsmasq.display(),
+        bin = BIN,
+    );
+    let out = Command::new("unshare")
+        .args(["--net", "--mount", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let said =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    println!("{said}");
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("2 target(s) (1 name(s) looked up)"),
+        "both addresses, from the server resolv.conf names: {said}"
+    );
+}
