@@ -353,9 +353,17 @@ async fn targets_follow_a_name_as_its_records_change_with_no_failed_connection()
         "the log says the name answered and what was added:\n{log}"
     );
 
-    // A SIGHUP reads the files again; what the name gave stays in service.
+    // A SIGHUP reads the files again, here with a changed [discovery] (the
+    // lookup thread starts afresh): what the name gave stays in service.
+    let path = lb.config_path();
+    let text = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, text.replace("max_ttl = \"2s\"", "max_ttl = \"3s\"")).unwrap();
     lb.signal(libc::SIGHUP);
-    lb.wait_log("config reloaded", Duration::from_secs(10));
+    let reloaded = lb.wait_log("config reloaded", Duration::from_secs(10));
+    assert!(
+        reloaded.contains("[discovery] max_ttl 2s -> 3s"),
+        "{reloaded}"
+    );
     clients.served(20).await;
     assert_eq!(lb.count_log("draining"), 0, "nothing drained by the SIGHUP");
     assert_eq!(web_targets(&lb).await.0.len(), 2);

@@ -82,8 +82,9 @@ pub struct ControlPlane {
     answers: Answers,
     /// Which name gave each target, by group (as the config orders them).
     origins: Vec<Origins>,
-    /// The lookup thread, and where it sends its results.
-    discovery: Discovery,
+    /// The lookup thread, while any file lists a name, and where it sends
+    /// its results.
+    discovery: Option<Discovery>,
     names_tx: tokio::sync::mpsc::UnboundedSender<Resolution>,
     listeners: Listeners,
     shared: SharedSnapshot,
@@ -123,8 +124,6 @@ impl ControlPlane {
     ) -> std::io::Result<(ControlPlane, Inbox)> {
         let (prober, results) = Prober::new()?;
         let (names_tx, names_rx) = tokio::sync::mpsc::unbounded_channel();
-        let discovery = Discovery::start(loaded.config.discovery.clone(), names_tx.clone())?;
-        discovery.want(names::queries_of(&loaded.lists));
         let listeners = Listeners::new(bound, worker_count);
         let texts = std::mem::take(&mut loaded.texts);
         let watches = watches_for(&loaded.config, texts, &loaded.lists);
@@ -137,7 +136,7 @@ impl ControlPlane {
             watches,
             answers: found.answers,
             origins: found.origins,
-            discovery,
+            discovery: None,
             names_tx,
             listeners,
             shared,
@@ -153,6 +152,7 @@ impl ControlPlane {
             started: SystemTime::now(),
         };
         cp.carry_out(effects, None);
+        cp.follow_names();
         let inbox = Inbox {
             probes: results,
             names: names_rx,
@@ -305,11 +305,30 @@ impl ControlPlane {
         }
     }
 
-    /// The lookup thread follows exactly the names the files list now.
+    /// The lookup thread follows exactly the names the files list now. It
+    /// runs only while there are some, and starts afresh (asking every name
+    /// again) when `[discovery]` changed.
     fn follow_names(&mut self) {
         let wanted = names::queries_of(self.watches.iter().map(|w| w.applied()));
         self.answers.want(&wanted);
-        self.discovery.want(wanted);
+        if wanted.is_empty() {
+            self.discovery = None;
+            return;
+        }
+        let settings = &self.core.config().discovery;
+        if self.discovery.as_ref().map(Discovery::settings) != Some(settings) {
+            // The old thread, if any, ends with its handle.
+            self.discovery = match Discovery::start(settings.clone(), self.names_tx.clone()) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    tracing::error!("no thread for DNS lookups: {e}; names are not followed");
+                    None
+                }
+            };
+        }
+        if let Some(d) = &self.discovery {
+            d.want(wanted);
+        }
     }
 
     /// Group `g`'s targets from its file's listing and its names' answers.
@@ -435,15 +454,6 @@ impl ControlPlane {
         let mut said = changes::describe(self.core.config(), &loaded.config);
         let texts = std::mem::take(&mut loaded.texts);
         let watches = watches_for(&loaded.config, texts, &loaded.lists);
-        if loaded.config.discovery != *self.discovery.settings() {
-            match Discovery::start(loaded.config.discovery.clone(), self.names_tx.clone()) {
-                // The old thread ends with its handle; names are asked anew.
-                Ok(d) => self.discovery = d,
-                Err(e) => tracing::error!(
-                    "[discovery] changed, but no new lookup thread: {e}; lookups go on as before"
-                ),
-            }
-        }
         let ids = self.listeners.ids_after(&plans);
         let effects = self.core.reload(loaded, ids, &mut said, Instant::now());
         self.watches = watches;
