@@ -65,7 +65,8 @@ pub enum Command {
         #[arg(long)]
         log_file: Option<PathBuf>,
     },
-    /// Validate the config and its targets files; exit 0 if good, 1 if not.
+    /// Validate the config and its targets files, looking up once each name
+    /// their `dns` and `srv` lines give; exit 0 if good, 1 if not.
     Check {
         #[arg(long, short, default_value = DEFAULT_CONFIG)]
         config: PathBuf,

@@ -336,6 +336,7 @@ async fn targets_follow_a_name_as_its_records_change_with_no_failed_connection()
     clients.served(20).await;
 
     // A second address: probed, then served.
+    let changed = Instant::now();
     dns.set_hosts("127.0.0.2 todo.svc.test\n127.0.0.3 todo.svc.test\n");
     lb.wait_log(
         &format!("target={a3} from=initial to=healthy"),
@@ -347,6 +348,10 @@ async fn targets_follow_a_name_as_its_records_change_with_no_failed_connection()
         || clients.tag(3) > 0,
     )
     .await;
+    println!(
+        "a new address served {:?} after the record changed (its TTL of 1 s, then its first probe)",
+        changed.elapsed()
+    );
     let log = lb.log();
     assert!(
         log.contains("name answered") && log.contains(&format!("added=[{a3}]")),
@@ -369,8 +374,13 @@ async fn targets_follow_a_name_as_its_records_change_with_no_failed_connection()
     assert_eq!(web_targets(&lb).await.0.len(), 2);
 
     // An address leaves the records: it drains.
+    let changed = Instant::now();
     dns.set_hosts("127.0.0.3 todo.svc.test\n");
     lb.wait_log(&format!("target={a2} active="), Duration::from_secs(10));
+    println!(
+        "a removed address draining {:?} after the record changed",
+        changed.elapsed()
+    );
     wait_targets(&lb, "127.0.0.2 drained", |t| {
         t == [(a3.clone(), source.clone(), 1)]
     })
