@@ -338,7 +338,13 @@ async fn admin_head_has_no_body_and_idle_admin_connections_are_capped() {
     let base = lb.fd_count();
     let mut idle = Vec::new();
     for _ in 0..ringlb::admin::MAX_CONNECTIONS + 300 {
-        idle.push(TcpStream::connect(lb.admin).await.unwrap());
+        let mut c = TcpStream::connect(lb.admin).await.unwrap();
+        // A request begun and never finished: still waiting for its request
+        // (what the cap evicts), but past the 2 s first-byte deadline, which
+        // would otherwise close the first ones before the last are open when
+        // the machine is slow.
+        c.write_all(b"G").await.unwrap();
+        idle.push(c);
     }
     wait_until(
         Duration::from_secs(10),
