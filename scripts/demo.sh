@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 
 # Only what runs is built: ringlb and the demo backend (the first build
-# compiles about 170 crates: about two and a half minutes on this project's 2-core machine
+# compiles about 140 crates: about two and a half minutes on this project's 2-core machine
 # with the crates downloaded).
 cargo build --release --bin ringlb --bin demo-backend
 

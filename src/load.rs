@@ -102,8 +102,8 @@ impl Loaded {
 }
 
 /// Whether a group's algorithm can take this many targets (a Maglev table
-/// has one slot per target at the least). Checked at start, in check, on
-/// SIGHUP and on reload.
+/// has one slot per target at the least). Checked on every set a group
+/// gets: [`Loaded::compose`] (start, check, SIGHUP) and the watcher.
 pub fn fits(group: &config::GroupConfig, targets: &[Target]) -> Result<(), TargetsError> {
     group
         .algorithm
@@ -128,7 +128,8 @@ pub fn empty_group_warning(group: &str, file: &Path) -> String {
 /// set currently applied from a targets file, if any (see [`targets::load`]).
 /// The targets are the files' own lines only; names are looked up by the
 /// caller ([`Loaded::look_up_names`], or the answers it keeps) and joined
-/// in by [`Loaded::compose`].
+/// in by [`Loaded::compose`], which every caller runs next and which checks
+/// that each group's set fits its algorithm.
 pub fn load(
     path: &Path,
     in_service: &dyn Fn(&Path) -> Option<Listing>,
@@ -145,10 +146,6 @@ pub fn load(
                 group: g.name.clone(),
                 source,
             }
-        })?;
-        fits(g, &l.targets).map_err(|source| LoadError::Targets {
-            group: g.name.clone(),
-            source,
         })?;
         texts.push(text);
         targets.push(l.targets.clone());

@@ -15,14 +15,17 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// dnsmasq, on the PATH or where Debian puts it (/usr/sbin is not on every
-/// user's PATH).
+/// user's PATH); `SKIPPED:` printed where there is none.
 fn dnsmasq() -> Option<PathBuf> {
     let on_path = Command::new("dnsmasq").arg("--version").output().is_ok();
     let debian = Path::new("/usr/sbin/dnsmasq");
     match (on_path, debian.exists()) {
         (true, _) => Some(PathBuf::from("dnsmasq")),
         (false, true) => Some(debian.to_path_buf()),
-        (false, false) => None,
+        (false, false) => {
+            println!("SKIPPED: no dnsmasq (Debian package dnsmasq-base; .ci/run installs it)");
+            None
+        }
     }
 }
 
@@ -30,6 +33,7 @@ fn dnsmasq() -> Option<PathBuf> {
 /// form) for the domain svc.test only; anything else is refused.
 struct Dns {
     child: Child,
+    dnsmasq: PathBuf,
     pub port: u16,
     hosts: PathBuf,
     srv: Vec<String>,
@@ -38,19 +42,16 @@ struct Dns {
 impl Dns {
     /// None (with `SKIPPED:` printed) where dnsmasq is not installed.
     fn start(dir: &Path, hosts: &str, srv: &[&str]) -> Option<Dns> {
-        if dnsmasq().is_none() {
-            println!("SKIPPED: no dnsmasq (Debian package dnsmasq-base; .ci/run installs it)");
-            return None;
-        }
+        let dnsmasq = dnsmasq()?;
         let port = free_udp_port();
         let hosts_path = dir.join("dns-hosts");
         std::fs::write(&hosts_path, hosts).unwrap();
         let srv = srv.iter().map(|s| s.to_string()).collect();
-        Some(Self::spawn(port, hosts_path, srv))
+        Some(Self::spawn(dnsmasq, port, hosts_path, srv))
     }
 
-    fn spawn(port: u16, hosts: PathBuf, srv: Vec<String>) -> Dns {
-        let mut cmd = Command::new(dnsmasq().expect("dnsmasq was found at start"));
+    fn spawn(dnsmasq: PathBuf, port: u16, hosts: PathBuf, srv: Vec<String>) -> Dns {
+        let mut cmd = Command::new(&dnsmasq);
         cmd.args([
             "--keep-in-foreground",
             "--conf-file=/dev/null",
@@ -81,6 +82,7 @@ impl Dns {
             .expect("start dnsmasq");
         let dns = Dns {
             child,
+            dnsmasq,
             port,
             hosts,
             srv,
@@ -129,7 +131,12 @@ impl Dns {
     /// Starts it again on the same port with the same records.
     fn restart(&mut self) {
         self.stop();
-        *self = Self::spawn(self.port, self.hosts.clone(), self.srv.clone());
+        *self = Self::spawn(
+            self.dnsmasq.clone(),
+            self.port,
+            self.hosts.clone(),
+            self.srv.clone(),
+        );
     }
 }
 
@@ -425,21 +432,12 @@ async fn targets_follow_a_name_as_its_records_change_with_no_failed_connection()
         "the log says why:\n{}",
         lb.log()
     );
-    let found = metric(
-        &lb,
-        &format!("ringlb_discovery_lookups_total{{source=\"{source}\",result=\"found\"}}"),
-    )
-    .await;
-    let gone = metric(
-        &lb,
-        &format!("ringlb_discovery_lookups_total{{source=\"{source}\",result=\"gone\"}}"),
-    )
-    .await;
-    let failed_lookups = metric(
-        &lb,
-        &format!("ringlb_discovery_lookups_total{{source=\"{source}\",result=\"failed\"}}"),
-    )
-    .await;
+    let lookups = |result: &str| {
+        format!("ringlb_discovery_lookups_total{{source=\"{source}\",result=\"{result}\"}}")
+    };
+    let found = metric(&lb, &lookups("found")).await;
+    let gone = metric(&lb, &lookups("gone")).await;
+    let failed_lookups = metric(&lb, &lookups("failed")).await;
     assert!(
         found >= 3 && gone >= 1 && failed_lookups >= 1,
         "{found} {gone} {failed_lookups}"
@@ -565,7 +563,6 @@ fn without_resolvers_the_servers_of_resolv_conf_are_asked() {
         return;
     }
     let Some(dnsmasq) = dnsmasq() else {
-        println!("SKIPPED: no dnsmasq (Debian package dnsmasq-base; .ci/run installs it)");
         return;
     };
     if Command::new("unshare").arg("--version").output().is_err() {

@@ -55,9 +55,10 @@ pub fn next_lookup(outcome: &Outcome, min_ttl: Duration, max_ttl: Duration) -> D
 }
 
 /// Where a name stands.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub enum State {
     /// Not answered yet.
+    #[default]
     Waiting,
     /// Its last lookup answered with targets.
     Answering,
@@ -87,22 +88,12 @@ pub struct Lookups {
     pub failed: u64,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Known {
     /// The targets in service from this name: its last good answer.
     targets: Vec<Target>,
     state: State,
     lookups: Lookups,
-}
-
-impl Default for Known {
-    fn default() -> Self {
-        Known {
-            targets: Vec::new(),
-            state: State::Waiting,
-            lookups: Lookups::default(),
-        }
-    }
 }
 
 /// What recording a lookup changed, to say once.

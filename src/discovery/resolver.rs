@@ -122,7 +122,7 @@ async fn follow(
                     in_flight.insert(q.clone());
                     let resolver = resolver.clone();
                     running.spawn(async move {
-                        let outcome = lookup(resolver.as_ref(), &q).await;
+                        let outcome = lookup(&resolver, &q).await;
                         Resolution { query: q, outcome }
                     });
                 }
@@ -153,7 +153,7 @@ pub fn resolve_once(settings: &DiscoveryConfig, queries: &[Query]) -> Vec<Outcom
                 let mut set = JoinSet::new();
                 for (i, q) in owned.into_iter().enumerate() {
                     let resolver = resolver.clone();
-                    set.spawn(async move { (i, lookup(resolver.as_ref(), &q).await) });
+                    set.spawn(async move { (i, lookup(&resolver, &q).await) });
                 }
                 let mut out = vec![None; set.len()];
                 while let Some(Ok((i, o))) = set.join_next().await {
@@ -187,7 +187,7 @@ pub fn resolve_once(settings: &DiscoveryConfig, queries: &[Query]) -> Vec<Outcom
 
 /// The resolver `settings` ask for, or why there is none (every lookup
 /// then fails with it).
-fn build(settings: &DiscoveryConfig) -> Result<std::sync::Arc<TokioResolver>, String> {
+fn build(settings: &DiscoveryConfig) -> Built {
     let mut builder = match &settings.resolvers {
         None => TokioResolver::builder_tokio()
             .map_err(|e| format!("cannot read the DNS servers from /etc/resolv.conf: {e}"))?,
@@ -219,18 +219,14 @@ fn build(settings: &DiscoveryConfig) -> Result<std::sync::Arc<TokioResolver>, St
         .map_err(|e| format!("cannot set up DNS lookups: {e}"))
 }
 
+/// A resolver as [`build`] made it, or why there is none.
+type Built = Result<std::sync::Arc<TokioResolver>, String>;
+
 /// One lookup of `query`, bounded by [`LOOKUP_TIMEOUT`].
-async fn lookup(
-    resolver: Result<&std::sync::Arc<TokioResolver>, &String>,
-    query: &Query,
-) -> Outcome {
+async fn lookup(resolver: &Built, query: &Query) -> Outcome {
     let resolver = match resolver {
         Ok(r) => r,
-        Err(e) => {
-            return Outcome::Failed {
-                error: e.to_string(),
-            };
-        }
+        Err(e) => return Outcome::Failed { error: e.clone() },
     };
     let work = async {
         match query {
